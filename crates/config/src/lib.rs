@@ -1,0 +1,1 @@
+//! The cluster.conf model: parsing, defaults, validation with line numbers, and diffs.

@@ -1,0 +1,1 @@
+//! QEMU Machine Protocol client: a sans-IO codec and a tokio connection.

@@ -1,0 +1,1 @@
+//! Vote-based quorum and the quorum disk as sans-IO state machines.

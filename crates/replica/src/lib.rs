@@ -1,0 +1,1 @@
+//! Replicated block storage (DRBD's role) as a sans-IO state machine: roles, protocol C, metadata, resync, split-brain detection.

@@ -1,0 +1,1 @@
+//! Deterministic simulator: whole clusters of the real protocol cores under seeded faults, with invariant checks after every step.
