@@ -1,0 +1,14 @@
+//! The node daemon's drivers.
+//!
+//! Everything here owns an operating-system resource (a socket, a clock) and
+//! nothing here decides anything: the protocol cores decide, the daemon carries
+//! out their actions.
+//!
+//! - [`ipc`]: the admin socket in the node's state dir, one JSON request and one
+//!   JSON response per line, and the client the admin commands use.
+//! - [`clock`]: the monotonic clock turned into [`base::Instant`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod clock;
+pub mod ipc;
