@@ -6,9 +6,11 @@
 //!
 //! - [`ipc`]: the admin socket in the node's state dir, one JSON request and one
 //!   JSON response per line, and the client the admin commands use.
+//! - [`udp`]: one UDP socket per ring, unicast to each node.
 //! - [`clock`]: the monotonic clock turned into [`base::Instant`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod clock;
 pub mod ipc;
+pub mod udp;
