@@ -134,7 +134,7 @@ mod tests {
         let b_addrs = b.local_addrs();
         a.send(1, b_addrs[1], b"on ring one").await;
         a.send(0, b_addrs[0], b"on ring zero").await;
-        let mut got = vec![rx_b.recv().await.unwrap(), rx_b.recv().await.unwrap()];
+        let mut got = [rx_b.recv().await.unwrap(), rx_b.recv().await.unwrap()];
         got.sort_by_key(|d| d.ring);
         assert_eq!(
             (got[0].ring, got[0].bytes.as_slice()),
