@@ -1,1 +1,55 @@
 //! The fence domain as a sans-IO state machine: who fences whom, in what order, and when recovery may proceed.
+//!
+//! [`FenceDomain`] is fenced's logic without any I/O. The driver feeds it
+//! membership changes ([`FenceDomain::handle_membership`]), agent results
+//! ([`FenceDomain::handle_agent_result`]), fence outcomes delivered in totem
+//! order ([`FenceDomain::handle_fence_outcome`]), operator commands and timer
+//! expiries ([`FenceDomain::handle_timeout`]); it hands back [`Action`]s (run
+//! this agent, broadcast this outcome), [`Event`]s and its next deadline.
+//!
+//! Rules (as RHCS's fenced): a member lost by a quorate partition is fenced
+//! after `post_fail_delay` by one member (the lowest node id, re-elected if it
+//! leaves); methods are tried in order, every device of a method must succeed
+//! (reboot over several devices = off on each, then on on each); after the last
+//! method fails, wait `override_time` and start over, forever, until an agent or
+//! an operator (`fence_ack_manual`) succeeds. Nothing is fenced while inquorate.
+//! A victim that rejoins before fencing starts is not fenced. At cold start,
+//! nodes not seen within `post_join_delay` are fenced unless `clean_start`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod args;
+pub mod config;
+mod domain;
+
+pub use args::{is_secret_key, AgentArgs, Secret};
+pub use config::{Device, FenceConfig, Membership, Method, NodeFence};
+pub use domain::{
+    Action, AgentRun, Event, FenceDomain, FenceOutcome, FenceStatus, FencedRecord, JobKind,
+    OutcomeKind, VictimReason, VictimState, VictimStatus,
+};
+
+/// Errors from operator commands and configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FenceError {
+    /// The node is not waiting to be fenced.
+    #[error("node {0} is not waiting to be fenced; `quorate fence status` lists the victims")]
+    NotPending(base::NodeId),
+    /// A node cannot fence itself.
+    #[error("node {0} is this node; fence it from another member")]
+    CannotFenceSelf(base::NodeId),
+    /// The node has no `<unfence>` devices.
+    #[error("node {0} has no <unfence> devices in its <clusternode>; nothing to unfence")]
+    NoUnfenceDevices(base::NodeId),
+    /// The node is already being fenced or unfenced.
+    #[error("node {0} is already being fenced or unfenced")]
+    Busy(base::NodeId),
+    /// A device definition is unusable.
+    #[error("fence device {device:?}: {reason}")]
+    BadDevice {
+        /// The device's name.
+        device: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+}

@@ -1,0 +1,580 @@
+//! Scripted inputs, exact actions: the fence domain's rules.
+
+use base::{Duration, Instant, NodeId};
+use fence::*;
+use std::collections::BTreeSet;
+
+fn n(i: u32) -> NodeId {
+    NodeId(i)
+}
+fn t(ms: u64) -> Instant {
+    Instant(0) + Duration::from_millis(ms)
+}
+fn dev(name: &str, agent: &str, extra: &[(&str, &str)]) -> Device {
+    let mut a = AgentArgs::new()
+        .with("name", name)
+        .with("agent", agent)
+        .with("ipaddr", "10.0.0.9");
+    for (k, v) in extra {
+        a.set(*k, *v);
+    }
+    Device::from_attrs(a).unwrap()
+}
+fn method(name: &str, devices: Vec<Device>) -> Method {
+    Method {
+        name: name.into(),
+        devices,
+    }
+}
+
+/// Three nodes; node 3 has two methods: "1" = dual PSU (psu1, psu2), "2" = ipmi.
+fn cfg3() -> FenceConfig {
+    let mut c = FenceConfig {
+        post_fail_delay: Duration::from_secs(5),
+        post_join_delay: Some(Duration::from_secs(6)),
+        override_time: Duration::from_secs(3),
+        agent_timeout: Duration::from_secs(20),
+        ..FenceConfig::default()
+    };
+    for i in 1..=3u32 {
+        let psu = |p: u32| {
+            dev(
+                &format!("psu{p}"),
+                "fence_quorate",
+                &[("port", &format!("node{i}")), ("passwd", "s3cret")],
+            )
+        };
+        c.nodes.insert(
+            n(i),
+            NodeFence {
+                name: format!("node{i}"),
+                methods: vec![
+                    method("1", vec![psu(1), psu(2)]),
+                    method(
+                        "2",
+                        vec![dev(
+                            "ipmi",
+                            "fence_ipmilan",
+                            &[("login", "admin"), ("passwd", "pw")],
+                        )],
+                    ),
+                ],
+                unfence: vec![dev("san", "fence_scsi", &[("action", "on")])],
+            },
+        );
+    }
+    c
+}
+fn memb(ids: &[u32], quorate: bool) -> Membership {
+    Membership {
+        members: ids.iter().map(|i| n(*i)).collect::<BTreeSet<_>>(),
+        quorate,
+    }
+}
+fn actions(d: &mut FenceDomain) -> Vec<Action> {
+    std::iter::from_fn(|| d.poll_action()).collect()
+}
+fn events(d: &mut FenceDomain) -> Vec<Event> {
+    std::iter::from_fn(|| d.poll_event()).collect()
+}
+fn runs(acts: &[Action]) -> Vec<(String, String, u64)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::RunAgent(r) => Some((r.device.clone(), r.action.clone(), r.run_id)),
+            _ => None,
+        })
+        .collect()
+}
+fn one_run(d: &mut FenceDomain) -> AgentRun {
+    only_run(actions(d))
+}
+fn only_run(acts: Vec<Action>) -> AgentRun {
+    let rs: Vec<AgentRun> = acts
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::RunAgent(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rs.len(), 1, "expected exactly one RunAgent, got {rs:?}");
+    rs.into_iter().next().unwrap()
+}
+/// A domain on node `me` with {1,2,3} formed at t=0, then node 3 lost at t=1s.
+fn lost3(me: u32) -> FenceDomain {
+    let mut d = FenceDomain::new(n(me), cfg3());
+    d.handle_membership(t(0), memb(&[1, 2, 3], true));
+    d.handle_membership(t(1000), memb(&[1, 2], true));
+    d
+}
+
+#[test]
+fn post_fail_delay_then_lowest_nodeid_fences() {
+    let mut d = lost3(1);
+    assert!(actions(&mut d).is_empty(), "nothing before post_fail_delay");
+    assert_eq!(d.poll_deadline(), Some(t(6000)));
+    assert_eq!(d.status().victims[0].state, VictimState::PostFailDelay);
+    d.handle_timeout(t(5999));
+    assert!(actions(&mut d).is_empty());
+    d.handle_timeout(t(6000));
+    let r = one_run(&mut d);
+    assert_eq!(
+        (
+            r.victim,
+            r.method_idx,
+            r.device_idx,
+            r.device.as_str(),
+            r.action.as_str()
+        ),
+        (n(3), 0, 0, "psu1", "off")
+    );
+    assert_eq!(r.timeout, Duration::from_secs(20));
+    assert!(d.blocked().contains(&n(3)));
+    assert!(!d.is_fenced(n(3)));
+
+    // Node 2 is not the fencer: it waits for the outcome.
+    let mut d2 = lost3(2);
+    d2.handle_timeout(t(6000));
+    assert!(actions(&mut d2).is_empty());
+    assert_eq!(d2.status().victims[0].state, VictimState::WaitingFencer);
+    assert_eq!(d2.status().victims[0].fencer, n(1));
+    let outcome = FenceOutcome {
+        victim: n(3),
+        by: n(1),
+        kind: OutcomeKind::Fenced {
+            method: "1".into(),
+            devices: vec!["psu1".into(), "psu2".into()],
+        },
+    };
+    d2.handle_fence_outcome(t(7000), outcome);
+    assert!(d2.is_fenced(n(3)));
+    assert!(d2.blocked().is_empty());
+    assert!(events(&mut d2).contains(&Event::Fenced {
+        victim: n(3),
+        method: "1".into(),
+        device: "psu1,psu2".into(),
+        by: n(1),
+        at: t(7000),
+        manual: false
+    }));
+}
+
+#[test]
+fn dual_psu_off_off_on_on_then_broadcast_and_fenced_event() {
+    let mut d = lost3(1);
+    d.handle_timeout(t(6000));
+    let mut seen = Vec::new();
+    let mut now = 6000;
+    loop {
+        let acts = actions(&mut d);
+        if let Some(Action::Broadcast(o)) = acts.iter().find(|a| matches!(a, Action::Broadcast(_)))
+        {
+            assert_eq!(
+                o.kind,
+                OutcomeKind::Fenced {
+                    method: "1".into(),
+                    devices: vec!["psu1".into(), "psu2".into()]
+                }
+            );
+            // Delivered back in totem order: only now is the victim fenced.
+            assert!(!d.is_fenced(n(3)));
+            assert_eq!(d.status().victims[0].state, VictimState::Announced);
+            d.handle_fence_outcome(t(now + 1), o.clone());
+            break;
+        }
+        let r = runs(&acts);
+        assert_eq!(r.len(), 1, "{acts:?}");
+        seen.push((r[0].0.clone(), r[0].1.clone()));
+        now += 100;
+        d.handle_agent_result(t(now), r[0].2, Ok(()));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            ("psu1".into(), "off".into()),
+            ("psu2".into(), "off".into()),
+            ("psu1".into(), "on".into()),
+            ("psu2".into(), "on".into())
+        ]
+    );
+    assert!(d.is_fenced(n(3)));
+    assert!(d.blocked().is_empty());
+}
+
+#[test]
+fn methods_in_order_failure_falls_through_and_on_failure_is_dont_care() {
+    let mut d = lost3(1);
+    d.handle_timeout(t(6000));
+    // psu1 off ok, psu2 off fails -> method 2.
+    let r = one_run(&mut d);
+    d.handle_agent_result(t(6100), r.run_id, Ok(()));
+    let r = one_run(&mut d);
+    assert_eq!((r.device.as_str(), r.action.as_str()), ("psu2", "off"));
+    d.handle_agent_result(t(6200), r.run_id, Err("exit 1".into()));
+    let r = one_run(&mut d);
+    assert_eq!(
+        (
+            r.method_idx,
+            r.device.as_str(),
+            r.agent.as_str(),
+            r.action.as_str()
+        ),
+        (1, "ipmi", "fence_ipmilan", "reboot")
+    );
+    assert_eq!(d.status().victims[0].last_error.as_deref(), Some("exit 1"));
+    d.handle_agent_result(t(6300), r.run_id, Ok(()));
+    let acts = actions(&mut d);
+    assert_eq!(acts.len(), 1);
+    assert!(
+        matches!(&acts[0], Action::Broadcast(FenceOutcome { kind: OutcomeKind::Fenced { method, .. }, .. }) if method == "2")
+    );
+
+    // A failing "on" after both offs succeeded does not fail the method.
+    let mut d = lost3(1);
+    d.handle_timeout(t(6000));
+    for expect in ["off", "off", "on", "on"] {
+        let r = one_run(&mut d);
+        assert_eq!(r.action, expect);
+        let res = if expect == "on" {
+            Err("outlet stuck".to_string())
+        } else {
+            Ok(())
+        };
+        d.handle_agent_result(t(6100), r.run_id, res);
+    }
+    assert!(
+        matches!(&actions(&mut d)[..], [Action::Broadcast(FenceOutcome { kind: OutcomeKind::Fenced { method, .. }, .. })] if method == "1")
+    );
+}
+
+#[test]
+fn retries_forever_after_override_time() {
+    let mut d = lost3(1);
+    d.handle_timeout(t(6000));
+    let mut now = 6000;
+    for round in 1..=5u32 {
+        // method 1: psu1 off fails; method 2: ipmi fails.
+        let r = one_run(&mut d);
+        assert_eq!(
+            (r.method_idx, r.device.as_str()),
+            (0, "psu1"),
+            "round {round}"
+        );
+        now += 10;
+        d.handle_agent_result(t(now), r.run_id, Err("timed out".into()));
+        let r = one_run(&mut d);
+        assert_eq!((r.method_idx, r.device.as_str()), (1, "ipmi"));
+        now += 10;
+        d.handle_agent_result(t(now), r.run_id, Err("exit 1".into()));
+        assert!(actions(&mut d).is_empty());
+        let st = d.status();
+        assert_eq!(st.victims[0].state, VictimState::RetryWait);
+        assert_eq!(st.victims[0].rounds, round);
+        assert_eq!(st.victims[0].tries, 2 * round);
+        assert_eq!(st.victims[0].last_method.as_deref(), Some("2"));
+        assert_eq!(d.poll_deadline(), Some(t(now + 3000)));
+        assert!(events(&mut d).contains(&Event::RoundFailed {
+            victim: n(3),
+            rounds: round,
+            retry_at: t(now + 3000)
+        }));
+        d.handle_timeout(t(now + 2999));
+        assert!(actions(&mut d).is_empty());
+        now += 3000;
+        d.handle_timeout(t(now));
+    }
+    assert!(!d.is_fenced(n(3)));
+}
+
+#[test]
+fn no_fencing_while_inquorate_resumes_with_quorum() {
+    let mut d = FenceDomain::new(n(1), cfg3());
+    d.handle_membership(t(0), memb(&[1, 2, 3], true));
+    d.handle_membership(t(1000), memb(&[1], false));
+    for ms in [6000, 60_000, 600_000] {
+        d.handle_timeout(t(ms));
+        assert!(actions(&mut d).is_empty(), "fenced while inquorate at {ms}");
+    }
+    let st = d.status();
+    assert!(
+        st.victims
+            .iter()
+            .all(|v| v.state == VictimState::WaitingQuorum),
+        "{st:?}"
+    );
+    // Quorum returns with node 2: node 3 is fenced, lowest first.
+    d.handle_membership(t(700_000), memb(&[1, 2], true));
+    let r = one_run(&mut d);
+    assert_eq!(r.victim, n(3));
+    // Quorum lost while the agent runs: its success still counts, nothing new starts.
+    d.handle_membership(t(700_001), memb(&[1], false));
+    assert!(events(&mut d)
+        .iter()
+        .any(|e| matches!(e, Event::Postponed { .. })));
+    d.handle_agent_result(t(700_100), r.run_id, Ok(()));
+    assert!(
+        actions(&mut d).is_empty(),
+        "next step started while inquorate"
+    );
+    assert_eq!(
+        d.status()
+            .victims
+            .iter()
+            .find(|v| v.node == n(3))
+            .unwrap()
+            .state,
+        VictimState::WaitingQuorum
+    );
+}
+
+#[test]
+fn victim_rejoining_before_fencing_starts_is_not_fenced() {
+    let mut d = lost3(1);
+    let mut d2 = lost3(2);
+    d.handle_membership(t(3000), memb(&[1, 2, 3], true));
+    d2.handle_membership(t(3000), memb(&[1, 2, 3], true));
+    let acts = actions(&mut d);
+    let o = match &acts[..] {
+        [Action::Broadcast(o)] => o.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(o.kind, OutcomeKind::Rejoined);
+    assert!(actions(&mut d2).is_empty());
+    for dom in [&mut d, &mut d2] {
+        dom.handle_fence_outcome(t(3001), o.clone());
+        dom.handle_timeout(t(100_000));
+        assert!(runs(&actions(dom)).is_empty());
+        assert!(dom.blocked().is_empty());
+        assert!(!dom.is_fenced(n(3)));
+        assert!(events(dom).contains(&Event::Rejoined { victim: n(3) }));
+    }
+    // Once fencing has started, rejoining does not stop it.
+    let mut d = lost3(1);
+    d.handle_timeout(t(6000));
+    let r = one_run(&mut d);
+    d.handle_membership(t(6001), memb(&[1, 2, 3], true));
+    assert!(actions(&mut d).is_empty());
+    d.handle_agent_result(t(6002), r.run_id, Ok(()));
+    assert_eq!(one_run(&mut d).device, "psu2");
+}
+
+#[test]
+fn ack_manual_ends_fencing_and_drops_stale_results() {
+    let mut d = lost3(1);
+    assert_eq!(d.ack_manual(t(0), n(2)), Err(FenceError::NotPending(n(2))));
+    d.handle_timeout(t(6000));
+    let r = one_run(&mut d);
+    d.ack_manual(t(6500), n(3)).unwrap();
+    let o = match &actions(&mut d)[..] {
+        [Action::Broadcast(o)] => o.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        o,
+        FenceOutcome {
+            victim: n(3),
+            by: n(1),
+            kind: OutcomeKind::ManualAck
+        }
+    );
+    d.handle_fence_outcome(t(6600), o);
+    assert!(d.is_fenced(n(3)));
+    assert!(events(&mut d).contains(&Event::Fenced {
+        victim: n(3),
+        method: "manual".into(),
+        device: "manual".into(),
+        by: n(1),
+        at: t(6600),
+        manual: true
+    }));
+    d.handle_agent_result(t(6700), r.run_id, Ok(()));
+    assert!(actions(&mut d).is_empty());
+    assert_eq!(d.status().stale_results, 1);
+    // A fenced node that rejoins is alive again.
+    d.handle_membership(t(9000), memb(&[1, 2, 3], true));
+    assert!(!d.is_fenced(n(3)));
+}
+
+#[test]
+fn fencer_leaves_next_lowest_takes_over() {
+    let mut d = lost3(2);
+    d.handle_timeout(t(6000));
+    assert!(actions(&mut d).is_empty());
+    // Node 1 (the fencer) dies too: node 2 fences node 3 now (its delay is over), then node 1.
+    d.handle_membership(t(7000), memb(&[2], true));
+    let r = one_run(&mut d);
+    assert_eq!(r.victim, n(3));
+    assert_eq!(
+        d.status()
+            .victims
+            .iter()
+            .map(|v| (v.node, v.fencer))
+            .collect::<Vec<_>>(),
+        vec![(n(1), n(2)), (n(3), n(2))]
+    );
+}
+
+#[test]
+fn startup_fencing_after_post_join_delay_unless_clean_start() {
+    let mut d = FenceDomain::new(n(1), cfg3());
+    d.handle_membership(t(0), memb(&[1], false));
+    d.handle_membership(t(1000), memb(&[1, 2], true));
+    assert_eq!(d.poll_deadline(), Some(t(7000)));
+    d.handle_timeout(t(6999));
+    assert!(actions(&mut d).is_empty());
+    d.handle_timeout(t(7000));
+    let r = one_run(&mut d);
+    assert_eq!(r.victim, n(3));
+    assert_eq!(d.status().victims[0].reason, VictimReason::StartupAbsent);
+
+    // A node that shows up within post_join_delay is not fenced.
+    let mut d = FenceDomain::new(n(1), cfg3());
+    d.handle_membership(t(0), memb(&[1, 2], true));
+    d.handle_membership(t(3000), memb(&[1, 2, 3], true));
+    d.handle_timeout(t(6000));
+    assert!(actions(&mut d).is_empty());
+    assert!(d.blocked().is_empty());
+
+    let mut c = cfg3();
+    c.clean_start = true;
+    let mut d = FenceDomain::new(n(1), c);
+    d.handle_membership(t(0), memb(&[1, 2], true));
+    d.handle_timeout(t(100_000));
+    assert!(actions(&mut d).is_empty());
+    assert_eq!(d.poll_deadline(), None);
+}
+
+#[test]
+fn two_node_race_device_delay_lets_preferred_node_win() {
+    // Two nodes; the device that fences node 1 has delay=5: node 1 is preferred.
+    let mut c = FenceConfig {
+        post_fail_delay: Duration::ZERO,
+        ..FenceConfig::default()
+    };
+    c.nodes.insert(
+        n(1),
+        NodeFence {
+            name: "node1".into(),
+            methods: vec![method(
+                "1",
+                vec![dev(
+                    "ps",
+                    "fence_quorate",
+                    &[("port", "node1"), ("delay", "5")],
+                )],
+            )],
+            unfence: vec![],
+        },
+    );
+    c.nodes.insert(
+        n(2),
+        NodeFence {
+            name: "node2".into(),
+            methods: vec![method(
+                "1",
+                vec![dev("ps", "fence_quorate", &[("port", "node2")])],
+            )],
+            unfence: vec![],
+        },
+    );
+    let mut a = FenceDomain::new(n(1), c.clone());
+    let mut b = FenceDomain::new(n(2), c);
+    for d in [&mut a, &mut b] {
+        d.handle_membership(t(0), memb(&[1, 2], true));
+    }
+    // Split: each side alone and quorate (two_node).
+    a.handle_membership(t(1000), memb(&[1], true));
+    b.handle_membership(t(1000), memb(&[2], true));
+    let ra = one_run(&mut a);
+    assert_eq!((ra.victim, ra.args.get("port")), (n(2), Some("node2")));
+    assert!(actions(&mut b).is_empty(), "node 2 must wait its delay");
+    assert_eq!(b.status().victims[0].state, VictimState::DeviceDelay);
+    assert_eq!(b.poll_deadline(), Some(t(6000)));
+    // The delay is the core's; the agent never sees delay=.
+    b.handle_timeout(t(6000));
+    let rb = one_run(&mut b);
+    assert_eq!(rb.args.get("delay"), None);
+}
+
+#[test]
+fn agent_args_carry_action_nodename_and_hide_secrets() {
+    let mut d = lost3(1);
+    d.handle_timeout(t(6000));
+    let r = one_run(&mut d);
+    assert_eq!(r.args.get("action"), Some("off"));
+    assert_eq!(r.args.get("nodename"), Some("node3"));
+    assert_eq!(r.args.get("port"), Some("node3"));
+    assert_eq!(r.args.get("passwd"), Some("s3cret"));
+    assert_eq!(r.args.get("agent"), None);
+    assert_eq!(r.args.get("name"), None);
+    let printed = format!("{r:?} {}", serde_json::to_string(&r).unwrap());
+    assert!(!printed.contains("s3cret"), "{printed}");
+    assert!(r.args.to_stdin().contains("passwd=s3cret\n"));
+}
+
+#[test]
+fn watchdog_counts_a_silent_driver_as_failure() {
+    let mut d = lost3(1);
+    d.handle_timeout(t(6000));
+    let r = one_run(&mut d);
+    assert_eq!(d.poll_deadline(), Some(t(6000 + 25_000)));
+    d.handle_timeout(t(31_000));
+    let r2 = one_run(&mut d);
+    assert_eq!(
+        r2.method_idx, 1,
+        "first method failed by watchdog, second tried"
+    );
+    d.handle_agent_result(t(31_001), r.run_id, Ok(()));
+    assert_eq!(d.status().stale_results, 1);
+}
+
+#[test]
+fn unfence_runs_on_devices_and_reports() {
+    let mut d = FenceDomain::new(n(1), cfg3());
+    d.unfence(t(0), n(1)).unwrap();
+    let r = one_run(&mut d);
+    assert_eq!(
+        (
+            r.kind,
+            r.device.as_str(),
+            r.action.as_str(),
+            r.agent.as_str()
+        ),
+        (JobKind::Unfence, "san", "on", "fence_scsi")
+    );
+    d.handle_agent_result(t(10), r.run_id, Ok(()));
+    assert!(events(&mut d).contains(&Event::Unfenced { node: n(1) }));
+    let mut c = cfg3();
+    c.nodes.get_mut(&n(2)).unwrap().unfence.clear();
+    let mut d = FenceDomain::new(n(1), c);
+    assert_eq!(
+        d.unfence(t(0), n(2)),
+        Err(FenceError::NoUnfenceDevices(n(2)))
+    );
+}
+
+#[test]
+fn operator_fence_of_a_member_is_not_repeated_when_it_leaves() {
+    let mut d = FenceDomain::new(n(2), cfg3());
+    d.handle_membership(t(0), memb(&[1, 2, 3], true));
+    assert_eq!(
+        d.fence_node(t(10), n(2)),
+        Err(FenceError::CannotFenceSelf(n(2)))
+    );
+    d.fence_node(t(10), n(3)).unwrap();
+    let mut now = 10;
+    let o = loop {
+        let acts = actions(&mut d);
+        if let Some(Action::Broadcast(o)) = acts.first() {
+            break o.clone();
+        }
+        let r = only_run(acts);
+        now += 1;
+        d.handle_agent_result(t(now), r.run_id, Ok(()));
+    };
+    assert_eq!(o.by, n(2));
+    d.handle_fence_outcome(t(now + 1), o);
+    d.handle_membership(t(now + 2), memb(&[1, 2], true));
+    d.handle_timeout(t(now + 100_000));
+    assert!(actions(&mut d).is_empty());
+    assert!(d.is_fenced(n(3)));
+}
