@@ -511,6 +511,9 @@ pub struct Scheduler {
     events: VecDeque<Event>,
     status_due: BTreeMap<String, (Instant, OpId)>,
     stats: Stats,
+    /// Set while handling a transition (a node joined, or a new config):
+    /// only then do running services fail back (rgmanager's rule).
+    failback_pass: bool,
 }
 
 impl Scheduler {
@@ -540,6 +543,7 @@ impl Scheduler {
             events: VecDeque::new(),
             status_due: BTreeMap::new(),
             stats: Stats::default(),
+            failback_pass: false,
         })
     }
 
@@ -558,6 +562,7 @@ impl Scheduler {
             events: VecDeque::new(),
             status_due: BTreeMap::new(),
             stats: Stats::default(),
+            failback_pass: false,
         };
         s.refresh_local(now);
         s
@@ -711,7 +716,10 @@ impl Scheduler {
         let old = self.st.members.clone();
         let mut unclean = Vec::new();
         for &n in old.difference(&new) {
-            let clean = self.st.leaving.contains(&n) && self.ready_to_leave(n);
+            // Clean: it asked to leave and owns nothing, or it was fenced while
+            // still a member and is now gone (the fence's power cycle).
+            let clean = (self.st.leaving.contains(&n) && self.ready_to_leave(n))
+                || self.st.needs_rejoin.contains(&n);
             self.st.leaving.remove(&n);
             if clean {
                 self.event(now, None, format!("{} left the cluster cleanly", self.node_name(n)));
@@ -754,7 +762,9 @@ impl Scheduler {
         for n in unclean {
             self.node_lost(now, n);
         }
+        self.failback_pass = true;
         self.reconcile(now);
+        self.failback_pass = false;
     }
 
     /// The services touching a lost (or fenced-while-member) node: their
@@ -973,7 +983,9 @@ impl Scheduler {
         );
         self.st.order = order;
         self.st.config = config;
+        self.failback_pass = true;
         self.reconcile(now);
+        self.failback_pass = false;
         Ok(())
     }
 
@@ -1740,7 +1752,10 @@ impl Scheduler {
             }
             return;
         }
-        // Failback / move into the domain.
+        // Failback / move into the domain, on transitions only.
+        if !self.failback_pass {
+            return;
+        }
         let (Some(d), Some(to)) = (svc.spec.domain.clone(), best) else {
             return;
         };
