@@ -1,0 +1,420 @@
+//! The quorum disk core against an in-memory shared disk, cycle by cycle.
+
+use base::{Duration, Instant, NodeId};
+use quorum::layout::{self, format_image, DiskState, StatusBlock, BLOCK_SIZE};
+use quorum::votes::QuorumMsg;
+use quorum::{
+    HeuristicConfig, Membership, Qdisk, QdiskAction, QdiskConfig, QdiskEvent, QdiskState,
+    QuorumConfig, VoteQuorum,
+};
+use std::collections::BTreeMap;
+
+fn n(i: u32) -> NodeId {
+    NodeId(i)
+}
+
+struct Node {
+    core: Qdisk,
+    running: bool,
+    heuristic_ok: bool,
+    read_error: bool,
+    events: Vec<QdiskEvent>,
+    self_fenced: Vec<String>,
+}
+
+struct World {
+    disk: Vec<u8>,
+    nodes: BTreeMap<NodeId, Node>,
+    now: Instant,
+}
+
+fn cfg() -> QdiskConfig {
+    let mut c = QdiskConfig::new("alpha");
+    c.interval = Duration::from_secs(1);
+    c.tko = 4;
+    c.tko_up = Some(1);
+    c.master_wait = Some(2);
+    c
+}
+
+impl World {
+    fn new(ids: &[u32], cfg: &QdiskConfig) -> Self {
+        let mut w = World {
+            disk: format_image("alpha", "test").unwrap(),
+            nodes: BTreeMap::new(),
+            now: Instant::ZERO,
+        };
+        for i in ids {
+            w.add(*i, cfg);
+        }
+        w
+    }
+
+    fn add(&mut self, i: u32, cfg: &QdiskConfig) {
+        let core = Qdisk::new(
+            n(i),
+            1000 + u64::from(i) + self.now.as_nanos(),
+            cfg.clone(),
+            self.now,
+        )
+        .unwrap();
+        self.nodes.insert(
+            n(i),
+            Node {
+                core,
+                running: true,
+                heuristic_ok: true,
+                read_error: false,
+                events: Vec::new(),
+                self_fenced: Vec::new(),
+            },
+        );
+    }
+
+    fn set_membership(&mut self, i: u32, members: &[u32]) {
+        let now = self.now;
+        self.nodes
+            .get_mut(&n(i))
+            .unwrap()
+            .core
+            .handle_membership(now, members.iter().map(|m| n(*m)));
+    }
+
+    /// Advance 100 ms at a time for `secs`, running every due node.
+    fn run(&mut self, secs: u64) {
+        for _ in 0..secs * 10 {
+            self.now += Duration::from_millis(100);
+            let now = self.now;
+            for node in self.nodes.values_mut() {
+                if !node.running {
+                    continue;
+                }
+                if node.core.poll_deadline().is_some_and(|d| d <= now) {
+                    node.core.handle_timeout(now);
+                }
+                while let Some(a) = node.core.poll_action() {
+                    match a {
+                        QdiskAction::ReadAll => {
+                            let r = if node.read_error {
+                                Err("EIO".to_string())
+                            } else {
+                                Ok(self.disk.as_slice())
+                            };
+                            node.core.handle_read(now, r);
+                        }
+                        QdiskAction::WriteBlock { offset, data } => {
+                            let o = offset as usize;
+                            self.disk[o..o + data.len()].copy_from_slice(&data);
+                            node.core.handle_write_result(now, Ok(()));
+                        }
+                        QdiskAction::RunHeuristic { index, .. } => {
+                            node.core
+                                .handle_heuristic_result(now, index, node.heuristic_ok);
+                        }
+                        QdiskAction::SelfFence { reason } => node.self_fenced.push(reason),
+                    }
+                }
+                while let Some(e) = node.core.poll_event() {
+                    node.events.push(e);
+                }
+            }
+        }
+    }
+
+    fn core(&self, i: u32) -> &Qdisk {
+        &self.nodes[&n(i)].core
+    }
+
+    fn masters(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter(|(_, x)| x.running && x.core.state() == QdiskState::Master)
+            .map(|(i, _)| i.0)
+            .collect()
+    }
+}
+
+#[test]
+fn lowest_node_becomes_the_only_master_and_grants_votes_to_members() {
+    let mut w = World::new(&[1, 2, 3], &cfg());
+    for i in 1..=3 {
+        w.set_membership(i, &[1, 2, 3]);
+    }
+    w.run(12);
+    assert_eq!(w.masters(), vec![1]);
+    for i in 1..=3 {
+        assert_eq!(
+            w.core(i).available(),
+            Some(n(1)),
+            "node {i}: {:?}",
+            w.core(i).status()
+        );
+        assert_eq!(w.core(i).status().master, Some(n(1)));
+    }
+    // The master's mask on disk lists all three.
+    let o = layout::block_offset(n(1)) as usize;
+    let b = StatusBlock::decode(&w.disk[o..o + BLOCK_SIZE])
+        .unwrap()
+        .unwrap();
+    assert_eq!((b.state, b.master_mask), (DiskState::Master, 0b111));
+}
+
+#[test]
+fn a_silent_node_dies_after_tko_cycles_and_a_new_master_takes_over() {
+    let mut w = World::new(&[1, 2, 3], &cfg());
+    for i in 1..=3 {
+        w.set_membership(i, &[1, 2, 3]);
+    }
+    w.run(12);
+    assert_eq!(w.masters(), vec![1]);
+    w.nodes.get_mut(&n(1)).unwrap().running = false;
+    for i in 2..=3 {
+        w.set_membership(i, &[2, 3]);
+    }
+    // tko - 1 cycles: not yet dead.
+    w.run(3);
+    assert!(w
+        .core(2)
+        .status()
+        .peers
+        .iter()
+        .any(|p| p.node_id == n(1) && p.alive));
+    w.run(2);
+    let dead = w.nodes[&n(2)]
+        .events
+        .iter()
+        .any(|e| matches!(e, QdiskEvent::NodeDead { node, .. } if *node == n(1)));
+    assert!(dead, "{:?}", w.nodes[&n(2)].events);
+    w.run(5);
+    assert_eq!(w.masters(), vec![2]);
+    assert_eq!(w.core(3).available(), Some(n(2)));
+}
+
+#[test]
+fn master_wins_gives_the_votes_to_the_master_only() {
+    let mut c = cfg();
+    c.master_wins = true;
+    let mut w = World::new(&[1, 2], &c);
+    w.set_membership(1, &[1, 2]);
+    w.set_membership(2, &[1, 2]);
+    w.run(10);
+    assert_eq!(w.core(1).available(), Some(n(1)));
+    assert_eq!(w.core(2).available(), None);
+}
+
+#[test]
+fn master_grants_votes_only_inside_its_partition() {
+    let mut w = World::new(&[1, 2, 3], &cfg());
+    for i in 1..=3 {
+        w.set_membership(i, &[1, 2, 3]);
+    }
+    w.run(10);
+    assert_eq!(w.core(3).available(), Some(n(1)));
+    // Network split: {1,2} | {3}; all still see the disk.
+    w.set_membership(1, &[1, 2]);
+    w.set_membership(2, &[1, 2]);
+    w.set_membership(3, &[3]);
+    // Node 3 withdraws at once: the master is not in its partition.
+    assert_eq!(w.core(3).available(), None);
+    w.run(3);
+    assert_eq!(w.core(2).available(), Some(n(1)));
+    assert_eq!(w.core(3).available(), None);
+    w.set_membership(3, &[1, 2, 3]);
+    w.run(2);
+    assert_eq!(
+        w.core(3).available(),
+        None,
+        "not in the master's mask until the master sees it"
+    );
+}
+
+#[test]
+fn low_score_withdraws_votes_and_self_fences() {
+    let mut c = cfg();
+    c.heuristics = vec![HeuristicConfig {
+        interval: Duration::from_secs(1),
+        ..HeuristicConfig::new("ping -c1 router")
+    }];
+    let mut w = World::new(&[1, 2], &c);
+    w.set_membership(1, &[1, 2]);
+    w.set_membership(2, &[1, 2]);
+    w.run(10);
+    assert_eq!(w.core(2).available(), Some(n(1)));
+    w.nodes.get_mut(&n(2)).unwrap().heuristic_ok = false;
+    w.run(2);
+    assert_eq!(w.core(2).state(), QdiskState::Down);
+    assert_eq!(w.core(2).available(), None);
+    assert!(
+        w.nodes[&n(2)].self_fenced[0].contains("below min_score 1"),
+        "{:?}",
+        w.nodes[&n(2)].self_fenced
+    );
+    // The master drops node 2 from its mask.
+    w.run(2);
+    let o = layout::block_offset(n(1)) as usize;
+    let b = StatusBlock::decode(&w.disk[o..o + BLOCK_SIZE])
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.master_mask, 0b01);
+    // Master's own heuristic fails: it steps down, node 2 recovered takes over.
+    w.nodes.get_mut(&n(2)).unwrap().heuristic_ok = true;
+    w.nodes.get_mut(&n(1)).unwrap().heuristic_ok = false;
+    w.run(12);
+    assert_eq!(w.masters(), vec![2]);
+}
+
+#[test]
+fn torn_blocks_are_tolerated_until_tko() {
+    let mut w = World::new(&[1, 2], &cfg());
+    w.set_membership(1, &[1, 2]);
+    w.set_membership(2, &[1, 2]);
+    w.run(8);
+    // Node 2 stops; its block is left torn (garbage in the middle).
+    w.nodes.get_mut(&n(2)).unwrap().running = false;
+    let o = layout::block_offset(n(2)) as usize;
+    w.disk[o + 20] ^= 0xff;
+    w.run(2);
+    let s = w.core(1).status();
+    assert!(s.corrupt_blocks >= 1);
+    assert!(s.peers[0].alive, "{s:?}");
+    w.run(3);
+    assert!(!w.core(1).status().peers[0].alive);
+}
+
+#[test]
+fn io_errors_withdraw_votes_then_give_up() {
+    let mut c = cfg();
+    c.max_error_cycles = 5;
+    let mut w = World::new(&[1, 2], &c);
+    w.set_membership(1, &[1, 2]);
+    w.set_membership(2, &[1, 2]);
+    w.run(8);
+    assert_eq!(w.core(1).available(), Some(n(1)));
+    w.nodes.get_mut(&n(1)).unwrap().read_error = true;
+    w.run(2); // tko/2 = 2 failed cycles
+    assert_eq!(w.core(1).available(), None);
+    w.run(4);
+    assert_eq!(w.core(1).state(), QdiskState::Stopped);
+    assert!(w.core(1).poll_deadline().is_none());
+    // Node 2 sees the master die and takes over.
+    w.run(8);
+    assert_eq!(w.masters(), vec![2]);
+}
+
+#[test]
+fn a_foreign_disk_is_never_written() {
+    let mut w = World::new(&[1], &cfg());
+    w.disk = format_image("other", "x").unwrap();
+    let before = w.disk.clone();
+    w.run(3);
+    assert_eq!(w.disk, before);
+    let msg = w.nodes[&n(1)].events.iter().find_map(|e| match e {
+        QdiskEvent::IoError { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(msg.unwrap().contains("belongs to cluster \"other\""));
+}
+
+#[test]
+fn of_two_masters_the_lower_id_keeps_it() {
+    let mut w = World::new(&[2, 3], &cfg());
+    w.set_membership(2, &[1, 2, 3]);
+    w.set_membership(3, &[1, 2, 3]);
+    w.run(10);
+    assert_eq!(w.masters(), vec![2]);
+    // A node 1 appears already claiming master (e.g. after a heal).
+    for seq in 1..6u64 {
+        let b = StatusBlock {
+            node_id: n(1),
+            incarnation: 7,
+            seq,
+            timestamp: 0,
+            state: DiskState::Master,
+            score: 0,
+            score_max: 0,
+            bid_for: 0,
+            master_mask: 0b111,
+        };
+        let o = layout::block_offset(n(1)) as usize;
+        w.disk[o..o + BLOCK_SIZE].copy_from_slice(&b.encode());
+        w.run(1);
+    }
+    assert_eq!(
+        w.masters(),
+        Vec::<u32>::new(),
+        "node 2 stepped down for node 1"
+    );
+    assert_eq!(w.core(3).status().master, Some(n(1)));
+}
+
+/// Two nodes, a qdisk with 1 vote, expected 3: the network splits while both
+/// still see the disk. Exactly one side stays quorate, at every step.
+#[test]
+fn two_node_qdisk_split_end_to_end() {
+    let mut qc = cfg();
+    qc.master_wins = true;
+    let mut w = World::new(&[1, 2], &qc);
+    let mut vc = QuorumConfig::new([(n(1), 1), (n(2), 1)]);
+    vc.expected_votes = Some(3);
+    vc.qdisk_votes = 1;
+    let mut v: BTreeMap<u32, VoteQuorum> = (1..=2)
+        .map(|i| (i, VoteQuorum::new(n(i), vc.clone()).unwrap()))
+        .collect();
+    let mut ring = 0;
+    let mut deliver =
+        |v: &mut BTreeMap<u32, VoteQuorum>, w: &mut World, group: &[u32], change: bool| {
+            let now = w.now;
+            if change {
+                ring += 1;
+                let m = Membership {
+                    ring_id: ring,
+                    members: group.iter().map(|i| (n(*i), 1)).collect(),
+                };
+                for i in group {
+                    v.get_mut(i).unwrap().handle_membership(now, m.clone());
+                    w.set_membership(*i, group);
+                }
+            }
+            for i in group {
+                for e in std::mem::take(&mut w.nodes.get_mut(&n(*i)).unwrap().events) {
+                    if let QdiskEvent::Availability { master, .. } = e {
+                        v.get_mut(i).unwrap().set_qdisk(now, master);
+                    }
+                }
+            }
+            loop {
+                let mut msgs: Vec<(u32, QuorumMsg)> = Vec::new();
+                for i in group {
+                    while let Some(m) = v.get_mut(i).unwrap().poll_message() {
+                        msgs.push((*i, m));
+                    }
+                }
+                if msgs.is_empty() {
+                    break;
+                }
+                for (from, m) in msgs {
+                    for i in group {
+                        v.get_mut(i)
+                            .unwrap()
+                            .handle_message(now, n(from), m.clone());
+                    }
+                }
+            }
+        };
+    deliver(&mut v, &mut w, &[1, 2], true);
+    for _ in 0..10 {
+        w.run(1);
+        deliver(&mut v, &mut w, &[1, 2], false);
+    }
+    assert!(v[&1].is_quorate() && v[&2].is_quorate());
+    assert_eq!(v[&1].status().total_votes, 3);
+    deliver(&mut v, &mut w, &[1], true);
+    deliver(&mut v, &mut w, &[2], true);
+    for step in 0..20 {
+        let q: Vec<bool> = v.values().map(|x| x.is_quorate()).collect();
+        assert_eq!(q, vec![true, false], "step {step}");
+        w.run(1);
+        deliver(&mut v, &mut w, &[1], false);
+        deliver(&mut v, &mut w, &[2], false);
+    }
+}
