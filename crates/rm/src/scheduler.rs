@@ -216,6 +216,9 @@ pub enum Input {
     },
     /// An operation result.
     Result(Report),
+    /// Periodic recheck: forget expired start failures and retry. Sent by
+    /// [`Scheduler::tick_sender`] when [`Scheduler::recheck_due`] has passed.
+    Tick,
     /// A new configuration version.
     Config(ClusterSpec),
 }
@@ -409,8 +412,9 @@ struct Svc {
     /// Lost nodes that must be fenced before the service may start anywhere.
     fence_wait: BTreeSet<NodeId>,
     restarts: Vec<Instant>,
-    /// Nodes where a start failed since the last membership change.
-    avoid: BTreeSet<NodeId>,
+    /// Nodes where a start (or migration) failed, and when; forgotten after
+    /// `failure_expire_time` (at a Tick) or at the next membership change.
+    avoid: BTreeMap<NodeId, Instant>,
     plan: Plan,
     /// A migration failed since the last membership change: move cold.
     no_migrate: bool,
@@ -445,7 +449,7 @@ impl Svc {
             run_op: 0,
             fence_wait: BTreeSet::new(),
             restarts: Vec::new(),
-            avoid: BTreeSet::new(),
+            avoid: BTreeMap::new(),
             plan: Plan::default(),
             no_migrate: false,
             removed: false,
@@ -618,6 +622,7 @@ impl Scheduler {
             Input::Leave { node } => self.handle_leave(now, node),
             Input::Request { from, request } => self.handle_request(now, from, request)?,
             Input::Result(r) => self.handle_result(now, r),
+            Input::Tick => self.handle_tick(now),
             Input::Config(c) => self.handle_config(now, c)?,
         }
         Ok(())
@@ -667,6 +672,40 @@ impl Scheduler {
             let next = now + svc.spec.status_interval;
             self.status_due.insert(name, (next, op));
         }
+    }
+
+    /// When the replicated state wants an [`Input::Tick`] (a service is
+    /// stopped because its start failed everywhere and a failure expires then).
+    pub fn recheck_due(&self) -> Option<Instant> {
+        self.st
+            .services
+            .values()
+            .filter(|s| s.state == State::Stopped && s.want == Want::Running)
+            .filter_map(Self::retry_at)
+            .min()
+    }
+
+    /// The member whose driver sends [`Input::Tick`]: the lowest node id.
+    pub fn tick_sender(&self) -> Option<NodeId> {
+        self.st.members.iter().next().copied()
+    }
+
+    fn retry_at(svc: &Svc) -> Option<Instant> {
+        let exp = svc.spec.failure_expire_time;
+        if exp.as_nanos() == 0 {
+            return None;
+        }
+        svc.avoid.values().min().map(|t| *t + exp)
+    }
+
+    fn handle_tick(&mut self, now: Instant) {
+        for svc in self.st.services.values_mut() {
+            let exp = svc.spec.failure_expire_time;
+            if exp.as_nanos() > 0 {
+                svc.avoid.retain(|_, t| now.saturating_since(*t) < exp);
+            }
+        }
+        self.reconcile(now);
     }
 
     /// True when `node` owns no service any more, so it may leave without being fenced.
@@ -1042,7 +1081,7 @@ impl Scheduler {
                 self.event(now, Some(&name), svc.reason.clone());
             }
             (State::Starting, Outcome::StartFailed) => {
-                svc.avoid.insert(r.node);
+                svc.avoid.insert(r.node, now);
                 svc.op = None;
                 if svc.plan.restart_disable {
                     svc.want = Want::Disabled;
@@ -1128,7 +1167,7 @@ impl Scheduler {
                 if let Some(t) = svc.target.take() {
                     // The guest never left the source, so the target owes nothing.
                     svc.fence_wait.remove(&t);
-                    svc.avoid.insert(t);
+                    svc.avoid.insert(t, now);
                 }
                 svc.op = None;
                 svc.state = State::Started;
@@ -1475,7 +1514,7 @@ impl Scheduler {
                 return Some(Unfit::Exclusive(oname.clone()));
             }
         }
-        if use_avoid && svc.avoid.contains(&node) {
+        if use_avoid && svc.avoid.contains_key(&node) {
             return Some(Unfit::Avoided);
         }
         None
@@ -1608,9 +1647,13 @@ impl Scheduler {
             return;
         }
         let why = if !svc.avoid.is_empty() {
-            let tried: Vec<String> = svc.avoid.iter().map(|n| self.node_name(*n)).collect();
+            let tried: Vec<String> = svc.avoid.keys().map(|n| self.node_name(*n)).collect();
+            let when = match Self::retry_at(svc) {
+                Some(t) => format!("retried at {} or", fmt_instant(t)),
+                None => "retried".to_string(),
+            };
             format!(
-                "start failed on every allowed node ({}); retried on the next membership change or `quorate svc enable {}`",
+                "start failed on every allowed node ({}); {when} on the next membership change, or now with `quorate svc enable {}`",
                 tried.join(", "),
                 svc.spec.name
             )

@@ -194,6 +194,10 @@ pub struct ServiceSpec {
     pub depend: Option<String>,
     /// Hard (default) or soft dependency.
     pub depend_mode: DependMode,
+    /// A node where a start failed is tried again after this long (via
+    /// [`crate::Input::Tick`]); zero = only at the next membership change,
+    /// as rgmanager does. Default 60 s.
+    pub failure_expire_time: Duration,
     /// For vms: how to move a running guest; `None` = stop and start.
     pub migrate: Option<MigrateMode>,
     /// Interval of status checks while running; zero = none.
@@ -218,6 +222,7 @@ impl ServiceSpec {
             restart_expire_time: Duration::ZERO,
             depend: None,
             depend_mode: DependMode::Hard,
+            failure_expire_time: Duration::from_secs(60),
             migrate: match kind {
                 ServiceKind::Vm => Some(MigrateMode::Live),
                 ServiceKind::Service => None,

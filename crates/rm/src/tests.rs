@@ -919,3 +919,27 @@ fn request_errors_say_what_to_do_next() {
         .unwrap_err();
     assert!(e.to_string().contains("quorate status"), "{e}");
 }
+
+#[test]
+fn failed_starts_expire_and_a_tick_retries() {
+    let mut h = H::new(2, vec![web()]);
+    h.up(&[1, 2]);
+    h.quorum(true);
+    for _ in 0..2 {
+        let acts = h.actions();
+        h.report(acts[0].0, &acts[0].1, false);
+        let acts = h.actions();
+        h.report(acts[0].0, &acts[0].1, true);
+    }
+    assert_eq!(h.svc("web").state, State::Stopped);
+    let due = h.s[0].recheck_due().expect("a retry is scheduled");
+    assert_eq!(h.s[1].recheck_due(), Some(due));
+    assert_eq!(h.s[0].tick_sender(), Some(n(1)));
+    h.feed(Input::Tick).unwrap(); // too early: nothing expired
+    assert!(h.actions().is_empty());
+    h.t = due.as_nanos() / 1_000_000;
+    h.feed(Input::Tick).unwrap();
+    h.settle();
+    assert_eq!(h.svc("web").state, State::Started);
+    assert!(h.s[0].recheck_due().is_none());
+}
