@@ -1,0 +1,1 @@
+//! Driver for the quorum disk core (see `quorum::qdisk`).
