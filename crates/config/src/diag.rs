@@ -119,8 +119,7 @@ impl Diagnostics {
 
     /// The diagnostics, sorted by position (errors before warnings at one position).
     pub fn into_sorted(mut self) -> Vec<Diagnostic> {
-        self.list
-            .sort_by(|a, b| (a.line, a.column, a.severity).cmp(&(b.line, b.column, b.severity)));
+        self.list.sort_by_key(|d| (d.line, d.column, d.severity));
         self.list
     }
 }

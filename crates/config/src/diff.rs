@@ -250,7 +250,7 @@ pub fn diff(old: &ClusterConf, new: &ClusterConf) -> Result<ConfigDiff, DiffErro
         new.rm.vms.iter().map(|s| (s.name.clone(), js(s))),
         |kind, key, path, detail| c(Area::Vms, kind, subject(&format!("vm:{key}"), path), detail),
     );
-    changes.sort_by(|a, b| a.area.cmp(&b.area));
+    changes.sort_by_key(|c| c.area);
     Ok(ConfigDiff {
         old_version: old.config_version,
         new_version: new.config_version,

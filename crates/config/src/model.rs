@@ -62,7 +62,7 @@ pub fn is_secret_attr(name: &str) -> bool {
 }
 
 /// What `show` prints in place of a secret.
-pub const REDACTED: &str = "(secret, not shown)";
+pub const REDACTED: &str = "(hidden)";
 
 fn redact<S: Serializer>(attrs: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
     let shown: BTreeMap<&str, &str> = attrs

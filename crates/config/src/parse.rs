@@ -9,6 +9,8 @@ use std::net::IpAddr;
 
 /// Largest file the parser accepts (cluster.conf files are a few KiB).
 pub const MAX_FILE_BYTES: usize = 4 << 20;
+/// Deepest element nesting accepted (the XML parser recurses; real files nest < 15 deep).
+pub const MAX_XML_DEPTH: usize = 256;
 /// Deepest resource tree accepted inside a service.
 pub const MAX_RESOURCE_DEPTH: usize = 32;
 
@@ -54,6 +56,17 @@ pub fn parse(file: &str, text: &str) -> Parsed {
             diagnostics: d.into_sorted(),
         };
     }
+    if let Some(at) = too_deep(text, MAX_XML_DEPTH) {
+        d.error(
+            text_pos(text, at),
+            format!("elements nested deeper than {MAX_XML_DEPTH} levels"),
+            "this is not a cluster.conf quorate can read; real files nest a few levels deep",
+        );
+        return Parsed {
+            config: None,
+            diagnostics: d.into_sorted(),
+        };
+    }
     let opts = ParsingOptions {
         allow_dtd: false,
         nodes_limit: 200_000,
@@ -61,6 +74,19 @@ pub fn parse(file: &str, text: &str) -> Parsed {
     let doc = match Document::parse_with_options(text, opts) {
         Ok(doc) => doc,
         Err(e) => {
+            if matches!(e, roxmltree::Error::DtdDetected) {
+                let at = text.find("<!DOCTYPE").unwrap_or(0);
+                let tp = text_pos(text, at);
+                d.error(
+                    tp,
+                    "a <!DOCTYPE> is not allowed in cluster.conf",
+                    "remove the <!DOCTYPE ...> declaration; quorate refuses DTDs and entities so a file cannot expand or pull in other files",
+                );
+                return Parsed {
+                    config: None,
+                    diagnostics: d.into_sorted(),
+                };
+            }
             let tp = e.pos();
             let msg = e.to_string();
             let msg = match msg.rfind(" at ") {
@@ -82,7 +108,7 @@ pub fn parse(file: &str, text: &str) -> Parsed {
         }
     };
     let mut p = P {
-        doc: &doc,
+        lines: Lines::new(text),
         d,
         pending: Pending::default(),
     };
@@ -94,6 +120,79 @@ pub fn parse(file: &str, text: &str) -> Parsed {
     }
 }
 
+/// Byte offset of the first element nested deeper than `max`, by a conservative scan
+/// (it never counts less depth than the XML parser will see).
+fn too_deep(text: &str, max: usize) -> Option<usize> {
+    let b = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let rest = &b[i..];
+        if rest.starts_with(b"<!--") {
+            i = find(b, i + 4, b"-->").map_or(b.len(), |e| e + 3);
+        } else if rest.starts_with(b"<![CDATA[") {
+            i = find(b, i + 9, b"]]>").map_or(b.len(), |e| e + 3);
+        } else if rest.starts_with(b"<?") || rest.starts_with(b"<!") {
+            i = find(b, i + 2, b">").map_or(b.len(), |e| e + 1);
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            i = find(b, i + 2, b">").map_or(b.len(), |e| e + 1);
+        } else {
+            // An opening tag: skip to its '>' outside quotes.
+            let mut j = i + 1;
+            let mut quote = 0u8;
+            while j < b.len() {
+                let c = b[j];
+                if quote != 0 {
+                    if c == quote {
+                        quote = 0;
+                    }
+                } else if c == b'"' || c == b'\'' {
+                    quote = c;
+                } else if c == b'>' || c == b'<' {
+                    break;
+                }
+                j += 1;
+            }
+            let self_closing = j < b.len() && b[j] == b'>' && j > 0 && b[j - 1] == b'/';
+            if !self_closing {
+                depth += 1;
+                if depth > max {
+                    return Some(start);
+                }
+            }
+            i = if j < b.len() && b[j] == b'>' {
+                j + 1
+            } else {
+                j.max(i + 1)
+            };
+        }
+    }
+    None
+}
+
+fn find(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    hay.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
+}
+
+/// 1-based line and column (in characters) of byte offset `at`.
+fn text_pos(text: &str, at: usize) -> Pos {
+    let at = at.min(text.len());
+    let before = text.get(..at).unwrap_or("");
+    let line = before.matches('\n').count() as u32 + 1;
+    let col_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[col_start..].chars().count() as u32 + 1;
+    Pos { line, column }
+}
+
 /// References checked once the whole file is read (sections come in any order).
 #[derive(Default)]
 struct Pending {
@@ -102,8 +201,46 @@ struct Pending {
     inline_keys: BTreeMap<(String, String), u32>,
 }
 
-struct P<'a, 'i> {
-    doc: &'a Document<'i>,
+/// Byte offsets of line starts, for O(log n) offset -> line:column.
+struct Lines<'t> {
+    text: &'t str,
+    starts: Vec<usize>,
+    cache: std::cell::Cell<(usize, usize, usize)>,
+}
+
+impl<'t> Lines<'t> {
+    fn new(text: &'t str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Lines {
+            text,
+            starts,
+            cache: std::cell::Cell::new((0, 0, 0)),
+        }
+    }
+    fn pos(&self, at: usize) -> Pos {
+        let at = at.min(self.text.len());
+        let idx = self.starts.partition_point(|&s| s <= at).saturating_sub(1);
+        let start = self.starts[idx];
+        // Columns count characters; continue from the last lookup on the same line so
+        // a file that is one huge line stays linear.
+        let (c_start, c_at, c_chars) = self.cache.get();
+        let chars = if c_start == start && c_at <= at {
+            c_chars + self.text.get(c_at..at).map_or(0, |t| t.chars().count())
+        } else {
+            self.text.get(start..at).map_or(0, |t| t.chars().count())
+        };
+        self.cache.set((start, at, chars));
+        let column = chars + 1;
+        Pos {
+            line: idx as u32 + 1,
+            column: column as u32,
+        }
+    }
+}
+
+struct P<'i> {
+    lines: Lines<'i>,
     d: Diagnostics,
     pending: Pending,
 }
@@ -139,26 +276,16 @@ fn elem_name<'a>(n: &Node<'a, '_>) -> &'a str {
     n.tag_name().name()
 }
 
-impl<'a, 'i> P<'a, 'i> {
+impl<'a, 'i: 'a> P<'i> {
     fn pos(&self, n: Node) -> Pos {
-        let tp = self.doc.text_pos_at(n.range().start);
-        Pos {
-            line: tp.row,
-            column: tp.col,
-        }
+        self.lines.pos(n.range().start)
     }
     fn line(&self, n: Node) -> u32 {
         self.pos(n).line
     }
     fn attr_pos(&self, n: Node, name: &str) -> Pos {
         match n.attribute_node(name) {
-            Some(a) => {
-                let tp = self.doc.text_pos_at(a.range().start);
-                Pos {
-                    line: tp.row,
-                    column: tp.col,
-                }
-            }
+            Some(a) => self.lines.pos(a.range().start),
             None => self.pos(n),
         }
     }
@@ -1241,15 +1368,11 @@ impl<'a, 'i> P<'a, 'i> {
         let mut seen_sections = BTreeMap::new();
         for c in Self::elements(n) {
             match elem_name(&c) {
-                "failoverdomains" => {
-                    if self.single(&mut seen_sections, c) {
-                        rm.failover_domains = self.domains(c);
-                    }
+                "failoverdomains" if self.single(&mut seen_sections, c) => {
+                    rm.failover_domains = self.domains(c);
                 }
-                "resources" => {
-                    if self.single(&mut seen_sections, c) {
-                        rm.resources = self.global_resources(c);
-                    }
+                "resources" if self.single(&mut seen_sections, c) => {
+                    rm.resources = self.global_resources(c);
                 }
                 _ => {}
             }
@@ -1573,7 +1696,8 @@ impl<'a, 'i> P<'a, 'i> {
             _ => &[],
         };
         for r in required {
-            if !attrs.get(*r).is_some_and(|v| !v.trim().is_empty()) {
+            let present = matches!(attrs.get(*r), Some(v) if !v.trim().is_empty());
+            if !present {
                 let pos = self.pos(c);
                 self.d.error(
                     pos,
