@@ -185,12 +185,16 @@ pub struct Report {
 /// delivered one to [`Scheduler::handle`] with the message's agreed timestamp.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Input {
-    /// New membership (totem configuration change).
+    /// New membership (totem configuration change) with the quorum computed
+    /// for it. Both arrive together so a replica never acts on a shrunken
+    /// membership while still believing it is quorate.
     Membership {
         /// Node ids of the members.
         members: Vec<NodeId>,
+        /// Whether this membership is quorate.
+        quorate: bool,
     },
-    /// Quorum gained or lost.
+    /// Quorum gained or lost without a membership change (e.g. quorum disk).
     Quorum {
         /// Whether this partition is quorate.
         quorate: bool,
@@ -522,7 +526,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// A scheduler for node `local`, starting from configuration `config`,
-    /// inquorate and with no members (feed a Membership and a Quorum input).
+    /// inquorate and with no members (feed a Membership input).
     pub fn new(local: NodeId, config: ClusterSpec) -> Result<Scheduler, ConfigError> {
         let order = config.validate()?;
         let services = config
@@ -616,7 +620,9 @@ impl Scheduler {
     /// Feed one ordered input with its agreed timestamp.
     pub fn handle(&mut self, now: Instant, input: Input) -> Result<(), InputError> {
         match input {
-            Input::Membership { members } => self.handle_membership(now, &members),
+            Input::Membership { members, quorate } => {
+                self.handle_membership(now, &members, quorate)
+            }
             Input::Quorum { quorate } => self.handle_quorum(now, quorate),
             Input::Fenced { victim, method } => self.handle_fenced(now, victim, &method),
             Input::Leave { node } => self.handle_leave(now, node),
@@ -742,7 +748,8 @@ impl Scheduler {
 
     // ----- inputs -------------------------------------------------------
 
-    fn handle_membership(&mut self, now: Instant, members: &[NodeId]) {
+    fn handle_membership(&mut self, now: Instant, members: &[NodeId], quorate: bool) {
+        self.set_quorate(now, quorate);
         let known: BTreeSet<NodeId> = self.st.config.nodes.iter().map(|n| n.id).collect();
         let mut new = BTreeSet::new();
         for m in members {
@@ -867,8 +874,15 @@ impl Scheduler {
     }
 
     fn handle_quorum(&mut self, now: Instant, quorate: bool) {
+        if self.set_quorate(now, quorate) {
+            self.reconcile(now);
+        }
+    }
+
+    /// Record the quorum state; true if it changed.
+    fn set_quorate(&mut self, now: Instant, quorate: bool) -> bool {
         if quorate == self.st.quorate {
-            return;
+            return false;
         }
         self.st.quorate = quorate;
         if quorate {
@@ -889,7 +903,7 @@ impl Scheduler {
                 ),
             );
         }
-        self.reconcile(now);
+        true
     }
 
     fn handle_fenced(&mut self, now: Instant, victim: NodeId, method: &str) {

@@ -38,6 +38,7 @@ struct H {
     s: Vec<Scheduler>,
     t: u64,
     members: Vec<NodeId>,
+    q: bool,
 }
 
 impl H {
@@ -54,6 +55,7 @@ impl H {
             s,
             t: 0,
             members: Vec::new(),
+            q: false,
         }
     }
 
@@ -63,8 +65,11 @@ impl H {
 
     fn feed(&mut self, input: Input) -> Result<(), InputError> {
         self.t += 100;
-        if let Input::Membership { members } = &input {
+        if let Input::Membership { members, .. } = &input {
             self.members = members.clone();
+        }
+        if let Input::Quorum { quorate } = &input {
+            self.q = *quorate;
         }
         let now = self.now();
         let results: Vec<_> = self
@@ -85,6 +90,7 @@ impl H {
     fn up(&mut self, ids: &[u32]) {
         self.feed(Input::Membership {
             members: ids.iter().map(|i| n(*i)).collect(),
+            quorate: self.q,
         })
         .unwrap();
     }
