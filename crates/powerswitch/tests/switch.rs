@@ -1,0 +1,178 @@
+//! The power switch with real process trees, driven by the real fence_quorate binary.
+
+mod common;
+use agents::{FenceAgentError, FenceAgentRunner, PowerStatus};
+use common::*;
+use powerswitch::*;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn off_kills_the_whole_tree_and_stays_off_on_restarts() {
+    let d = tempfile::tempdir().unwrap();
+    let sock = d.path().join("ps.sock");
+    let sw = PowerSwitch::new(vec![
+        OutletConfig::shell("node1", TREE),
+        OutletConfig::shell("node2", TREE),
+    ])
+    .unwrap();
+    let _srv = serve_unix(sw.clone(), &sock).await.unwrap();
+    sw.all_on().await.unwrap();
+    let list = sw.list().await;
+    let (pg1, pg2) = (list[0].pgid.unwrap(), list[1].pgid.unwrap());
+    let tree1 = wait_group(pg1, 4).await;
+    wait_group(pg2, 4).await;
+
+    let agent = fence_quorate();
+    let agent = agent.to_str().unwrap();
+    let r = FenceAgentRunner::default();
+    let to = Duration::from_secs(10);
+    assert_eq!(
+        r.run(agent, &fq_args(&sock, "node1", "status"), to)
+            .await
+            .unwrap()
+            .power,
+        Some(PowerStatus::On)
+    );
+
+    let t0 = Instant::now();
+    r.run(agent, &fq_args(&sock, "node1", "off"), to)
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(
+        group(pg1).is_empty(),
+        "survivors of node1's group: {:?}",
+        group(pg1)
+    );
+    for pid in &tree1 {
+        assert!(!group(pg1).contains(pid));
+    }
+    assert_eq!(group(pg2).len(), 4, "node2 must be untouched");
+    eprintln!("fence_quorate off: {took:?}");
+    // Stays off; status exits 2.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(group(pg1).is_empty());
+    assert_eq!(
+        r.run(agent, &fq_args(&sock, "node1", "status"), to)
+            .await
+            .unwrap()
+            .power,
+        Some(PowerStatus::Off)
+    );
+    // Off again is idempotent.
+    r.run(agent, &fq_args(&sock, "node1", "off"), to)
+        .await
+        .unwrap();
+
+    // On restarts a fresh tree.
+    r.run(agent, &fq_args(&sock, "node1", "on"), to)
+        .await
+        .unwrap();
+    let pg1b = sw.list().await[0].pgid.unwrap();
+    assert_ne!(pg1b, pg1);
+    wait_group(pg1b, 4).await;
+    // Reboot: old group gone, new one running.
+    r.run(agent, &fq_args(&sock, "node1", "reboot"), to)
+        .await
+        .unwrap();
+    let pg1c = sw.list().await[0].pgid.unwrap();
+    assert!(group(pg1b).is_empty());
+    wait_group(pg1c, 4).await;
+    assert_eq!(sw.list().await[0].starts, 3);
+
+    // list, monitor, metadata.
+    let rep = r
+        .run(agent, &fq_args(&sock, "x", "list"), to)
+        .await
+        .unwrap();
+    assert_eq!(rep.stdout, "node1,\nnode2,\n");
+    r.run(agent, &fq_args(&sock, "x", "monitor"), to)
+        .await
+        .unwrap();
+    let rep = r
+        .run(agent, &fq_args(&sock, "x", "metadata"), to)
+        .await
+        .unwrap();
+    let doc = roxmltree::Document::parse(&rep.stdout).unwrap();
+    assert_eq!(doc.root_element().attribute("name"), Some("fence_quorate"));
+    let actions: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("action"))
+        .filter_map(|n| n.attribute("name"))
+        .collect();
+    for a in [
+        "on", "off", "reboot", "status", "list", "monitor", "metadata",
+    ] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+    // Unknown outlet: exit 1 with the switch's explanation.
+    let e = r
+        .run(agent, &fq_args(&sock, "nope", "off"), to)
+        .await
+        .unwrap_err();
+    match e {
+        FenceAgentError::Failed {
+            code: 1,
+            stderr_tail,
+            ..
+        } => assert!(stderr_tail.contains("no outlet"), "{stderr_tail}"),
+        other => panic!("{other:?}"),
+    }
+    sw.all_off().await;
+    assert!(group(pg1c).is_empty() && group(pg2).is_empty());
+}
+
+#[tokio::test]
+async fn tcp_loopback_and_command_line_mode() {
+    let sw = PowerSwitch::new(vec![OutletConfig::shell("n1", TREE)]).unwrap();
+    assert!(matches!(
+        serve_tcp(sw.clone(), "0.0.0.0:0".parse().unwrap()).await,
+        Err(SwitchError::NotLoopback(_))
+    ));
+    let (addr, _h) = serve_tcp(sw.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    sw.all_on().await.unwrap();
+    let pg = sw.list().await[0].pgid.unwrap();
+    wait_group(pg, 4).await;
+    // Command-line options, as an operator would type them.
+    let port = addr.port().to_string();
+    let out = tokio::process::Command::new(fence_quorate())
+        .args(["-o", "off", "-n", "n1", "-a", "127.0.0.1", "-u", &port])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(group(pg).is_empty());
+    let out = tokio::process::Command::new(fence_quorate())
+        .args([
+            "--action=status",
+            "--plug=n1",
+            "--ip=127.0.0.1",
+            &format!("--ipport={port}"),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // Raw protocol, garbage included.
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (rd, mut wr) = s.into_split();
+    let mut rd = BufReader::new(rd).lines();
+    for (req, want) in [
+        ("on n1", "OK on"),
+        ("LIST", "OK n1=on"),
+        ("frob", "ERR unknown command \"frob\""),
+        ("OFF n1", "OK off"),
+    ] {
+        wr.write_all(format!("{req}\n").as_bytes()).await.unwrap();
+        let line = rd.next_line().await.unwrap().unwrap();
+        assert!(line.starts_with(want), "{req} -> {line}");
+    }
+}
