@@ -163,8 +163,8 @@ pub fn diff(old: &ClusterConf, new: &ClusterConf) -> Result<ConfigDiff, DiffErro
 
     // Nodes, keyed by name; fence parts reported under Fencing.
     keyed(
-        old.nodes.iter().map(|n| (n.name.clone(), js(n))),
-        new.nodes.iter().map(|n| (n.name.clone(), js(n))),
+        old.nodes.iter().map(|n| (n.name.clone(), node_js(n))),
+        new.nodes.iter().map(|n| (n.name.clone(), node_js(n))),
         |kind, key, path, detail| {
             let area = if kind == ChangeKind::Changed
                 && (path.starts_with("fence") || path.starts_with("unfence"))
@@ -234,8 +234,14 @@ pub fn diff(old: &ClusterConf, new: &ClusterConf) -> Result<ConfigDiff, DiffErro
         |kind, key, path, detail| c(Area::Resources, kind, subject(&key, path), detail),
     );
     keyed(
-        old.rm.services.iter().map(|s| (s.name.clone(), js(s))),
-        new.rm.services.iter().map(|s| (s.name.clone(), js(s))),
+        old.rm
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), service_js(s))),
+        new.rm
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), service_js(s))),
         |kind, key, path, detail| {
             c(
                 Area::Services,
@@ -268,6 +274,83 @@ fn subject(key: &str, path: &str) -> String {
 
 fn js<T: Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn attrs_summary(attrs: &BTreeMap<String, String>) -> String {
+    attrs
+        .iter()
+        .map(|(k, v)| {
+            if is_secret_attr(k) {
+                format!(" {k}={}", crate::model::REDACTED)
+            } else {
+                format!(" {k}={v}")
+            }
+        })
+        .collect()
+}
+
+fn devices_summary(devs: &[crate::model::FenceDeviceRef]) -> String {
+    devs.iter()
+        .map(|d| format!("{}{}", d.name, attrs_summary(&d.attrs)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A node with its fence methods, unfence devices and altnames as one line each.
+fn node_js(n: &crate::model::ClusterNode) -> Value {
+    let mut v = js(n);
+    let fence = if n.fence.is_empty() {
+        "none".to_string()
+    } else {
+        n.fence
+            .iter()
+            .map(|m| format!("{}[{}]", m.name, devices_summary(&m.devices)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let alt: Vec<&str> = n.altnames.iter().map(|a| a.name.as_str()).collect();
+    if let Value::Object(m) = &mut v {
+        m.insert("fence".into(), Value::String(fence));
+        let unfence = if n.unfence.is_empty() {
+            "none".to_string()
+        } else {
+            devices_summary(&n.unfence)
+        };
+        m.insert("unfence".into(), Value::String(unfence));
+        let alt = if alt.is_empty() {
+            "none".to_string()
+        } else {
+            alt.join(", ")
+        };
+        m.insert("altnames".into(), Value::String(alt));
+    }
+    v
+}
+
+fn tree_summary(rs: &[crate::model::Resource]) -> String {
+    rs.iter()
+        .map(|r| {
+            let kids = if r.children.is_empty() {
+                String::new()
+            } else {
+                format!(" {{ {} }}", tree_summary(&r.children))
+            };
+            format!("{}({}){kids}", r.kind, attrs_summary(&r.attrs).trim_start())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A service with its resource tree as one line.
+fn service_js(s: &crate::model::Service) -> Value {
+    let mut v = js(s);
+    if let Value::Object(m) = &mut v {
+        m.insert(
+            "resources".into(),
+            Value::String(tree_summary(&s.resources)),
+        );
+    }
+    v
 }
 
 fn rm_settings(rm: &crate::model::Rm) -> Value {

@@ -23,8 +23,8 @@ impl LocalNodeError {
     /// What to do about it.
     pub fn hint(&self) -> &'static str {
         match self {
-            LocalNodeError::NoMatch { .. } => "make the node's name resolve to one of this machine's addresses (/etc/hosts), or pass --node NAME",
-            LocalNodeError::Ambiguous(_) => "pass --node NAME to say which node this is (several nodes on one host need it)",
+            LocalNodeError::NoMatch { .. } => "make this node's <clusternode name> resolve to one of this machine's addresses (e.g. in /etc/hosts), or name the node explicitly (`quorate node --node NAME`)",
+            LocalNodeError::Ambiguous(_) => "name the node explicitly (`quorate node --node NAME`); several nodes on one host always need it",
         }
     }
 }

@@ -1,2 +1,28 @@
 //! quorate: one binary for every node service and admin command of the cluster.
-fn main() {}
+//!
+//! `main` parses the command line, sends logs to stderr (`QUORATE_LOG` or `RUST_LOG`
+//! filters, default `warn`), dispatches to `cmd::*` and turns the result into the
+//! exit status documented in `cli.rs`.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod cmd;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let filter = std::env::var("QUORATE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn".to_string());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    tracing::debug!(state_dir = %cli.state_dir.display(), "quorate starting");
+    ExitCode::from(cmd::run(cli))
+}
