@@ -52,6 +52,14 @@ impl Device {
                     }),
             }
         };
+        if let Some(a) = &action {
+            if !matches!(a.as_str(), "off" | "reboot" | "on" | "enable" | "disable") {
+                return Err(crate::FenceError::BadDevice {
+                    device: name,
+                    reason: format!("action=\"{a}\" is not a fence action; use off, reboot or on (on only under <unfence>)"),
+                });
+            }
+        }
         let delay = secs("delay", attrs.remove("delay"))?.unwrap_or(Duration::ZERO);
         let timeout = secs("timeout", attrs.remove("timeout"))?;
         Ok(Device {

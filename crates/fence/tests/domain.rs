@@ -578,3 +578,36 @@ fn operator_fence_of_a_member_is_not_repeated_when_it_leaves() {
     assert!(actions(&mut d).is_empty());
     assert!(d.is_fenced(n(3)));
 }
+
+#[test]
+fn device_attrs_are_validated_with_clear_errors() {
+    let base = || AgentArgs::new().with("name", "d").with("agent", "fence_x");
+    let d = Device::from_attrs(
+        base()
+            .with("option", "off")
+            .with("delay", "2.5")
+            .with("timeout", "7"),
+    )
+    .unwrap();
+    assert_eq!(
+        (d.action.as_deref(), d.delay, d.timeout),
+        (
+            Some("off"),
+            Duration::from_millis(2500),
+            Some(Duration::from_secs(7))
+        )
+    );
+    assert!(d.args.is_empty());
+    let e = Device::from_attrs(base().with("action", "x"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a fence action"), "{e}");
+    let e = Device::from_attrs(base().with("delay", "soon"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("delay=\"soon\""), "{e}");
+    let e = Device::from_attrs(AgentArgs::new().with("name", "d"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no agent="), "{e}");
+}

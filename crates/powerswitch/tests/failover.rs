@@ -2,51 +2,12 @@
 //! timeout, falling through to fence_quorate, which kills the victim's process tree.
 
 mod common;
-use agents::FenceAgentRunner;
 use base::{Instant as BInstant, NodeId};
 use common::*;
 use fence::*;
 use powerswitch::*;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
-
-/// Runs the domain's actions for real until `victim` is fenced; totem is a loopback here.
-async fn drive_until_fenced(dom: &mut FenceDomain, origin: Instant, victim: NodeId) -> Vec<Event> {
-    let runner = FenceAgentRunner::default();
-    let now = || BInstant(origin.elapsed().as_nanos() as u64);
-    let mut events = Vec::new();
-    let t0 = Instant::now();
-    loop {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "not fenced in 30 s: {:?}",
-            dom.status()
-        );
-        while let Some(a) = dom.poll_action() {
-            match a {
-                Action::RunAgent(run) => {
-                    let res = runner.run_for_domain(&run).await;
-                    dom.handle_agent_result(now(), run.run_id, res);
-                }
-                Action::Broadcast(o) => dom.handle_fence_outcome(now(), o),
-            }
-        }
-        while let Some(e) = dom.poll_event() {
-            events.push(e);
-        }
-        if dom.is_fenced(victim) {
-            return events;
-        }
-        match dom.poll_deadline() {
-            Some(d) => {
-                let wait = Duration::from_nanos(d.0.saturating_sub(now().0));
-                tokio::time::sleep(wait).await;
-            }
-            None => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-        dom.handle_timeout(now());
-    }
-}
 
 #[tokio::test]
 async fn hanging_first_method_falls_through_to_power_switch() {

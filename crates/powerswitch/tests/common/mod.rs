@@ -57,3 +57,48 @@ pub fn fq_args(sock: &Path, port: &str, action: &str) -> agents::AgentArgs {
         .with("action", action)
         .with("nodename", port)
 }
+
+use base::{Instant as BInstant, NodeId};
+use fence::{Action, Event, FenceDomain};
+
+/// Runs the domain's actions for real until `victim` is fenced; totem is a loopback here.
+pub async fn drive_until_fenced(
+    dom: &mut FenceDomain,
+    origin: Instant,
+    victim: NodeId,
+) -> Vec<Event> {
+    let runner = agents::FenceAgentRunner::default();
+    let now = || BInstant(origin.elapsed().as_nanos() as u64);
+    let mut events = Vec::new();
+    let t0 = Instant::now();
+    loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "not fenced in 30 s: {:?}",
+            dom.status()
+        );
+        while let Some(a) = dom.poll_action() {
+            match a {
+                Action::RunAgent(run) => {
+                    let res = runner.run_for_domain(&run).await;
+                    dom.handle_agent_result(now(), run.run_id, res);
+                }
+                Action::Broadcast(o) => dom.handle_fence_outcome(now(), o),
+            }
+        }
+        while let Some(e) = dom.poll_event() {
+            events.push(e);
+        }
+        if dom.is_fenced(victim) {
+            return events;
+        }
+        match dom.poll_deadline() {
+            Some(d) => {
+                let wait = Duration::from_nanos(d.0.saturating_sub(now().0));
+                tokio::time::sleep(wait).await;
+            }
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+        dom.handle_timeout(now());
+    }
+}
