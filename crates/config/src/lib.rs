@@ -66,10 +66,19 @@ pub enum LoadError {
 
 /// Reads and parses a file; diagnostics name it as given.
 pub fn load_file(path: &Path) -> Result<Parsed, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+    use std::io::Read;
+    let io = |source| LoadError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // Read at most one byte past the limit, so /dev/zero or a huge file cannot exhaust memory;
+    // the parser then reports the size with a position.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(parse::MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
     let text = String::from_utf8(bytes).map_err(|_| LoadError::NotUtf8 {
         path: path.to_path_buf(),
     })?;

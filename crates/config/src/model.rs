@@ -480,6 +480,7 @@ pub struct Service {
     /// Child resources (references already resolved).
     pub resources: Vec<Resource>,
     /// Other attributes (priority, nfslock, ...), passed through.
+    #[serde(serialize_with = "redact")]
     pub attrs: BTreeMap<String, String>,
     /// Line in the file.
     pub line: u32,

@@ -44,11 +44,7 @@ pub fn parse(file: &str, text: &str) -> Parsed {
     if text.len() > MAX_FILE_BYTES {
         d.error(
             Pos { line: 1, column: 1 },
-            format!(
-                "file is {} bytes, larger than the {} byte limit",
-                text.len(),
-                MAX_FILE_BYTES
-            ),
+            format!("file is larger than the {MAX_FILE_BYTES} byte limit"),
             "check that this is really a cluster.conf",
         );
         return Parsed {

@@ -399,3 +399,17 @@ fn diff_nodes_services_and_secrets() {
         .iter()
         .any(|l| l.contains("hunter2") || l.contains("secret")));
 }
+
+#[test]
+fn load_file_errors_are_typed() {
+    let e = load_file(std::path::Path::new("/nonexistent/cluster.conf")).unwrap_err();
+    assert!(matches!(e, LoadError::Io { .. }));
+    assert!(e.to_string().contains("/nonexistent/cluster.conf"));
+    // An endless file is cut at the size limit instead of exhausting memory.
+    let p = load_file(std::path::Path::new("/dev/zero")).unwrap();
+    let e = p.errors().next().unwrap();
+    assert!(
+        e.message.contains("larger than the 4194304 byte limit"),
+        "{e}"
+    );
+}
