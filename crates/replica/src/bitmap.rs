@@ -6,6 +6,7 @@
 pub struct Bitmap {
     words: Vec<u64>,
     bits: u64,
+    size: u64,
     granularity: u32,
     set: u64,
 }
@@ -18,6 +19,7 @@ impl Bitmap {
         Bitmap {
             words: vec![0; bits.div_ceil(64) as usize],
             bits,
+            size,
             granularity,
             set: 0,
         }
@@ -89,9 +91,8 @@ impl Bitmap {
         let g = self.granularity as u64;
         let first = offset.div_ceil(g);
         let end = offset.saturating_add(len);
-        let size = self.bits * g;
         // The last block may be partial: clearing up to the end of the volume clears it.
-        let last_excl = if end >= size { self.bits } else { end / g };
+        let last_excl = if end >= self.size { self.bits } else { end / g };
         let mut n = 0;
         for bit in first..last_excl {
             n += self.clear_bit(bit) as u64;
