@@ -704,6 +704,28 @@ impl<'a, 'i: 'a> P<'i> {
             keyfile: raw_cman.keyfile,
         };
         let has_alt = nodes.iter().any(|n| !n.altnames.is_empty());
+        if has_alt {
+            if let Some(n) = nodes.iter().find(|n| n.altnames.is_empty()) {
+                self.d.warn(
+                    Pos {
+                        line: n.line,
+                        column: 1,
+                    },
+                    format!(
+                        "node \"{}\" has no <altname> while other nodes do; the second ring needs every node",
+                        n.name
+                    ),
+                    "add <altname name=\"...\"/> with this node's second-network name, or remove the other <altname>s",
+                );
+            }
+        } else if matches!(raw_totem.rrp_mode, Some(RrpMode::Active | RrpMode::Passive)) {
+            let pos = self.attr_pos(totem_n.unwrap_or(root), "rrp_mode");
+            self.d.warn(
+                pos,
+                "rrp_mode is set but no node has an <altname>, so there is only one ring",
+                "add <altname name=\"...\"/> to every <clusternode> for a second ring, or remove rrp_mode",
+            );
+        }
         let token = Setting::or(raw_totem.token, 10_000); // cman: 10 s token, longer than corosync's 3 s
         let t = *token.get();
         // cman: two-node clusters get consensus = 0.2*token clamped to [200, 2000] ms,

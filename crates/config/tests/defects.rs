@@ -179,3 +179,27 @@ fn warnings_do_not_invalidate() {
         "{w:?}"
     );
 }
+
+#[test]
+fn ring_warnings() {
+    let p = parse("c.conf", &conf("<totem rrp_mode=\"passive\"/>"));
+    assert!(p.is_valid());
+    assert!(
+        p.warnings()
+            .any(|d| d.line == 7 && d.message.contains("no node has an <altname>")),
+        "{:#?}",
+        p.diagnostics
+    );
+    let text = conf("").replace(
+        "<clusternode name=\"n1\" nodeid=\"1\">",
+        "<clusternode name=\"n1\" nodeid=\"1\"><altname name=\"n1-sn\"/>",
+    );
+    let p = parse("c.conf", &text);
+    assert!(p.is_valid());
+    assert!(
+        p.warnings()
+            .any(|d| d.line == 4 && d.message.contains("node \"n2\" has no <altname>")),
+        "{:#?}",
+        p.diagnostics
+    );
+}
