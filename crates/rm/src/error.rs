@@ -124,7 +124,9 @@ pub enum ConfigError {
     #[error("service {0} sets migrate, which only a <vm> may; remove it")]
     MigrateNotVm(String),
     /// A failover domain names a node that is not configured.
-    #[error("failover domain {domain} names node {node}, which is not a <clusternode>; fix the name")]
+    #[error(
+        "failover domain {domain} names node {node}, which is not a <clusternode>; fix the name"
+    )]
     UnknownDomainNode {
         /// Domain.
         domain: String,
@@ -148,7 +150,9 @@ pub enum ConfigError {
         priority: u32,
     },
     /// A restricted domain with no nodes could never run anything.
-    #[error("failover domain {0} is restricted but has no nodes; add nodes or make it unrestricted")]
+    #[error(
+        "failover domain {0} is restricted but has no nodes; add nodes or make it unrestricted"
+    )]
     EmptyRestrictedDomain(String),
     /// `depend` names itself or a service that is not configured.
     #[error("service {service} depends on '{depend}', which is not another configured service; fix depend=")]

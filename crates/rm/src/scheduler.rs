@@ -253,6 +253,8 @@ pub enum Action {
         resources: Vec<ResourceStep>,
     },
     /// Stop the service's resources in this order, then report StopOk/StopFailed.
+    /// For a vm this includes any incoming migration instance on this node
+    /// (the scheduler stops the target when a migration's source is lost).
     StopService {
         /// Service.
         service: String,
@@ -430,7 +432,11 @@ struct Svc {
 impl Svc {
     fn new(spec: ServiceSpec) -> Svc {
         let (state, want, reason) = if spec.autostart {
-            (State::Stopped, Want::Running, "waiting for quorum".to_string())
+            (
+                State::Stopped,
+                Want::Running,
+                "waiting for quorum".to_string(),
+            )
         } else {
             (
                 State::Disabled,
@@ -768,7 +774,11 @@ impl Scheduler {
                 || self.st.needs_rejoin.contains(&n);
             self.st.leaving.remove(&n);
             if clean {
-                self.event(now, None, format!("{} left the cluster cleanly", self.node_name(n)));
+                self.event(
+                    now,
+                    None,
+                    format!("{} left the cluster cleanly", self.node_name(n)),
+                );
             } else {
                 self.st.fence_pending.insert(n);
                 unclean.push(n);
@@ -886,7 +896,11 @@ impl Scheduler {
         }
         self.st.quorate = quorate;
         if quorate {
-            self.event(now, None, format!("quorum regained at {}", fmt_instant(now)));
+            self.event(
+                now,
+                None,
+                format!("quorum regained at {}", fmt_instant(now)),
+            );
             let cause = format!("quorum regained at {}", fmt_instant(now));
             for svc in self.st.services.values_mut() {
                 if svc.state == State::Stopped && svc.plan.cause.is_empty() {
@@ -1023,7 +1037,9 @@ impl Scheduler {
         }
         for (name, spec) in &new {
             if !self.st.services.contains_key(name) {
-                self.st.services.insert(name.clone(), Svc::new(spec.clone()));
+                self.st
+                    .services
+                    .insert(name.clone(), Svc::new(spec.clone()));
             }
         }
         self.event(
@@ -1118,7 +1134,8 @@ impl Scheduler {
                 svc.op = None;
                 if !svc.fence_wait.is_empty() {
                     svc.state = State::Recovering;
-                    let w: Vec<String> = svc.fence_wait.iter().map(|n| self.node_name(*n)).collect();
+                    let w: Vec<String> =
+                        svc.fence_wait.iter().map(|n| self.node_name(*n)).collect();
                     svc.reason = format!(
                         "stopped on {nname}; waiting for {} to be fenced",
                         w.join(", ")
@@ -1199,7 +1216,10 @@ impl Scheduler {
     fn status_failed(&mut self, now: Instant, svc: &mut Svc, node: NodeId) {
         let name = svc.spec.name.clone();
         let nname = self.node_name(node);
-        let base = format!("status check of {name} failed on {nname} at {}", fmt_instant(now));
+        let base = format!(
+            "status check of {name} failed on {nname} at {}",
+            fmt_instant(now)
+        );
         let expire = svc.spec.restart_expire_time;
         if expire.as_nanos() > 0 {
             svc.restarts.retain(|t| now.saturating_since(*t) < expire);
@@ -1401,8 +1421,8 @@ impl Scheduler {
                 State::Disabled => Ok(()),
                 _ => {
                     svc.want = Want::Held;
-                    svc.reason = "stopped by operator (until the next membership change or enable)"
-                        .into();
+                    svc.reason =
+                        "stopped by operator (until the next membership change or enable)".into();
                     Ok(())
                 }
             },
@@ -1644,7 +1664,11 @@ impl Scheduler {
                 restart_disable: false,
                 cause: cause.clone(),
             };
-            self.stop_on(now, svc, format!("{cause}; moving to {}", self.node_name(to)));
+            self.stop_on(
+                now,
+                svc,
+                format!("{cause}; moving to {}", self.node_name(to)),
+            );
         }
     }
 
@@ -1674,7 +1698,11 @@ impl Scheduler {
         } else if svc.spec.domain.as_ref().is_some_and(|d| d.restricted) {
             format!(
                 "no member of restricted failover domain '{}' can take it now",
-                svc.spec.domain.as_ref().map(|d| d.name.as_str()).unwrap_or("")
+                svc.spec
+                    .domain
+                    .as_ref()
+                    .map(|d| d.name.as_str())
+                    .unwrap_or("")
             )
         } else {
             "no online node can take it now".to_string()
@@ -1791,7 +1819,9 @@ impl Scheduler {
         } else if self.st.needs_rejoin.contains(&owner) {
             Some(format!("{oname} was fenced"))
         } else if matches!(self.unfit(svc, owner, false), Some(Unfit::NotInDomain)) {
-            Some(format!("{oname} is no longer in its restricted failover domain"))
+            Some(format!(
+                "{oname} is no longer in its restricted failover domain"
+            ))
         } else {
             None
         };
@@ -1804,7 +1834,11 @@ impl Scheduler {
                         cause: cause.clone(),
                         ..Plan::default()
                     };
-                    self.stop_on(now, svc, format!("{cause} and no other allowed node can take it"));
+                    self.stop_on(
+                        now,
+                        svc,
+                        format!("{cause} and no other allowed node can take it"),
+                    );
                 }
             }
             return;
@@ -1819,7 +1853,11 @@ impl Scheduler {
         let (o_out, o_prio) = Self::domain_rank(svc, owner);
         let (b_out, b_prio) = Self::domain_rank(svc, to);
         if o_out && !b_out {
-            let cause = format!("{} is in its failover domain '{}'", self.node_name(to), d.name);
+            let cause = format!(
+                "{} is in its failover domain '{}'",
+                self.node_name(to),
+                d.name
+            );
             self.move_to(now, svc, to, cause);
         } else if d.ordered && !d.nofailback && !o_out && !b_out && b_prio < o_prio {
             let cause = format!(

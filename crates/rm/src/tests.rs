@@ -125,12 +125,20 @@ impl H {
             Action::StartService { service, op, .. } => (
                 service,
                 *op,
-                if ok { Outcome::StartOk } else { Outcome::StartFailed },
+                if ok {
+                    Outcome::StartOk
+                } else {
+                    Outcome::StartFailed
+                },
             ),
             Action::StopService { service, op, .. } => (
                 service,
                 *op,
-                if ok { Outcome::StopOk } else { Outcome::StopFailed },
+                if ok {
+                    Outcome::StopOk
+                } else {
+                    Outcome::StopFailed
+                },
             ),
             Action::Migrate { service, op, .. } => (
                 service,
@@ -176,7 +184,9 @@ impl H {
         let owner = v.owner.unwrap();
         // The owner's replica schedules the status check.
         let idx = (owner.0 - 1) as usize;
-        let due = self.s[idx].poll_deadline().expect("a status check is scheduled");
+        let due = self.s[idx]
+            .poll_deadline()
+            .expect("a status check is scheduled");
         self.s[idx].handle_timeout(due);
         let acts = self.s[idx].drain_actions();
         let op = acts
@@ -236,9 +246,13 @@ fn ordered_domain_fails_back_after_fenced_recovery() {
     h.fenced(1);
     h.settle();
     let v = h.svc("web");
-    assert_eq!((v.state, v.owner, v.last_owner), (State::Started, Some(n(2)), Some(n(1))));
+    assert_eq!(
+        (v.state, v.owner, v.last_owner),
+        (State::Started, Some(n(2)), Some(n(1)))
+    );
     assert!(
-        v.reason.starts_with("moved web from an-node01 to an-node02: an-node01 fenced by ipmi at t+"),
+        v.reason
+            .starts_with("moved web from an-node01 to an-node02: an-node01 fenced by ipmi at t+"),
         "{}",
         v.reason
     );
@@ -246,7 +260,12 @@ fn ordered_domain_fails_back_after_fenced_recovery() {
     h.up(&[1, 2]);
     h.settle();
     let v = h.svc("web");
-    assert_eq!(v.owner, Some(n(1)), "ordered domain fails back: {}", v.reason);
+    assert_eq!(
+        v.owner,
+        Some(n(1)),
+        "ordered domain fails back: {}",
+        v.reason
+    );
     assert!(v.reason.contains("failback"), "{}", v.reason);
 }
 
@@ -274,7 +293,11 @@ fn unrestricted_domain_pulls_service_back_in_even_with_nofailback() {
     h.up(&[2]);
     h.fenced(1);
     h.settle();
-    assert_eq!(h.svc("web").owner, Some(n(2)), "unrestricted: may run outside");
+    assert_eq!(
+        h.svc("web").owner,
+        Some(n(2)),
+        "unrestricted: may run outside"
+    );
     h.up(&[1, 2]);
     h.settle();
     assert_eq!(h.svc("web").owner, Some(n(1)), "moves back into its domain");
@@ -291,14 +314,21 @@ fn restricted_domain_with_no_member_left_stays_stopped() {
     h.settle();
     let v = h.svc("web");
     assert_eq!((v.state, v.owner), (State::Stopped, None));
-    assert!(v.reason.contains("restricted failover domain"), "{}", v.reason);
+    assert!(
+        v.reason.contains("restricted failover domain"),
+        "{}",
+        v.reason
+    );
     let e = h
         .req(Request::Enable {
             service: "web".into(),
             node: Some(n(2)),
         })
         .unwrap_err();
-    assert!(matches!(e, InputError::Request(RequestError::NotInDomain { .. })), "{e}");
+    assert!(
+        matches!(e, InputError::Request(RequestError::NotInDomain { .. })),
+        "{e}"
+    );
     assert!(e.to_string().contains("pick one of: an-node01"), "{e}");
     // The member comes back: the service starts there.
     h.up(&[1, 2]);
@@ -389,12 +419,19 @@ fn start_failure_tries_next_node_then_stops_until_next_transition() {
         assert_eq!(acts[0].0, expected);
         h.report(acts[0].0, &acts[0].1, false); // start fails
         let acts = h.actions();
-        assert!(matches!(acts[0].1, Action::StopService { .. }), "cleanup stop");
+        assert!(
+            matches!(acts[0].1, Action::StopService { .. }),
+            "cleanup stop"
+        );
         h.report(acts[0].0, &acts[0].1, true);
     }
     let v = h.svc("web");
     assert_eq!(v.state, State::Stopped);
-    assert!(v.reason.contains("start failed on every allowed node"), "{}", v.reason);
+    assert!(
+        v.reason.contains("start failed on every allowed node"),
+        "{}",
+        v.reason
+    );
     assert!(h.actions().is_empty());
     h.up(&[1, 2]); // a transition retries
     h.settle();
@@ -419,7 +456,10 @@ fn exclusive_service_keeps_others_off_its_node() {
         })
         .unwrap_err();
     assert!(
-        matches!(e, InputError::Request(RequestError::ExclusiveConflict { .. })),
+        matches!(
+            e,
+            InputError::Request(RequestError::ExclusiveConflict { .. })
+        ),
         "{e}"
     );
     // Lose the node of "other": it may not join the exclusive service.
@@ -564,7 +604,10 @@ fn recovery_waits_for_fence_and_refuses_moves_meanwhile() {
             node: Some(n(rest[0])),
         })
         .unwrap_err();
-    assert!(matches!(e, InputError::Request(RequestError::FencingPending(_))), "{e}");
+    assert!(
+        matches!(e, InputError::Request(RequestError::FencingPending(_))),
+        "{e}"
+    );
     h.fenced(owner.0);
     h.settle();
     // A second fence notice for the same node owes nothing.
@@ -590,7 +633,11 @@ fn fenced_node_that_rejoins_gets_no_service_until_fenced() {
     h.up(&[2]);
     h.up(&[1, 2]);
     h.settle();
-    assert_eq!(h.svc("web").owner, Some(n(1)), "failback after a clean rejoin");
+    assert_eq!(
+        h.svc("web").owner,
+        Some(n(1)),
+        "failback after a clean rejoin"
+    );
 }
 
 fn vm() -> ServiceSpec {
@@ -616,7 +663,10 @@ fn vm_relocate_and_failback_use_live_migration() {
     assert_eq!(h.svc("guest").state, State::Migrating);
     h.report(acts[0].0, &acts[0].1, true);
     let v = h.svc("guest");
-    assert_eq!((v.state, v.owner, v.last_owner), (State::Started, Some(n(2)), Some(n(1))));
+    assert_eq!(
+        (v.state, v.owner, v.last_owner),
+        (State::Started, Some(n(2)), Some(n(1)))
+    );
     assert!(h.actions().is_empty(), "no failback outside a transition");
     // Node 3 joins again: a transition, so the ordered domain fails back by migration.
     h.up(&[1, 2]);
@@ -658,7 +708,10 @@ fn failed_migration_keeps_vm_on_source_and_next_move_is_cold() {
             node: n(1),
         })
         .unwrap_err();
-    assert!(matches!(e, InputError::Request(RequestError::NoSuchService(_))));
+    assert!(matches!(
+        e,
+        InputError::Request(RequestError::NoSuchService(_))
+    ));
 }
 
 #[test]
@@ -670,7 +723,10 @@ fn migrate_refused_for_plain_services() {
             node: n(2),
         })
         .unwrap_err();
-    assert!(matches!(e, InputError::Request(RequestError::NotMigratable(_))));
+    assert!(matches!(
+        e,
+        InputError::Request(RequestError::NotMigratable(_))
+    ));
 }
 
 #[test]
@@ -686,7 +742,12 @@ fn source_lost_mid_migration_cleans_target_and_waits_for_fence() {
     let _ = h.actions(); // the source dies before reporting
     h.up(&[2, 3]);
     let v = h.svc("guest");
-    assert_eq!((v.state, v.owner), (State::Stopping, Some(n(2))), "{}", v.reason);
+    assert_eq!(
+        (v.state, v.owner),
+        (State::Stopping, Some(n(2))),
+        "{}",
+        v.reason
+    );
     let acts = h.actions();
     assert!(matches!(&acts[..], [(t, Action::StopService { .. })] if *t == n(2)));
     h.report(acts[0].0, &acts[0].1, true);
@@ -709,8 +770,12 @@ fn clean_leave_moves_services_then_leaves_unfenced() {
     h.feed(Input::Leave { node: n(1) }).unwrap();
     assert!(!h.s[0].ready_to_leave(n(1)));
     let acts = h.actions();
-    assert!(acts.iter().any(|(_, a)| matches!(a, Action::Migrate { .. })));
-    assert!(acts.iter().any(|(_, a)| matches!(a, Action::StopService { .. })));
+    assert!(acts
+        .iter()
+        .any(|(_, a)| matches!(a, Action::Migrate { .. })));
+    assert!(acts
+        .iter()
+        .any(|(_, a)| matches!(a, Action::StopService { .. })));
     for (node, a) in &acts {
         h.report(*node, a, true);
     }
@@ -741,7 +806,15 @@ fn start_order_follows_rgmanager_levels_and_stop_reverses() {
     let names: Vec<String> = start_order(&res).into_iter().map(|s| s.name).collect();
     assert_eq!(
         names,
-        ["vg0", "/data", "exp", "child-script", "10.0.0.1", "/etc/init.d/app", "dummy"]
+        [
+            "vg0",
+            "/data",
+            "exp",
+            "child-script",
+            "10.0.0.1",
+            "/etc/init.d/app",
+            "dummy"
+        ]
     );
     let stop: Vec<String> = stop_order(&res).into_iter().map(|s| s.name).collect();
     assert_eq!(stop.first().map(String::as_str), Some("dummy"));
@@ -753,19 +826,28 @@ fn config_changes_add_remove_and_refuse_bad_versions() {
     let mut h = started_cluster(2, vec![web()]);
     let mut cfg = h.s[0].config().clone();
     let e = h.feed(Input::Config(cfg.clone())).unwrap_err();
-    assert!(matches!(e, InputError::Config(ConfigError::StaleVersion { .. })));
+    assert!(matches!(
+        e,
+        InputError::Config(ConfigError::StaleVersion { .. })
+    ));
     cfg.config_version = 2;
     let mut db = web();
     db.name = "db".into();
     db.depend = Some("db".into());
     cfg.services.push(db);
     let e = h.feed(Input::Config(cfg.clone())).unwrap_err();
-    assert!(matches!(e, InputError::Config(ConfigError::UnknownDependency { .. })));
+    assert!(matches!(
+        e,
+        InputError::Config(ConfigError::UnknownDependency { .. })
+    ));
     cfg.services[1].depend = None;
     cfg.services.remove(0); // remove web
     h.feed(Input::Config(cfg)).unwrap();
     h.settle();
-    assert!(h.s[0].service("web").is_none(), "removed service stopped and forgotten");
+    assert!(
+        h.s[0].service("web").is_none(),
+        "removed service stopped and forgotten"
+    );
     assert_eq!(h.svc("db").state, State::Started);
     assert_eq!(h.s[0].view().config_version, 2);
 }
@@ -832,15 +914,15 @@ fn status_checks_run_only_on_the_owner_at_their_interval() {
         h.s[oi].drain_actions()[..],
         [Action::StatusCheck { .. }]
     ));
-    assert_eq!(
-        h.s[oi].poll_deadline(),
-        Some(due + Duration::from_secs(10))
-    );
+    assert_eq!(h.s[oi].poll_deadline(), Some(due + Duration::from_secs(10)));
     h.req(Request::Freeze {
         service: "web".into(),
     })
     .unwrap();
-    assert!(h.s[oi].poll_deadline().is_none(), "frozen: no status checks");
+    assert!(
+        h.s[oi].poll_deadline().is_none(),
+        "frozen: no status checks"
+    );
 }
 
 #[test]

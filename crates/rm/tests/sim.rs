@@ -17,7 +17,7 @@
 //! undoes what operators did (unfreeze, disable failed, re-enable), every
 //! service whose domain has a live node runs, exactly where its owner says.
 //!
-//! `RM_SIM_SEEDS=N` runs N seeds (default 300), `RM_SIM_SEED=S` one seed,
+//! `RM_SIM_SEEDS=N` runs N seeds (default 200), `RM_SIM_SEED=S` one seed,
 //! `RM_SIM_K=K` sets the cluster size (default: 3 and 5 alternating).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,12 +54,28 @@ enum Group {
 
 #[derive(Debug)]
 enum Ev {
-    Deliver { group: Group, from: Option<(NodeId, u32)>, input: Input },
-    OpDone { node: NodeId, inc: u32, action: Action },
+    Deliver {
+        group: Group,
+        from: Option<(NodeId, u32)>,
+        input: Input,
+    },
+    OpDone {
+        node: NodeId,
+        inc: u32,
+        action: Action,
+    },
     Fault,
-    Detect { node: NodeId, inc: u32 },
-    Fence { node: NodeId, inc: u32 },
-    Reboot { node: NodeId },
+    Detect {
+        node: NodeId,
+        inc: u32,
+    },
+    Fence {
+        node: NodeId,
+        inc: u32,
+    },
+    Reboot {
+        node: NodeId,
+    },
     FlapEnd,
     Heal,
     Admin,
@@ -91,6 +107,9 @@ struct Sim {
     stream_t: Instant,
     /// Ground truth: service -> node -> healthy.
     procs: BTreeMap<String, BTreeMap<NodeId, bool>>,
+    /// Incoming migration instances (QEMU `-incoming`): service -> target.
+    /// A stop on the target kills it, and a migration completes only into it.
+    incoming: BTreeMap<String, NodeId>,
     faults: bool,
     op_stopped: BTreeSet<String>,
     tick_at: Option<Instant>,
@@ -114,7 +133,13 @@ fn n(i: u32) -> NodeId {
     NodeId(i)
 }
 
-fn dom(name: &str, ordered: bool, restricted: bool, nofailback: bool, m: &[(u32, u32)]) -> DomainSpec {
+fn dom(
+    name: &str,
+    ordered: bool,
+    restricted: bool,
+    nofailback: bool,
+    m: &[(u32, u32)],
+) -> DomainSpec {
     DomainSpec {
         name: name.into(),
         ordered,
@@ -137,7 +162,13 @@ fn config(k: u32) -> ClusterSpec {
         s
     };
     let mut web = ServiceSpec::new("web", ServiceKind::Service);
-    web.domain = Some(dom("web_dom", true, false, false, &[(1, 1), (2, 2), (3, 3)]));
+    web.domain = Some(dom(
+        "web_dom",
+        true,
+        false,
+        false,
+        &[(1, 1), (2, 2), (3, 3)],
+    ));
     web.max_restarts = 2;
     web.restart_expire_time = Duration::from_secs(20);
     web.resources = vec![
@@ -199,6 +230,7 @@ impl Sim {
             flap: false,
             stream_t: Instant(0),
             procs: BTreeMap::new(),
+            incoming: BTreeMap::new(),
             faults: true,
             op_stopped: BTreeSet::new(),
             tick_at: None,
@@ -216,7 +248,8 @@ impl Sim {
         if self.log.len() >= 400 {
             self.log.remove(0);
         }
-        self.log.push(format!("{} {msg}", rm::fmt_instant(self.now)));
+        self.log
+            .push(format!("{} {msg}", rm::fmt_instant(self.now)));
     }
 
     fn fail(&self, msg: String) -> R {
@@ -252,7 +285,11 @@ impl Sim {
         let members: Vec<NodeId> = self.maj.iter().copied().collect();
         let quorate = self.majority_quorate();
         self.q_sent = quorate;
-        self.send(Group::Majority, None, Input::Membership { members, quorate });
+        self.send(
+            Group::Majority,
+            None,
+            Input::Membership { members, quorate },
+        );
     }
 
     fn send_quorum(&mut self) {
@@ -283,7 +320,12 @@ impl Sim {
                 .nodes
                 .iter()
                 .filter(|(_, sn)| matches!(sn.life, Life::Up | Life::Isolated))
-                .filter_map(|(id, sn)| sn.replica.as_ref().and_then(|r| r.poll_deadline()).map(|t| (t, *id)))
+                .filter_map(|(id, sn)| {
+                    sn.replica
+                        .as_ref()
+                        .and_then(|r| r.poll_deadline())
+                        .map(|t| (t, *id))
+                })
                 .min();
             let next = match (qt, timer) {
                 (Some(a), Some((b, _))) => a.min(b),
@@ -296,9 +338,13 @@ impl Sim {
             }
             self.now = next;
             if let Some((t, id)) = timer {
-                if t == next && qt.map_or(true, |q| t < q) {
+                if t == next && !matches!(qt, Some(q) if q <= t) {
                     let acts = {
-                        let r = self.nodes.get_mut(&id).and_then(|sn| sn.replica.as_mut()).expect("replica");
+                        let r = self
+                            .nodes
+                            .get_mut(&id)
+                            .and_then(|sn| sn.replica.as_mut())
+                            .expect("replica");
                         r.handle_timeout(t);
                         r.drain_actions()
                     };
@@ -329,7 +375,9 @@ impl Sim {
             }
             Ev::Detect { node, inc } => {
                 let sn = &self.nodes[&node];
-                if sn.inc != inc || !matches!(sn.life, Life::Crashed | Life::Paused | Life::Isolated) {
+                if sn.inc != inc
+                    || !matches!(sn.life, Life::Crashed | Life::Paused | Life::Isolated)
+                {
                     return Ok(());
                 }
                 let isolated = sn.life == Life::Isolated;
@@ -382,7 +430,11 @@ impl Sim {
                         method: "sim-power".into(),
                     },
                 );
-                let d = if self.faults { self.rng.range(1000, 8000) } else { self.rng.range(500, 2000) };
+                let d = if self.faults {
+                    self.rng.range(1000, 8000)
+                } else {
+                    self.rng.range(500, 2000)
+                };
                 self.at(d, Ev::Reboot { node });
                 Ok(())
             }
@@ -417,7 +469,11 @@ impl Sim {
                     .map(|(id, _)| *id)
                     .collect();
                 for id in downs {
-                    if !self.q.values().any(|e| matches!(e, Ev::Reboot { node } if *node == id)) {
+                    if !self
+                        .q
+                        .values()
+                        .any(|e| matches!(e, Ev::Reboot { node } if *node == id))
+                    {
                         self.at(100, Ev::Reboot { node: id });
                     }
                 }
@@ -443,6 +499,7 @@ impl Sim {
         for m in self.procs.values_mut() {
             m.remove(&node);
         }
+        self.incoming.retain(|_, t| *t != node);
     }
 
     fn pick_up_node(&mut self) -> Option<NodeId> {
@@ -466,7 +523,9 @@ impl Sim {
         let services = ["web", "db", "app", "guest", "excl"];
         match roll {
             0..=9 if can_lose => {
-                let Some(x) = self.pick_up_node() else { return Ok(()) };
+                let Some(x) = self.pick_up_node() else {
+                    return Ok(());
+                };
                 self.note(format!("CRASH {x:?}"));
                 self.kill(x);
                 let sn = self.nodes.get_mut(&x).expect("node");
@@ -476,7 +535,9 @@ impl Sim {
                 self.at(1000, Ev::Detect { node: x, inc });
             }
             10..=15 if can_lose => {
-                let Some(x) = self.pick_up_node() else { return Ok(()) };
+                let Some(x) = self.pick_up_node() else {
+                    return Ok(());
+                };
                 self.note(format!("PAUSE {x:?} (processes keep running)"));
                 let sn = self.nodes.get_mut(&x).expect("node");
                 sn.life = Life::Paused;
@@ -484,7 +545,9 @@ impl Sim {
                 self.at(1000, Ev::Detect { node: x, inc });
             }
             16..=21 if can_lose => {
-                let Some(x) = self.pick_up_node() else { return Ok(()) };
+                let Some(x) = self.pick_up_node() else {
+                    return Ok(());
+                };
                 self.note(format!("ISOLATE {x:?} (network partition)"));
                 let sn = self.nodes.get_mut(&x).expect("node");
                 sn.life = Life::Isolated;
@@ -501,7 +564,9 @@ impl Sim {
                 self.at(d, Ev::FlapEnd);
             }
             26..=29 if can_lose => {
-                let Some(x) = self.pick_up_node() else { return Ok(()) };
+                let Some(x) = self.pick_up_node() else {
+                    return Ok(());
+                };
                 if self.nodes[&x].leaving {
                     return Ok(());
                 }
@@ -526,7 +591,9 @@ impl Sim {
                 }
             }
             _ => {
-                let Some(from) = self.pick_up_node() else { return Ok(()) };
+                let Some(from) = self.pick_up_node() else {
+                    return Ok(());
+                };
                 let s = services[self.rng.below(services.len() as u64) as usize].to_string();
                 let target = if self.rng.chance(0.5) {
                     Some(n(1 + self.rng.below(u64::from(self.k)) as u32))
@@ -534,9 +601,15 @@ impl Sim {
                     None
                 };
                 let req = match self.rng.below(16) {
-                    0..=3 => Request::Enable { service: s, node: target },
+                    0..=3 => Request::Enable {
+                        service: s,
+                        node: target,
+                    },
                     4 => Request::Disable { service: s },
-                    5..=7 => Request::Relocate { service: s, node: target },
+                    5..=7 => Request::Relocate {
+                        service: s,
+                        node: target,
+                    },
                     8..=9 => Request::Restart { service: s },
                     10 => Request::Stop { service: s },
                     11 => Request::Freeze { service: s },
@@ -547,7 +620,11 @@ impl Sim {
                     },
                 };
                 let inc = self.nodes[&from].inc;
-                self.send(Group::Majority, Some((from, inc)), Input::Request { from, request: req });
+                self.send(
+                    Group::Majority,
+                    Some((from, inc)),
+                    Input::Request { from, request: req },
+                );
             }
         }
         Ok(())
@@ -555,8 +632,12 @@ impl Sim {
 
     /// After faults: undo what operators (and policies) left stopped on purpose.
     fn admin(&mut self) {
-        let Some(v) = self.majority_view() else { return };
-        let Some(from) = self.pick_up_node() else { return };
+        let Some(v) = self.majority_view() else {
+            return;
+        };
+        let Some(from) = self.pick_up_node() else {
+            return;
+        };
         let inc = self.nodes[&from].inc;
         for s in &v.services {
             let name = s.name.clone();
@@ -564,13 +645,22 @@ impl Sim {
                 Request::Unfreeze { service: name }
             } else if s.state == State::Failed {
                 Request::Disable { service: name }
-            } else if s.state == State::Disabled || (s.state == State::Stopped && self.op_stopped.contains(&s.name)) {
-                Request::Enable { service: name, node: None }
+            } else if s.state == State::Disabled
+                || (s.state == State::Stopped && self.op_stopped.contains(&s.name))
+            {
+                Request::Enable {
+                    service: name,
+                    node: None,
+                }
             } else {
                 continue;
             };
             self.note(format!("admin: {req:?}"));
-            self.send(Group::Majority, Some((from, inc)), Input::Request { from, request: req });
+            self.send(
+                Group::Majority,
+                Some((from, inc)),
+                Input::Request { from, request: req },
+            );
         }
     }
 
@@ -614,7 +704,10 @@ impl Sim {
                     if self.nodes[id].replica.is_none() && members.contains(id) {
                         let snap = match &snap {
                             Some(s) => s.clone(),
-                            None => return self.fail("a node joined with nobody to copy state from".into()),
+                            None => {
+                                return self
+                                    .fail("a node joined with nobody to copy state from".into())
+                            }
                         };
                         self.nodes.get_mut(id).expect("node").replica =
                             Some(Scheduler::from_snapshot(*id, snap, self.now));
@@ -631,7 +724,10 @@ impl Sim {
             let Some(r) = self.nodes.get_mut(id).and_then(|sn| sn.replica.as_mut()) else {
                 continue;
             };
-            if group == Group::Majority && !self.maj.contains(id) && !matches!(input, Input::Membership { .. }) {
+            if group == Group::Majority
+                && !self.maj.contains(id)
+                && !matches!(input, Input::Membership { .. })
+            {
                 // a rebooted node waits for its membership to arrive
                 continue;
             }
@@ -699,7 +795,10 @@ impl Sim {
             .map(|(id, _)| *id)
             .collect();
         for x in leaving {
-            let ready = self.nodes[&x].replica.as_ref().is_some_and(|r| r.ready_to_leave(x));
+            let ready = self.nodes[&x]
+                .replica
+                .as_ref()
+                .is_some_and(|r| r.ready_to_leave(x));
             if ready {
                 let runs: Vec<String> = self
                     .procs
@@ -715,7 +814,9 @@ impl Sim {
                 sn.leaving = false;
                 self.maj.remove(&x);
                 if !runs.is_empty() {
-                    return self.fail(format!("{x:?} left cleanly (unfenced) while running {runs:?}"));
+                    return self.fail(format!(
+                        "{x:?} left cleanly (unfenced) while running {runs:?}"
+                    ));
                 }
                 self.send_membership();
                 let d = self.rng.range(1000, 6000);
@@ -724,7 +825,7 @@ impl Sim {
         }
         // Replicated recheck timer: the lowest member sends a Tick when due.
         if let Some(due) = self.any_replica().and_then(|r| r.recheck_due()) {
-            if self.tick_at.map_or(true, |t| t > due) {
+            if !matches!(self.tick_at, Some(t) if t <= due) {
                 self.tick_at = Some(due);
                 let t = due.max(self.now);
                 self.at_t(t, Ev::Tick);
@@ -742,31 +843,69 @@ impl Sim {
                 if !quorate {
                     return self.fail(format!("inquorate {node:?} was told to start {service}"));
                 }
-                let elsewhere: Vec<NodeId> = self.procs.get(service).map(|m| m.keys().copied().collect()).unwrap_or_default();
+                let elsewhere: Vec<NodeId> = self
+                    .procs
+                    .get(service)
+                    .map(|m| m.keys().copied().collect())
+                    .unwrap_or_default();
                 if !elsewhere.is_empty() {
                     return self.fail(format!(
                         "start of {service} on {node:?} while it still runs on {elsewhere:?} (previous owner not stopped or fenced)"
                     ));
                 }
                 self.stats.starts += 1;
-                self.procs.entry(service.clone()).or_default().insert(node, false);
+                self.procs
+                    .entry(service.clone())
+                    .or_default()
+                    .insert(node, false);
                 let d = self.rng.range(50, 600);
-                self.at(d, Ev::OpDone { node, inc, action: a });
+                self.at(
+                    d,
+                    Ev::OpDone {
+                        node,
+                        inc,
+                        action: a,
+                    },
+                );
             }
             Action::StopService { .. } => {
                 let d = self.rng.range(20, 400);
-                self.at(d, Ev::OpDone { node, inc, action: a });
+                self.at(
+                    d,
+                    Ev::OpDone {
+                        node,
+                        inc,
+                        action: a,
+                    },
+                );
             }
             Action::Migrate { service, .. } => {
                 if !quorate {
                     return self.fail(format!("inquorate {node:?} was told to migrate {service}"));
                 }
+                if let Action::Migrate { to, .. } = &a {
+                    self.incoming.insert(service.clone(), *to);
+                }
                 let d = self.rng.range(200, 1500);
-                self.at(d, Ev::OpDone { node, inc, action: a });
+                self.at(
+                    d,
+                    Ev::OpDone {
+                        node,
+                        inc,
+                        action: a,
+                    },
+                );
             }
             Action::StatusCheck { .. } => {
                 let d = self.rng.range(5, 50);
-                self.at(d, Ev::OpDone { node, inc, action: a });
+                self.at(
+                    d,
+                    Ev::OpDone {
+                        node,
+                        inc,
+                        action: a,
+                    },
+                );
             }
         }
         Ok(())
@@ -786,7 +925,15 @@ impl Sim {
                         *h = true;
                     }
                 }
-                (service.clone(), *op, if failed { Outcome::StartFailed } else { Outcome::StartOk })
+                (
+                    service.clone(),
+                    *op,
+                    if failed {
+                        Outcome::StartFailed
+                    } else {
+                        Outcome::StartOk
+                    },
+                )
             }
             Action::StopService { service, op, .. } => {
                 let failed = self.rng.chance(0.02 * f);
@@ -794,25 +941,54 @@ impl Sim {
                     if let Some(m) = self.procs.get_mut(service) {
                         m.remove(&node);
                     }
+                    if self.incoming.get(service) == Some(&node) {
+                        self.incoming.remove(service);
+                    }
                 }
-                (service.clone(), *op, if failed { Outcome::StopFailed } else { Outcome::StopOk })
+                (
+                    service.clone(),
+                    *op,
+                    if failed {
+                        Outcome::StopFailed
+                    } else {
+                        Outcome::StopOk
+                    },
+                )
             }
-            Action::Migrate { service, op, to, .. } => {
-                let tgt_ok = self.nodes[to].life == Life::Up;
+            Action::Migrate {
+                service, op, to, ..
+            } => {
+                let tgt_ok =
+                    self.nodes[to].life == Life::Up && self.incoming.remove(service) == Some(*to);
                 let failed = !tgt_ok || self.rng.chance(0.1 * f);
                 if !failed {
                     let m = self.procs.entry(service.clone()).or_default();
                     let h = m.remove(&node).unwrap_or(false);
                     if m.contains_key(to) {
-                        return self.fail(format!("migration of {service} to {to:?} where it already runs"));
+                        return self.fail(format!(
+                            "migration of {service} to {to:?} where it already runs"
+                        ));
                     }
                     m.insert(*to, h);
                     self.stats.migrations += 1;
                 }
-                (service.clone(), *op, if failed { Outcome::MigrateFailed } else { Outcome::MigrateOk })
+                (
+                    service.clone(),
+                    *op,
+                    if failed {
+                        Outcome::MigrateFailed
+                    } else {
+                        Outcome::MigrateOk
+                    },
+                )
             }
             Action::StatusCheck { service, op, .. } => {
-                let healthy = self.procs.get(service).and_then(|m| m.get(&node)).copied().unwrap_or(false);
+                let healthy = self
+                    .procs
+                    .get(service)
+                    .and_then(|m| m.get(&node))
+                    .copied()
+                    .unwrap_or(false);
                 if healthy {
                     return Ok(());
                 }
@@ -840,7 +1016,11 @@ impl Sim {
     fn check_single(&self) -> R {
         for (s, m) in &self.procs {
             if m.len() > 1 {
-                return self.fail(format!("{s} runs on {} nodes at once: {:?}", m.len(), m.keys().collect::<Vec<_>>()));
+                return self.fail(format!(
+                    "{s} runs on {} nodes at once: {:?}",
+                    m.len(),
+                    m.keys().collect::<Vec<_>>()
+                ));
             }
         }
         Ok(())
@@ -850,7 +1030,10 @@ impl Sim {
         self.check_single()?;
         for (id, sn) in &self.nodes {
             if sn.life != Life::Up || !self.maj.contains(id) {
-                return self.fail(format!("{id:?} is not back after the faults ({:?})", sn.life));
+                return self.fail(format!(
+                    "{id:?} is not back after the faults ({:?})",
+                    sn.life
+                ));
             }
         }
         let Some(v) = self.majority_view() else {
@@ -859,14 +1042,33 @@ impl Sim {
         if !v.quorate {
             return self.fail("not quorate after faults".into());
         }
-        let owner_of = |name: &str| v.services.iter().find(|s| s.name == name).and_then(|s| if s.state == State::Started { s.owner } else { None });
+        let owner_of = |name: &str| {
+            v.services.iter().find(|s| s.name == name).and_then(|s| {
+                if s.state == State::Started {
+                    s.owner
+                } else {
+                    None
+                }
+            })
+        };
         let cfg = config(self.k);
         for s in &v.services {
-            let procs: Vec<NodeId> = self.procs.get(&s.name).map(|m| m.keys().copied().collect()).unwrap_or_default();
+            let procs: Vec<NodeId> = self
+                .procs
+                .get(&s.name)
+                .map(|m| m.keys().copied().collect())
+                .unwrap_or_default();
             if s.state == State::Started {
-                let healthy = self.procs.get(&s.name).and_then(|m| s.owner.and_then(|o| m.get(&o))).copied();
+                let healthy = self
+                    .procs
+                    .get(&s.name)
+                    .and_then(|m| s.owner.and_then(|o| m.get(&o)))
+                    .copied();
                 if procs != s.owner.into_iter().collect::<Vec<_>>() || healthy != Some(true) {
-                    return self.fail(format!("{} is started on {:?} but processes are {:?} (healthy {:?})", s.name, s.owner, procs, healthy));
+                    return self.fail(format!(
+                        "{} is started on {:?} but processes are {:?} (healthy {:?})",
+                        s.name, s.owner, procs, healthy
+                    ));
                 }
                 continue;
             }
@@ -874,7 +1076,11 @@ impl Sim {
                 return self.fail(format!("{} is {} but runs on {:?}", s.name, s.state, procs));
             }
             // Not running: acceptable only if policy makes it impossible.
-            let spec = cfg.services.iter().find(|x| x.name == s.name).expect("spec");
+            let spec = cfg
+                .services
+                .iter()
+                .find(|x| x.name == s.name)
+                .expect("spec");
             let allowed: Vec<NodeId> = (1..=self.k)
                 .map(n)
                 .filter(|nd| match &spec.domain {
@@ -884,11 +1090,16 @@ impl Sim {
                 .collect();
             let hosts = |nd: NodeId, exclusive_only: bool| {
                 cfg.services.iter().any(|o| {
-                    o.name != s.name && (!exclusive_only || o.exclusive) && owner_of(&o.name) == Some(nd)
+                    o.name != s.name
+                        && (!exclusive_only || o.exclusive)
+                        && owner_of(&o.name) == Some(nd)
                 })
             };
             let blocked = allowed.iter().all(|nd| hosts(*nd, !spec.exclusive));
-            let dep_blocked = spec.depend.as_deref().is_some_and(|d| owner_of(d).is_none());
+            let dep_blocked = spec
+                .depend
+                .as_deref()
+                .is_some_and(|d| owner_of(d).is_none());
             if !(blocked || dep_blocked) {
                 return self.fail(format!(
                     "after faults ended {} is {} (reason: {}) although an allowed node is free",
@@ -902,7 +1113,10 @@ impl Sim {
 
 fn short(i: &Input) -> String {
     match i {
-        Input::Result(r) => format!("result {:?} {} op{} from {:?}", r.outcome, r.service, r.op, r.node),
+        Input::Result(r) => format!(
+            "result {:?} {} op{} from {:?}",
+            r.outcome, r.service, r.op, r.node
+        ),
         Input::Request { from, request } => format!("request {request:?} from {from:?}"),
         other => format!("{other:?}"),
     }
@@ -917,15 +1131,23 @@ fn run_seed(seed: u64, k: u32) -> Result<Stats, String> {
 #[test]
 fn randomized_cluster_keeps_every_invariant() {
     let k_env: Option<u32> = std::env::var("RM_SIM_K").ok().and_then(|v| v.parse().ok());
-    if let Some(seed) = std::env::var("RM_SIM_SEED").ok().and_then(|v| v.parse().ok()) {
+    if let Some(seed) = std::env::var("RM_SIM_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         let k = k_env.unwrap_or(3);
         match run_seed(seed, k) {
             Ok(st) => eprintln!("seed {seed} K={k} ok: {st:?}"),
-            Err(e) => panic!("{e}\nreproduce: RM_SIM_SEED={seed} RM_SIM_K={k} cargo test -p rm --test sim"),
+            Err(e) => panic!(
+                "{e}\nreproduce: RM_SIM_SEED={seed} RM_SIM_K={k} cargo test -p rm --test sim"
+            ),
         }
         return;
     }
-    let seeds: u64 = std::env::var("RM_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let seeds: u64 = std::env::var("RM_SIM_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let t0 = std::time::Instant::now();
     let mut total = Stats::default();
     for seed in 0..seeds {
@@ -941,7 +1163,9 @@ fn randomized_cluster_keeps_every_invariant() {
                 total.migrations += st.migrations;
                 total.moves += st.moves;
             }
-            Err(e) => panic!("{e}\nreproduce: RM_SIM_SEED={seed} RM_SIM_K={k} cargo test -p rm --test sim"),
+            Err(e) => panic!(
+                "{e}\nreproduce: RM_SIM_SEED={seed} RM_SIM_K={k} cargo test -p rm --test sim"
+            ),
         }
     }
     eprintln!(
