@@ -531,6 +531,9 @@ impl FenceDomain {
         if victim == self.me {
             return Err(FenceError::CannotFenceSelf(victim));
         }
+        if !self.cfg.nodes.contains_key(&victim) {
+            return Err(FenceError::UnknownNode(victim));
+        }
         if self.victims.contains_key(&victim) {
             return Err(FenceError::Busy(victim));
         }

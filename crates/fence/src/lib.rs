@@ -21,6 +21,7 @@
 pub mod args;
 pub mod config;
 mod domain;
+mod report;
 
 pub use args::{is_secret_key, AgentArgs, Secret};
 pub use config::{Device, FenceConfig, Membership, Method, NodeFence};
@@ -28,6 +29,7 @@ pub use domain::{
     Action, AgentRun, Event, FenceDomain, FenceOutcome, FenceStatus, FencedRecord, JobKind,
     OutcomeKind, VictimReason, VictimState, VictimStatus,
 };
+pub use report::{manual_ack_warning, DecodeError, MAX_OUTCOME_BYTES};
 
 /// Errors from operator commands and configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +40,9 @@ pub enum FenceError {
     /// A node cannot fence itself.
     #[error("node {0} is this node; fence it from another member")]
     CannotFenceSelf(base::NodeId),
+    /// The node is not in the configuration.
+    #[error("node {0} is not a <clusternode> of this cluster; check the node id")]
+    UnknownNode(base::NodeId),
     /// The node has no `<unfence>` devices.
     #[error("node {0} has no <unfence> devices in its <clusternode>; nothing to unfence")]
     NoUnfenceDevices(base::NodeId),

@@ -611,3 +611,51 @@ fn device_attrs_are_validated_with_clear_errors() {
         .to_string();
     assert!(e.contains("no agent="), "{e}");
 }
+
+#[test]
+fn status_text_json_and_outcome_wire_form() {
+    let mut d = lost3(1);
+    d.handle_timeout(t(6000));
+    let r = one_run(&mut d);
+    d.handle_agent_result(
+        t(6100),
+        r.run_id,
+        Err("fence agent fence_quorate action off failed with exit code 1: no outlet".into()),
+    );
+    let st = d.status();
+    let text = st.to_string();
+    assert!(
+        text.contains("BLOCKED waiting on fencing of 1 node(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("node3 (node 3): agent running; fencer 1; tries 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("last error: fence agent fence_quorate"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&st).unwrap();
+    assert_eq!(json["victims"][0]["state"], "running_agent");
+    assert_eq!(json["victims"][0]["last_method"], "2");
+    let o = FenceOutcome {
+        victim: n(3),
+        by: n(1),
+        kind: OutcomeKind::Fenced {
+            method: "1".into(),
+            devices: vec!["a".into()],
+        },
+    };
+    assert_eq!(FenceOutcome::decode(&o.encode()).unwrap(), o);
+    assert!(matches!(
+        FenceOutcome::decode(b"\xff\x00garbage"),
+        Err(DecodeError::Malformed(_))
+    ));
+    assert!(matches!(
+        FenceOutcome::decode(&vec![b' '; 5000]),
+        Err(DecodeError::TooLong(5000))
+    ));
+    assert!(manual_ack_warning("node3").contains("corrupt"));
+    assert_eq!(d.fence_node(t(0), n(9)), Err(FenceError::UnknownNode(n(9))));
+}
