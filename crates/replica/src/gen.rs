@@ -153,11 +153,14 @@ pub fn uuid_compare(
     if me.bitmap != 0 && same(me.bitmap, peer.current) && peer.bitmap == 0 {
         return BitmapSource;
     }
-    if peer.history.iter().any(|h| same(me.current, *h)) {
-        return FullTarget;
-    }
-    if me.history.iter().any(|h| same(peer.current, *h)) {
-        return FullSource;
+    let mine_is_old = peer.history.iter().any(|h| same(me.current, *h));
+    let peer_is_old = me.history.iter().any(|h| same(peer.current, *h));
+    match (mine_is_old, peer_is_old) {
+        (true, false) => return FullTarget,
+        (false, true) => return FullSource,
+        // Each is an ancestor of the other: impossible unless metadata was tampered with.
+        (true, true) => return SplitBrainUnresolvable,
+        _ => {}
     }
     if same(me.bitmap, peer.bitmap) {
         return SplitBrain;

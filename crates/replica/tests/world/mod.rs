@@ -24,9 +24,9 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(cfg: ReplicaConfig, seed: u64) -> Self {
-        let meta = Metadata::fresh(SIZE, GRAN, 61);
-        Node::with_meta(cfg, meta, vec![0; SIZE as usize], seed)
+    pub fn new(cfg: ReplicaConfig, seed: u64, size: u64) -> Self {
+        let meta = Metadata::fresh(size, GRAN, 61);
+        Node::with_meta(cfg, meta, vec![0; size as usize], seed)
     }
 
     pub fn with_meta(cfg: ReplicaConfig, meta: Metadata, disk: Vec<u8>, seed: u64) -> Self {
@@ -94,8 +94,12 @@ pub fn cfg(id: u32) -> ReplicaConfig {
 
 impl World {
     pub fn new(a: ReplicaConfig, b: ReplicaConfig) -> Self {
+        Self::sized(a, b, SIZE)
+    }
+
+    pub fn sized(a: ReplicaConfig, b: ReplicaConfig, size: u64) -> Self {
         World {
-            n: [Node::new(a, 1), Node::new(b, 2)],
+            n: [Node::new(a, 1, size), Node::new(b, 2, size)],
             now: Instant(1_000_000),
             link: [VecDeque::new(), VecDeque::new()],
             linked: false,
@@ -225,7 +229,11 @@ impl World {
 
     /// A synced pair, node 0 primary.
     pub fn synced_pair(a: ReplicaConfig, b: ReplicaConfig) -> World {
-        let mut w = World::new(a, b);
+        Self::synced_pair_sized(a, b, SIZE)
+    }
+
+    pub fn synced_pair_sized(a: ReplicaConfig, b: ReplicaConfig, size: u64) -> World {
+        let mut w = World::sized(a, b, size);
         w.connect();
         let now = w.now;
         w.n[0].r.promote(now, true).unwrap();
@@ -237,5 +245,41 @@ impl World {
 
     pub fn disks_equal(&self) -> bool {
         self.n[0].disk == self.n[1].disk
+    }
+}
+
+impl World {
+    /// Node `i` loses power: its unfinished disk I/O is lost, the link drops, and it restarts from
+    /// what it persisted (metadata and disk).
+    pub fn crash(&mut self, i: usize, cfg: ReplicaConfig, seed: u64) {
+        let was_linked = self.linked;
+        self.linked = false;
+        self.link = [VecDeque::new(), VecDeque::new()];
+        let now = self.now;
+        if was_linked {
+            self.n[1 - i].r.handle_disconnected(now);
+        }
+        let meta = Metadata::decode(&self.n[i].stored_meta).expect("persisted metadata decodes");
+        let disk = std::mem::take(&mut self.n[i].disk);
+        let auto = self.n[i].auto_io;
+        self.n[i] = Node::with_meta(cfg, meta, disk, seed);
+        self.n[i].auto_io = auto;
+        self.settle();
+    }
+
+    /// Reconnects after a crash or partition (both sides must be willing).
+    pub fn reconnect(&mut self) {
+        self.link = [VecDeque::new(), VecDeque::new()];
+        self.linked = true;
+        let now = self.now;
+        for n in &mut self.n {
+            n.r.connect();
+        }
+        for n in &mut self.n {
+            if n.r.conn() == ConnState::WfConnection {
+                n.r.handle_connected(now);
+            }
+        }
+        self.settle();
     }
 }
