@@ -51,8 +51,23 @@ pub enum StartError {
 enum Command {
     Heuristic(usize, bool),
     Membership(Vec<NodeId>),
+    ReadDone(Result<Vec<u8>, String>),
+    WriteDone(Result<(), String>),
     BlockIo(bool),
+    IoDelay(std::time::Duration),
     Stop,
+}
+
+enum IoReq {
+    Read,
+    Write(u64, Vec<u8>),
+}
+
+/// Fault injection shared with the I/O thread.
+#[derive(Default)]
+struct Faults {
+    blocked: bool,
+    delay: std::time::Duration,
 }
 
 /// A running quorum disk driver (one per node).
@@ -113,6 +128,12 @@ impl QdiskHandle {
         let _ = self.tx.send(Command::BlockIo(blocked));
     }
 
+    /// Fault injection for tests and the simulator: every read and write
+    /// takes `delay` longer (a slow or queueing storage path).
+    pub fn io_delay(&self, delay: std::time::Duration) {
+        let _ = self.tx.send(Command::IoDelay(delay));
+    }
+
     /// The latest snapshot.
     pub fn status(&self) -> QdiskStatus {
         match self.status.lock() {
@@ -155,9 +176,45 @@ fn emit(etx: &SyncSender<DriverEvent>, e: DriverEvent) {
     }
 }
 
+/// The I/O thread: a hung device blocks here, not the core, so the core
+/// still notices the stall and withdraws its votes.
+fn io_worker(
+    mut device: Device,
+    reqs: Receiver<IoReq>,
+    done: Sender<Command>,
+    faults: Arc<Mutex<Faults>>,
+) {
+    while let Ok(req) = reqs.recv() {
+        let (blocked, delay) = faults
+            .lock()
+            .map(|f| (f.blocked, f.delay))
+            .unwrap_or((false, std::time::Duration::ZERO));
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let blocked_msg = || "I/O blocked (fault injection)".to_string();
+        let msg = match req {
+            IoReq::Read if blocked => Command::ReadDone(Err(blocked_msg())),
+            IoReq::Read => Command::ReadDone(
+                device
+                    .read_all()
+                    .map(|b| b.to_vec())
+                    .map_err(|e| e.to_string()),
+            ),
+            IoReq::Write(..) if blocked => Command::WriteDone(Err(blocked_msg())),
+            IoReq::Write(off, data) => {
+                Command::WriteDone(device.write_block(off, &data).map_err(|e| e.to_string()))
+            }
+        };
+        if done.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
 fn run(
     mut core: Qdisk,
-    mut device: Device,
+    device: Device,
     origin: std::time::Instant,
     rx: Receiver<Command>,
     htx: Sender<Command>,
@@ -165,7 +222,19 @@ fn run(
     status: Arc<Mutex<QdiskStatus>>,
 ) {
     let now = || Instant(u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX));
-    let mut blocked = false;
+    let faults = Arc::new(Mutex::new(Faults::default()));
+    let (io_tx, io_rx) = mpsc::channel();
+    let worker = {
+        let done = htx.clone();
+        let faults = faults.clone();
+        std::thread::Builder::new()
+            .name(format!("qdisk-io-{}", core.node_id()))
+            .spawn(move || io_worker(device, io_rx, done, faults))
+    };
+    if let Err(e) = worker {
+        tracing::error!(error = %e, "cannot start the qdisk I/O thread");
+        return;
+    }
     loop {
         let t = now();
         if core.poll_deadline().is_some_and(|d| d <= t) {
@@ -174,24 +243,10 @@ fn run(
         while let Some(a) = core.poll_action() {
             match a {
                 QdiskAction::ReadAll => {
-                    let r = if blocked {
-                        Err("I/O blocked (fault injection)".to_string())
-                    } else {
-                        device.read_all().map_err(|e| e.to_string())
-                    };
-                    let t = now();
-                    match r {
-                        Ok(buf) => core.handle_read(t, Ok(buf)),
-                        Err(e) => core.handle_read(t, Err(e)),
-                    }
+                    let _ = io_tx.send(IoReq::Read);
                 }
                 QdiskAction::WriteBlock { offset, data } => {
-                    let r = if blocked {
-                        Err("I/O blocked (fault injection)".to_string())
-                    } else {
-                        device.write_block(offset, &data).map_err(|e| e.to_string())
-                    };
-                    core.handle_write_result(now(), r);
+                    let _ = io_tx.send(IoReq::Write(offset, data));
                 }
                 QdiskAction::RunHeuristic {
                     index,
@@ -228,7 +283,21 @@ fn run(
         match rx.recv_timeout(wait) {
             Ok(Command::Heuristic(i, ok)) => core.handle_heuristic_result(now(), i, ok),
             Ok(Command::Membership(m)) => core.handle_membership(now(), m),
-            Ok(Command::BlockIo(b)) => blocked = b,
+            Ok(Command::ReadDone(r)) => {
+                core.handle_read(now(), r.as_deref().map_err(|e| e.clone()))
+            }
+            Ok(Command::WriteDone(r)) => core.handle_write_result(now(), r),
+            Ok(Command::BlockIo(b)) => {
+                if let Ok(mut f) = faults.lock() {
+                    f.blocked = b;
+                }
+            }
+            Ok(Command::IoDelay(d)) => {
+                if let Ok(mut f) = faults.lock() {
+                    f.delay = d;
+                }
+            }
+            // Dropping io_tx ends the I/O thread once any hung call returns.
             Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => {}
         }

@@ -24,8 +24,11 @@
 //!   master's partition gets the device votes.
 //! * I/O errors, stalls, a foreign or unformatted disk make a cycle fail;
 //!   after `max(1, tko/2)` failed cycles in a row the node stops advertising
-//!   (well before the others can declare it dead and elect a new master), and
-//!   after `max_error_cycles` (if not 0) it gives up.
+//!   and drops back to `Init` (well before the others can declare it dead
+//!   and elect a new master, so it never resumes as a second master), and
+//!   after `max_error_cycles` (if not 0) it gives up. A read or write still
+//!   outstanding when the next cycle is due counts as a failed cycle, so the
+//!   driver must run I/O off the thread that drives the core.
 
 use crate::layout::{self, DiskState, Header, StatusBlock, BLOCK_SIZE, DISK_BYTES, MAX_NODES};
 use base::{Duration, Instant, NodeId};
@@ -357,7 +360,9 @@ struct Peer {
     seq: u64,
     seen: u32,
     misses: u32,
+    absent_for: u32,
     alive: bool,
+    rebase: bool,
     last: Option<StatusBlock>,
 }
 
@@ -378,6 +383,7 @@ pub struct Qdisk {
     state: QdiskState,
     seq: u64,
     cycles: u64,
+    init_progress: u64,
     next_cycle: Instant,
     read_outstanding: bool,
     write_outstanding: bool,
@@ -426,6 +432,7 @@ impl Qdisk {
             state: QdiskState::Init,
             seq: 0,
             cycles: 0,
+            init_progress: 0,
             next_cycle: now,
             read_outstanding: false,
             write_outstanding: false,
@@ -499,6 +506,7 @@ impl Qdisk {
                 now + self.cfg.interval
             };
             if self.read_outstanding || self.write_outstanding {
+                self.miss_all();
                 self.fail_cycle(
                     "disk I/O did not complete within one interval (slow or hung device)".into(),
                 );
@@ -542,22 +550,31 @@ impl Qdisk {
         self.read_outstanding = false;
         let disk = match result {
             Ok(d) => d,
-            Err(e) => return self.fail_cycle(format!("reading the quorum disk failed: {e}")),
+            Err(e) => {
+                self.miss_all();
+                return self.fail_cycle(format!("reading the quorum disk failed: {e}"));
+            }
         };
         if disk.len() < DISK_BYTES {
+            self.miss_all();
             return self.fail_cycle(layout::LayoutError::Short(disk.len()).to_string());
         }
         match Header::decode(&disk[..BLOCK_SIZE]) {
-            Err(e) => return self.fail_cycle(format!("quorum disk header: {e}")),
+            Err(e) => {
+                self.miss_all();
+                return self.fail_cycle(format!("quorum disk header: {e}"));
+            }
             Ok(h) if h.cluster_name != self.cfg.cluster_name => {
+                self.miss_all();
                 return self.fail_cycle(format!(
                     "the quorum disk belongs to cluster \"{}\", not \"{}\": check <quorumd device> or reformat it",
                     h.cluster_name, self.cfg.cluster_name
-                ))
+                ));
             }
             Ok(_) => {}
         }
         self.cycles += 1;
+        self.init_progress += 1;
         for n in 1..=MAX_NODES {
             let node = NodeId(n);
             if node == self.me {
@@ -572,7 +589,7 @@ impl Qdisk {
                 }
                 Ok(None) => None,
             };
-            self.observe(node, block);
+            self.observe(node, block, true);
         }
         self.update_self();
         self.elect();
@@ -717,11 +734,34 @@ impl Qdisk {
 
     fn fail_cycle(&mut self, reason: String) {
         self.error_streak = self.error_streak.saturating_add(1);
+        if self.state == QdiskState::Init {
+            self.init_progress = 0;
+        }
         let streak = self.error_streak;
         self.push_event(QdiskEvent::IoError {
             reason: reason.clone(),
             streak,
         });
+        if streak >= self.cfg.io_grace()
+            && matches!(
+                self.state,
+                QdiskState::Run | QdiskState::Master | QdiskState::Down
+            )
+        {
+            // The others may declare us dead and elect a new master: when the
+            // disk comes back we rejoin from scratch instead of resuming as
+            // master next to a new one.
+            if self.master.take().is_some() {
+                self.push_event(QdiskEvent::MasterChanged { master: None });
+            }
+            self.bid_for = 0;
+            self.bid_cycles = 0;
+            self.init_progress = 0;
+            self.set_state(
+                QdiskState::Init,
+                format!("no quorum disk access for {streak} cycles: withdrawing, will rejoin when the disk is back"),
+            );
+        }
         if self.cfg.max_error_cycles > 0 && streak >= self.cfg.max_error_cycles {
             self.set_state(
                 QdiskState::Stopped,
@@ -756,7 +796,23 @@ impl Qdisk {
         }
     }
 
-    fn observe(&mut self, node: NodeId, block: Option<StatusBlock>) {
+    /// A cycle in which we could not look at the disk is no evidence that
+    /// anybody is alive: it counts as a miss for every node.
+    fn miss_all(&mut self) {
+        let nodes: Vec<NodeId> = self.peers.keys().copied().collect();
+        for n in nodes {
+            self.observe(n, None, false);
+        }
+    }
+
+    /// Account one cycle for `node`. `observed` is false when we could not
+    /// read the disk at all: then `misses` (conservative time since the last
+    /// known update, used for death and for trusting a master) still grows,
+    /// but `absent_for` (cycles we actually watched it stand still, used to
+    /// allow a new election) does not, and the next read only re-baselines
+    /// the counter: one that moved while we were not looking may have
+    /// stopped since.
+    fn observe(&mut self, node: NodeId, block: Option<StatusBlock>, observed: bool) {
         let tko = self.cfg.tko;
         let tko_up = self.cfg.tko_up();
         let mut ev = Vec::new();
@@ -773,41 +829,69 @@ impl Qdisk {
                         seq: b.seq,
                         seen: 0,
                         misses: 0,
+                        absent_for: 0,
                         alive: false,
+                        rebase: false,
                         last: Some(b),
                     },
                 );
                 return;
             }
         };
-        match block {
-            Some(b) if b.incarnation != p.incarnation => {
-                if p.alive {
-                    ev.push(QdiskEvent::NodeDead {
-                        node,
-                        reason: format!(
-                            "node {node} restarted its quorum disk process (new incarnation)"
-                        ),
-                    });
+        if !observed {
+            p.misses = p.misses.saturating_add(1);
+            p.rebase = true;
+        } else {
+            match block {
+                Some(b) if b.incarnation != p.incarnation => {
+                    if p.alive {
+                        ev.push(QdiskEvent::NodeDead {
+                            node,
+                            reason: format!(
+                                "node {node} restarted its quorum disk process (new incarnation)"
+                            ),
+                        });
+                    }
+                    p.incarnation = b.incarnation;
+                    p.seq = b.seq;
+                    p.seen = if p.rebase { 0 } else { 1 };
+                    p.misses = 0;
+                    p.absent_for = 0;
+                    p.alive = false;
+                    p.rebase = false;
+                    p.last = Some(b);
                 }
-                p.incarnation = b.incarnation;
-                p.seq = b.seq;
-                p.seen = 1;
-                p.misses = 0;
-                p.alive = false;
-                p.last = Some(b);
+                Some(b) if p.rebase => {
+                    p.rebase = false;
+                    if b.seq != p.seq {
+                        // It moved some time during our gap: not proof of
+                        // life now (misses stay), but no election may treat
+                        // it as gone before watching it stand still.
+                        p.seq = b.seq;
+                        p.absent_for = 0;
+                    } else {
+                        p.misses = p.misses.saturating_add(1);
+                        p.absent_for = p.absent_for.saturating_add(1);
+                    }
+                    p.last = Some(b);
+                }
+                Some(b) if b.seq != p.seq => {
+                    p.seq = b.seq;
+                    p.seen = p.seen.saturating_add(1);
+                    p.misses = 0;
+                    p.absent_for = 0;
+                    p.last = Some(b);
+                }
+                Some(b) => {
+                    p.misses = p.misses.saturating_add(1);
+                    p.absent_for = p.absent_for.saturating_add(1);
+                    p.last = Some(b);
+                }
+                None => {
+                    p.misses = p.misses.saturating_add(1);
+                    p.absent_for = p.absent_for.saturating_add(1);
+                }
             }
-            Some(b) if b.seq != p.seq => {
-                p.seq = b.seq;
-                p.seen = p.seen.saturating_add(1);
-                p.misses = 0;
-                p.last = Some(b);
-            }
-            Some(b) => {
-                p.misses = p.misses.saturating_add(1);
-                p.last = Some(b);
-            }
-            None => p.misses = p.misses.saturating_add(1),
         }
         if p.alive && p.misses >= tko {
             p.alive = false;
@@ -833,7 +917,7 @@ impl Qdisk {
         let io_ok = self.io_ok();
         let init_cycles = u64::from(self.cfg.tko_up()) + 1;
         match self.state {
-            QdiskState::Init if self.cycles >= init_cycles && score_ok && io_ok => {
+            QdiskState::Init if self.init_progress >= init_cycles && score_ok && io_ok => {
                 let r = format!(
                     "online on the quorum disk, score {}/{}",
                     self.score(),
@@ -884,6 +968,13 @@ impl Qdisk {
             self.master = Some(m);
             self.bid_for = 0;
             self.bid_cycles = 0;
+        } else if let Some(m) = self.master_block_present() {
+            // A master block that moved within the last tko cycles we watched
+            // (perhaps before we could count it alive): no election yet.
+            self.master = None;
+            self.bid_for = 0;
+            self.bid_cycles = 0;
+            tracing::debug!(node = %self.me, master = %m, "not bidding: a recent master block is present");
         } else {
             self.master = None;
             if self.state == QdiskState::Run {
@@ -921,6 +1012,16 @@ impl Qdisk {
                 master: self.master,
             });
         }
+    }
+
+    fn master_block_present(&self) -> Option<NodeId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| {
+                p.absent_for < self.cfg.tko && p.last.is_some_and(|b| b.state == DiskState::Master)
+            })
+            .map(|(n, _)| *n)
+            .min()
     }
 
     fn in_membership(&self, n: NodeId) -> bool {
@@ -1006,11 +1107,24 @@ impl Qdisk {
                 format!("quorum disk master node {m} is not in our cluster partition"),
             );
         }
-        let granted = self
-            .peers
-            .get(&m)
-            .and_then(|p| p.last)
-            .is_some_and(|b| b.master_mask & layout::mask_bit(self.me) != 0);
+        let Some(p) = self.peers.get(&m) else {
+            return (None, format!("quorum disk master node {m} is unknown"));
+        };
+        // The master withdraws after io_grace failed cycles of its own; a
+        // master block that has not moved for that long is not trusted, long
+        // before anybody could elect a successor (tko + master_wait cycles).
+        if p.misses >= self.cfg.io_grace() {
+            return (
+                None,
+                format!(
+                    "quorum disk master node {m} has not updated its block for {} cycles",
+                    p.misses
+                ),
+            );
+        }
+        let granted = p.last.is_some_and(|b| {
+            b.state == DiskState::Master && b.master_mask & layout::mask_bit(self.me) != 0
+        });
         if granted {
             (
                 Some(m),

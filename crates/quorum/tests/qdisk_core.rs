@@ -18,6 +18,8 @@ struct Node {
     running: bool,
     heuristic_ok: bool,
     read_error: bool,
+    hung: bool,
+    pending: Vec<QdiskAction>,
     events: Vec<QdiskEvent>,
     self_fenced: Vec<String>,
 }
@@ -65,6 +67,8 @@ impl World {
                 running: true,
                 heuristic_ok: true,
                 read_error: false,
+                hung: false,
+                pending: Vec::new(),
                 events: Vec::new(),
                 self_fenced: Vec::new(),
             },
@@ -82,7 +86,12 @@ impl World {
 
     /// Advance 100 ms at a time for `secs`, running every due node.
     fn run(&mut self, secs: u64) {
-        for _ in 0..secs * 10 {
+        self.run_steps(secs * 10);
+    }
+
+    /// Advance `steps` times 100 ms.
+    fn run_steps(&mut self, steps: u64) {
+        for _ in 0..steps {
             self.now += Duration::from_millis(100);
             let now = self.now;
             for node in self.nodes.values_mut() {
@@ -92,7 +101,26 @@ impl World {
                 if node.core.poll_deadline().is_some_and(|d| d <= now) {
                     node.core.handle_timeout(now);
                 }
-                while let Some(a) = node.core.poll_action() {
+                let mut todo: Vec<QdiskAction> = if node.hung {
+                    Vec::new()
+                } else {
+                    std::mem::take(&mut node.pending)
+                };
+                loop {
+                    let a = match todo.pop() {
+                        Some(a) => a,
+                        None => match node.core.poll_action() {
+                            Some(a) => a,
+                            None => break,
+                        },
+                    };
+                    if node.hung
+                        && matches!(a, QdiskAction::ReadAll | QdiskAction::WriteBlock { .. })
+                    {
+                        // The I/O thread is stuck; the core keeps ticking.
+                        node.pending.push(a);
+                        continue;
+                    }
                     match a {
                         QdiskAction::ReadAll => {
                             let r = if node.read_error {
@@ -416,5 +444,160 @@ fn two_node_qdisk_split_end_to_end() {
         w.run(1);
         deliver(&mut v, &mut w, &[1], false);
         deliver(&mut v, &mut w, &[2], false);
+    }
+}
+
+#[test]
+fn a_hung_device_is_a_failed_cycle_and_the_node_rejoins_without_a_second_master() {
+    let mut w = World::new(&[1, 2], &cfg());
+    w.set_membership(1, &[1]);
+    w.set_membership(2, &[2]);
+    w.run(8);
+    assert_eq!(w.masters(), vec![1]);
+    w.nodes.get_mut(&n(1)).unwrap().hung = true;
+    w.run(3);
+    assert_eq!(
+        w.core(1).available(),
+        None,
+        "withdrawn after tko/2 stalled cycles"
+    );
+    assert_eq!(w.core(1).state(), QdiskState::Init);
+    let stalled = w.nodes[&n(1)].events.iter().any(|e| matches!(e, QdiskEvent::IoError { reason, .. } if reason.contains("did not complete within one interval")));
+    assert!(stalled);
+    w.run(8);
+    assert_eq!(w.masters(), vec![2]);
+    w.nodes.get_mut(&n(1)).unwrap().hung = false;
+    w.run(8);
+    assert_eq!(w.masters(), vec![2]);
+    assert_eq!(w.core(1).state(), QdiskState::Run);
+    assert_eq!(
+        w.core(1).available(),
+        None,
+        "node 2's partition does not include node 1"
+    );
+}
+
+#[test]
+fn a_flapping_heuristic_below_its_tko_does_not_drop_the_score() {
+    let mut c = cfg();
+    c.heuristics = vec![HeuristicConfig {
+        interval: Duration::from_secs(1),
+        tko: 3,
+        ..HeuristicConfig::new("ping -c1 gw")
+    }];
+    let mut w = World::new(&[1], &c);
+    w.set_membership(1, &[1]);
+    w.run(6);
+    assert_eq!(w.core(1).available(), Some(n(1)));
+    for k in 0..10 {
+        // fail, fail, pass: never three failures in a row.
+        w.nodes.get_mut(&n(1)).unwrap().heuristic_ok = k % 3 == 2;
+        w.run(1);
+        assert_eq!(w.core(1).available(), Some(n(1)), "cycle {k}");
+    }
+    w.nodes.get_mut(&n(1)).unwrap().heuristic_ok = false;
+    w.run(3);
+    assert_eq!(w.core(1).available(), None);
+    assert!(!w.nodes[&n(1)].self_fenced.is_empty());
+}
+
+mod faults {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Fault {
+        Split(Vec<usize>),
+        Hang(u32),
+        ReadError(u32),
+        Heuristic(u32),
+        Crash(u32),
+        Restart(u32),
+        Nothing,
+    }
+
+    fn fault() -> impl Strategy<Value = Fault> {
+        prop_oneof![
+            prop::collection::vec(0usize..3, 3).prop_map(Fault::Split),
+            (1u32..=3).prop_map(Fault::Hang),
+            (1u32..=3).prop_map(Fault::ReadError),
+            (1u32..=3).prop_map(Fault::Heuristic),
+            (1u32..=3).prop_map(Fault::Crash),
+            (1u32..=3).prop_map(Fault::Restart),
+            Just(Fault::Nothing),
+            Just(Fault::Nothing),
+        ]
+    }
+
+    proptest! {
+        // QDISK_SOAK_CASES=5000 for a long run.
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("QDISK_SOAK_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+        ))]
+
+        /// Under splits, hung and failing disk paths and flapping heuristics,
+        /// the disk votes are counted by at most one partition at any time:
+        /// a claim counts only where its master is a member (as the vote core
+        /// does), and at most one such master exists.
+        #[test]
+        fn disk_votes_go_to_at_most_one_partition(
+            tko in 2u32..10,
+            master_wins in any::<bool>(),
+            with_heuristics in any::<bool>(),
+            faults in prop::collection::vec(fault(), 1..30),
+        ) {
+            let mut c = cfg();
+            c.tko = tko;
+            c.tko_up = None;
+            c.master_wait = None;
+            c.master_wins = master_wins;
+            c.reboot = false;
+            if with_heuristics {
+                c.heuristics = vec![HeuristicConfig { interval: Duration::from_secs(1), ..HeuristicConfig::new("x") }];
+            }
+            let mut w = World::new(&[1, 2, 3], &c);
+            let mut part = [0usize; 3];
+            for i in 1..=3 {
+                w.set_membership(i, &[1, 2, 3]);
+            }
+            w.run(u64::from(tko) * 2);
+            for f in faults {
+                match f {
+                    Fault::Split(p) => {
+                        part.copy_from_slice(&p);
+                        for i in 1..=3u32 {
+                            let m: Vec<u32> = (1..=3u32).filter(|j| part[(*j - 1) as usize] == part[(i - 1) as usize]).collect();
+                            w.set_membership(i, &m);
+                        }
+                    }
+                    Fault::Hang(i) => { let x = w.nodes.get_mut(&n(i)).unwrap(); x.hung = !x.hung; }
+                    Fault::ReadError(i) => { let x = w.nodes.get_mut(&n(i)).unwrap(); x.read_error = !x.read_error; }
+                    Fault::Heuristic(i) => { let x = w.nodes.get_mut(&n(i)).unwrap(); x.heuristic_ok = !x.heuristic_ok; }
+                    Fault::Crash(i) => { w.nodes.get_mut(&n(i)).unwrap().running = false; }
+                    Fault::Restart(i) => {
+                        // A new process (new incarnation) in the same partition.
+                        w.add(i, &c);
+                        let m: Vec<u32> = (1..=3u32).filter(|j| part[(*j - 1) as usize] == part[(i - 1) as usize]).collect();
+                        w.set_membership(i, &m);
+                    }
+                    Fault::Nothing => {}
+                }
+                for _ in 0..30 {
+                    w.run_steps(1);
+                    let mut counted = std::collections::BTreeSet::new();
+                    for i in 1..=3u32 {
+                        if !w.nodes[&n(i)].running {
+                            continue;
+                        }
+                        if let Some(m) = w.core(i).available() {
+                            if part[(m.0 - 1) as usize] == part[(i - 1) as usize] {
+                                counted.insert(part[(i - 1) as usize]);
+                            }
+                        }
+                    }
+                    prop_assert!(counted.len() <= 1, "two partitions hold the disk votes: {:?} at {:?}", counted, w.now);
+                }
+            }
+        }
     }
 }
