@@ -121,7 +121,10 @@ echo "guest: init started"
 for m in $(cat /etc/modules); do
     insmod "/lib/modules/$m" || echo "guest: insmod $m failed"
 done
-acpid -c /etc/acpi 2>/dev/null
+# The power button's event device appears shortly after the modules load.
+i=0
+while [ ! -e /dev/input/event0 ] && [ $i -lt 100 ]; do usleep 20000; i=$((i + 1)); done
+acpid -c /etc/acpi -l /dev/null || echo "guest: acpid failed, the power button will be ignored"
 
 # Interval between steps in ms: kernel argument counter_ms=N (default 100).
 interval=100

@@ -1,0 +1,317 @@
+//! The QEMU command line for a guest definition (pure).
+
+use std::path::Path;
+
+use crate::accel::AccelChoice;
+use crate::def::{DiskSource, GuestDef, Network};
+use crate::VmError;
+
+/// The QEMU binary the driver runs.
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+/// How QEMU is launched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    /// A fresh guest, created paused (`-S`) so the driver can finish setup and `cont`.
+    Fresh,
+    /// A migration target (`-incoming defer`); the driver then sends `migrate-incoming`.
+    Incoming,
+}
+
+/// Escape a value for QEMU's `key=value,...` option syntax (commas doubled).
+fn opt(v: &str) -> String {
+    v.replace(',', ",,")
+}
+
+fn abs(guest: &str, what: &str, p: &Path) -> Result<String, VmError> {
+    if !p.is_absolute() {
+        return Err(VmError::Invalid {
+            guest: guest.into(),
+            message: format!(
+                "{what} {} must be an absolute path (QEMU daemonizes into /)",
+                p.display()
+            ),
+        });
+    }
+    p.to_str()
+        .map(String::from)
+        .ok_or_else(|| VmError::Invalid {
+            guest: guest.into(),
+            message: format!("{what} {} is not valid UTF-8", p.display()),
+        })
+}
+
+/// Check a definition and return the arguments after the binary name.
+/// QEMU daemonizes (`-daemonize`, `-pidfile`) and listens for QMP on the socket.
+pub fn build_argv(
+    def: &GuestDef,
+    accel: &AccelChoice,
+    launch: Launch,
+) -> Result<Vec<String>, VmError> {
+    let g = def.name.as_str();
+    let invalid = |message: String| VmError::Invalid {
+        guest: g.into(),
+        message,
+    };
+    if g.is_empty()
+        || g.len() > 64
+        || !g
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(invalid(format!(
+            "name {g:?} must be 1-64 letters, digits, '-', '_' or '.'"
+        )));
+    }
+    if def.memory_mib < 16 {
+        return Err(invalid(format!(
+            "memory {} MiB is too small (at least 16)",
+            def.memory_mib
+        )));
+    }
+    if def.vcpus == 0 || def.vcpus > 256 {
+        return Err(invalid(format!(
+            "vcpus {} must be between 1 and 256",
+            def.vcpus
+        )));
+    }
+    if def.machine.is_empty() || def.machine.contains(',') {
+        return Err(invalid(format!(
+            "machine {:?} must be a QEMU machine type such as q35",
+            def.machine
+        )));
+    }
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+    push(&["-name", &format!("guest={g},debug-threads=on")]);
+    push(&["-machine", &def.machine, "-accel", accel.accel.as_str()]);
+    push(&[
+        "-m",
+        &def.memory_mib.to_string(),
+        "-smp",
+        &def.vcpus.to_string(),
+    ]);
+    if let Some(cpu) = &def.cpu {
+        push(&["-cpu", cpu]);
+    }
+    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    let serial = abs(g, "serial_log", &def.serial_log)?;
+    push(&[
+        "-chardev",
+        &format!("file,id=serial0,path={},append=on", opt(&serial)),
+    ]);
+    push(&["-serial", "chardev:serial0"]);
+    let qmp = abs(g, "qmp_socket", &def.qmp_socket)?;
+    push(&["-qmp", &format!("unix:{},server=on,wait=off", opt(&qmp))]);
+    let pidfile = abs(g, "pidfile", &def.pidfile)?;
+    push(&["-pidfile", &pidfile, "-daemonize"]);
+    if let Some(k) = &def.kernel {
+        push(&["-kernel", &abs(g, "kernel", &k.kernel)?]);
+        if let Some(i) = &k.initrd {
+            push(&["-initrd", &abs(g, "initrd", i)?]);
+        }
+        if !k.append.is_empty() {
+            push(&["-append", &k.append]);
+        }
+    }
+    for (i, d) in def.disks.iter().enumerate() {
+        let file = match &d.source {
+            DiskSource::File(p) => abs(g, &format!("disk {i}"), p)?,
+            DiskSource::Nbd(url) => {
+                if !url.starts_with("nbd://")
+                    && !url.starts_with("nbd+unix://")
+                    && !url.starts_with("nbd+tcp://")
+                {
+                    return Err(invalid(format!(
+                        "disk {i}: {url:?} is not an NBD URL (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)"
+                    )));
+                }
+                url.clone()
+            }
+        };
+        push(&[
+            "-drive",
+            &format!(
+                "file={},format={},if=virtio,cache={},id=disk{i}",
+                opt(&file),
+                d.format.as_str(),
+                d.cache.as_str()
+            ),
+        ]);
+    }
+    match &def.network {
+        Network::None => {}
+        Network::Tap { bridge, mac, .. } => {
+            let ifname = def.tap_name().unwrap_or_default();
+            if ifname.is_empty()
+                || ifname.len() > 15
+                || ifname.contains(',')
+                || ifname.contains('/')
+            {
+                return Err(invalid(format!(
+                    "tap name {ifname:?} must be 1-15 bytes without ',' or '/'"
+                )));
+            }
+            if bridge.is_empty() {
+                return Err(invalid("network tap needs a bridge name".into()));
+            }
+            push(&[
+                "-netdev",
+                &format!("tap,id=net0,ifname={ifname},script=no,downscript=no"),
+            ]);
+            let mut dev = "virtio-net-pci,netdev=net0".to_string();
+            if let Some(mac) = mac {
+                let ok = mac.len() == 17
+                    && mac.split(':').count() == 6
+                    && mac
+                        .split(':')
+                        .all(|b| b.len() == 2 && b.chars().all(|c| c.is_ascii_hexdigit()));
+                if !ok {
+                    return Err(invalid(format!(
+                        "mac {mac:?} must look like 52:54:00:12:34:56"
+                    )));
+                }
+                dev.push_str(&format!(",mac={mac}"));
+            }
+            push(&["-device", &dev]);
+        }
+    }
+    match launch {
+        Launch::Fresh => push(&["-S"]),
+        Launch::Incoming => push(&["-incoming", "defer"]),
+    }
+    a.extend(def.extra_args.iter().cloned());
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accel::Accel;
+    use crate::def::{CacheMode, DirectKernel, Disk, DiskFormat};
+    use std::path::PathBuf;
+
+    fn tcg() -> AccelChoice {
+        AccelChoice {
+            accel: Accel::Tcg,
+            reason: String::new(),
+        }
+    }
+
+    fn def() -> GuestDef {
+        let mut d = GuestDef::new("web1", Path::new("/run/q"));
+        d.memory_mib = 128;
+        d.kernel = Some(DirectKernel {
+            kernel: "/g/vmlinuz".into(),
+            initrd: Some("/g/initrd.img".into()),
+            append: "console=ttyS0 quiet".into(),
+        });
+        d.disks.push(Disk {
+            source: DiskSource::File(PathBuf::from("/d/a,b.img")),
+            format: DiskFormat::Raw,
+            cache: CacheMode::None,
+        });
+        d
+    }
+
+    fn after<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
+        a.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn fresh_guest_argv() {
+        let a = build_argv(&def(), &tcg(), Launch::Fresh).unwrap();
+        assert_eq!(after(&a, "-accel"), ["tcg"]);
+        assert_eq!(after(&a, "-m"), ["128"]);
+        assert_eq!(
+            after(&a, "-qmp"),
+            ["unix:/run/q/web1.qmp,server=on,wait=off"]
+        );
+        assert_eq!(after(&a, "-pidfile"), ["/run/q/web1.pid"]);
+        assert_eq!(
+            after(&a, "-drive"),
+            ["file=/d/a,,b.img,format=raw,if=virtio,cache=none,id=disk0"]
+        );
+        assert_eq!(after(&a, "-append"), ["console=ttyS0 quiet"]);
+        assert!(a.contains(&"-S".to_string()) && a.contains(&"-daemonize".to_string()));
+        assert!(!a.contains(&"-incoming".to_string()));
+    }
+
+    #[test]
+    fn incoming_nbd_tap_and_extra_args() {
+        let mut d = def();
+        d.disks[0].source = DiskSource::Nbd("nbd://10.0.0.2:10809/r0".into());
+        d.network = Network::Tap {
+            bridge: "br0".into(),
+            ifname: None,
+            mac: Some("52:54:00:aa:bb:cc".into()),
+        };
+        d.extra_args = vec!["-rtc".into(), "base=utc".into()];
+        let a = build_argv(&d, &tcg(), Launch::Incoming).unwrap();
+        assert_eq!(after(&a, "-incoming"), ["defer"]);
+        assert!(!a.contains(&"-S".to_string()));
+        assert_eq!(
+            after(&a, "-drive")[0],
+            "file=nbd://10.0.0.2:10809/r0,format=raw,if=virtio,cache=none,id=disk0"
+        );
+        assert_eq!(
+            after(&a, "-netdev"),
+            ["tap,id=net0,ifname=qt-web1,script=no,downscript=no"]
+        );
+        assert_eq!(
+            after(&a, "-device"),
+            ["virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:cc"]
+        );
+        assert_eq!(&a[a.len() - 2..], ["-rtc", "base=utc"]);
+    }
+
+    #[test]
+    fn bad_definitions_say_what_to_fix() {
+        let mut d = def();
+        d.name = "a b".into();
+        assert!(build_argv(&d, &tcg(), Launch::Fresh)
+            .unwrap_err()
+            .to_string()
+            .contains("letters"));
+        let mut d = def();
+        d.qmp_socket = "rel.qmp".into();
+        assert!(build_argv(&d, &tcg(), Launch::Fresh)
+            .unwrap_err()
+            .to_string()
+            .contains("absolute"));
+        let mut d = def();
+        d.disks[0].source = DiskSource::Nbd("http://x".into());
+        assert!(build_argv(&d, &tcg(), Launch::Fresh)
+            .unwrap_err()
+            .to_string()
+            .contains("NBD URL"));
+        let mut d = def();
+        d.memory_mib = 1;
+        assert!(build_argv(&d, &tcg(), Launch::Fresh).is_err());
+        let mut d = def();
+        d.network = Network::Tap {
+            bridge: "br0".into(),
+            ifname: None,
+            mac: Some("zz".into()),
+        };
+        assert!(build_argv(&d, &tcg(), Launch::Fresh)
+            .unwrap_err()
+            .to_string()
+            .contains("mac"));
+    }
+
+    #[test]
+    fn tap_name_is_cut_to_15_bytes() {
+        let mut d = def();
+        d.name = "a-very-long-guest-name".into();
+        d.network = Network::Tap {
+            bridge: "br0".into(),
+            ifname: None,
+            mac: None,
+        };
+        assert_eq!(d.tap_name().unwrap(), "qt-a-very-long-");
+    }
+}
