@@ -13,4 +13,6 @@
 
 pub mod clock;
 pub mod ipc;
+pub mod node;
+pub mod plan;
 pub mod udp;

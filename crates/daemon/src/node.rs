@@ -1,0 +1,914 @@
+//! The node daemon: one event loop that feeds the protocol cores and carries
+//! out what they ask.
+//!
+//! Inputs (each handled to completion before the next): a datagram from a
+//! ring, an admin request from the socket, a finished fence agent, the next
+//! deadline of any core, and a shutdown request. After every input [`Node::pump`]
+//! drains the cores in a fixed order until nothing moves:
+//!
+//! totem transmits go to the rings; totem events go up: a regular
+//! configuration to quorum, ordered messages by their first byte (a layer tag,
+//! [`TAG_QUORUM`], [`TAG_FENCE`]) to the vote core or the fence domain;
+//! quorum's messages go back into totem; quorum changes and membership go to
+//! the fence domain; fence agent runs are spawned, fence outcomes are
+//! multicast so every member learns them in the same order.
+//!
+//! The layers talk through plain agreed-order multicast, as cman's own
+//! service did on totem, rather than through process groups: a process group
+//! delivers a message only to nodes whose join was ordered before it, so
+//! state sent right after a membership change could miss a node that is
+//! still joining the group.
+//!
+//! No state is shared with other tasks: the socket, ring and agent tasks only
+//! send messages into this loop.
+
+use crate::clock::MonotonicClock;
+use crate::ipc::{IpcServer, Pending, Request, Response};
+use crate::plan::{make_plan, NodePlan};
+use crate::udp::{Datagram, Rings};
+use base::{Instant, NodeId};
+use config::ClusterConf;
+use serde_json::json;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use tokio::sync::mpsc;
+
+/// Layer tag (first payload byte) of the vote core's messages.
+pub const TAG_QUORUM: u8 = 1;
+/// Layer tag of the fence domain's messages.
+pub const TAG_FENCE: u8 = 2;
+/// Process groups a node joins: one per service layer, so `status` can show
+/// which services run where (as clustat shows rgmanager per member).
+pub const GROUPS: [&str; 2] = ["cman", "fenced"];
+/// How many log lines `status` keeps for "why is it like this".
+const EVENT_LOG: usize = 200;
+
+/// How to start a node.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// cluster.conf.
+    pub config_path: PathBuf,
+    /// Which `<clusternode>` this is; `None`: the one whose name resolves locally.
+    pub node: Option<String>,
+    /// Where the socket and persistent state live.
+    pub state_dir: PathBuf,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// cluster.conf could not be read.
+    #[error(transparent)]
+    Load(#[from] config::LoadError),
+    /// cluster.conf is invalid.
+    #[error("{path} is not valid:\n{errors}\nfix it (quorate config validate {path} says the same) and start again")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The errors, one per line.
+        errors: String,
+    },
+    /// This machine is none of the nodes.
+    #[error("{0}\n  hint: {1}")]
+    Local(config::LocalNodeError, &'static str),
+    /// Addresses, timers or devices.
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+    /// Totem refused its configuration.
+    #[error("totem: {0}")]
+    Totem(#[from] totem::ConfigError),
+    /// Quorum refused its configuration.
+    #[error("quorum: {0}")]
+    Quorum(#[from] quorum::QuorumConfigError),
+    /// The key file.
+    #[error("cluster key {path}: {why}. Create one with `quorate keygen {path}` and copy it to every node")]
+    Key {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The admin socket.
+    #[error(transparent)]
+    Ipc(#[from] crate::ipc::IpcError),
+    /// The rings.
+    #[error(transparent)]
+    Udp(#[from] crate::udp::UdpError),
+    /// The state dir.
+    #[error("state dir {path}: {source}")]
+    State {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Load and validate cluster.conf, with errors as an administrator reads them.
+pub fn load_config(path: &Path) -> Result<ClusterConf, NodeError> {
+    let parsed = config::load_file(path)?;
+    match parsed.config {
+        Some(c)
+            if !parsed
+                .diagnostics
+                .iter()
+                .any(|d| d.severity == config::Severity::Error) =>
+        {
+            Ok(c)
+        }
+        _ => Err(NodeError::Invalid {
+            path: path.display().to_string(),
+            errors: parsed
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == config::Severity::Error)
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }),
+    }
+}
+
+/// Which node this is: `--node`, else the node whose name resolves to a local address.
+pub fn local_node_name(conf: &ClusterConf, requested: Option<&str>) -> Result<String, NodeError> {
+    if let Some(n) = requested {
+        return Ok(n.to_string());
+    }
+    let local: Vec<std::net::IpAddr> = if_addrs::get_if_addrs()
+        .map(|v| v.into_iter().map(|i| i.ip()).collect())
+        .unwrap_or_default();
+    let resolver = |name: &str| -> Vec<std::net::IpAddr> {
+        use std::net::ToSocketAddrs;
+        if let Ok(ip) = name.parse() {
+            return vec![ip];
+        }
+        (name, 0)
+            .to_socket_addrs()
+            .map(|a| a.map(|s| s.ip()).collect())
+            .unwrap_or_default()
+    };
+    config::identify_local_node(conf, &local, resolver)
+        .map(|n| n.name.clone())
+        .map_err(|e| {
+            let hint = e.hint();
+            NodeError::Local(e, hint)
+        })
+}
+
+/// The derived key for a cluster without a key file: as cman, from the name.
+///
+/// Not secret: anyone who knows the cluster name can compute it. It keeps two
+/// clusters on one network apart, as cman's derived key did.
+fn key_from_name(name: &str) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut v = Vec::with_capacity(64);
+    for part in 0u8..2 {
+        let mut h = Sha256::new();
+        h.update(b"quorate-cluster-name-v1\0");
+        h.update([part]);
+        h.update(name.as_bytes());
+        v.extend_from_slice(&h.finalize());
+    }
+    v
+}
+
+/// Read the cluster key named by cluster.conf, or derive one from the name.
+fn cluster_key(conf: &ClusterConf) -> Result<Option<totem::ClusterKey>, NodeError> {
+    if !*conf.totem.secauth.get() {
+        tracing::warn!("secauth=\"off\": totem packets are neither authenticated nor encrypted");
+        return Ok(None);
+    }
+    let file = conf
+        .totem
+        .keyfile
+        .clone()
+        .or_else(|| conf.cman.keyfile.clone());
+    let bytes = match &file {
+        Some(path) => std::fs::read(path).map_err(|e| NodeError::Key {
+            path: path.clone(),
+            why: e.to_string(),
+        })?,
+        None => {
+            tracing::warn!(
+                "no keyfile in <cman> or <totem>: the key is derived from the cluster name, as cman does; \
+                 anyone who knows the name can join. Run `quorate keygen` and set keyfile=\"...\""
+            );
+            key_from_name(&conf.name)
+        }
+    };
+    totem::ClusterKey::from_authkey(&bytes)
+        .map(Some)
+        .map_err(|e| NodeError::Key {
+            path: file.unwrap_or_else(|| "(derived)".into()),
+            why: e.to_string(),
+        })
+}
+
+/// Persistent totem state: the boot epoch and the highest ring sequence.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Persisted {
+    epoch: u64,
+    ring_seq: u64,
+}
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("totem.state")
+}
+
+fn load_persisted(dir: &Path) -> Persisted {
+    std::fs::read(state_file(dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Write, fsync, rename: a crash leaves the old or the new file, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+fn save_persisted(dir: &Path, p: Persisted) -> Result<(), NodeError> {
+    let bytes = serde_json::to_vec(&p).unwrap_or_default();
+    write_atomic(&state_file(dir), &bytes).map_err(|source| NodeError::State {
+        path: state_file(dir),
+        source,
+    })
+}
+
+/// A finished fence agent run.
+#[derive(Debug)]
+struct AgentDone {
+    run_id: u64,
+    result: Result<(), String>,
+}
+
+/// A line of the node's event log.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LogLine {
+    /// Wall-clock time, seconds since the epoch (display only).
+    pub at: f64,
+    /// What happened, in words.
+    pub text: String,
+}
+
+/// One running node.
+pub struct Node {
+    clock: MonotonicClock,
+    conf: ClusterConf,
+    plan: NodePlan,
+    state_dir: PathBuf,
+    persisted: Persisted,
+    totem: totem::TotemNode,
+    quorum: quorum::VoteQuorum,
+    fence: fence::FenceDomain,
+    rings: Rings,
+    by_addr: BTreeMap<SocketAddr, NodeId>,
+    members: Vec<NodeId>,
+    ring_id: Option<totem::RingId>,
+    fence_view: Option<(Vec<NodeId>, bool)>,
+    joined_at: BTreeMap<NodeId, SystemTime>,
+    agent_tx: mpsc::Sender<AgentDone>,
+    runner: agents::FenceAgentRunner,
+    log: VecDeque<LogLine>,
+    leaving: bool,
+}
+
+fn wall() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Node {
+    fn name_of(&self, id: NodeId) -> String {
+        self.plan
+            .peers
+            .get(&id)
+            .map(|p| p.name.clone())
+            .unwrap_or_else(|| format!("node{}", id.0))
+    }
+
+    fn note(&mut self, text: String) {
+        tracing::info!("{text}");
+        if self.log.len() >= EVENT_LOG {
+            self.log.pop_front();
+        }
+        self.log.push_back(LogLine { at: wall(), text });
+    }
+
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// The earliest deadline of any core.
+    fn deadline(&self) -> Option<Instant> {
+        [
+            self.totem.poll_deadline(),
+            self.quorum.poll_deadline(),
+            self.fence.poll_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn on_timeout(&mut self) {
+        let now = self.now();
+        self.totem.handle_timeout(now);
+        self.quorum.handle_timeout(now);
+        self.fence.handle_timeout(now);
+    }
+
+    fn on_datagram(&mut self, d: Datagram) {
+        let from = self.by_addr.get(&d.from).copied();
+        let now = self.now();
+        self.totem.handle_packet(now, d.ring, from, &d.bytes);
+    }
+
+    fn multicast(&mut self, tag: u8, body: Vec<u8>) {
+        let now = self.now();
+        let mut payload = Vec::with_capacity(body.len() + 1);
+        payload.push(tag);
+        payload.extend_from_slice(&body);
+        if let Err(e) = self.totem.handle_command(
+            now,
+            totem::Command::Multicast {
+                payload,
+                safe: false,
+            },
+        ) {
+            tracing::warn!(tag, error = %e, "cannot multicast");
+        }
+    }
+
+    /// Drain every core until nothing moves.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            while let Some(t) = self.totem.poll_transmit() {
+                if let Some(addr) = self
+                    .plan
+                    .peers
+                    .get(&t.to)
+                    .and_then(|p| p.addrs.get(usize::from(t.ring)))
+                {
+                    self.rings.try_send(t.ring, *addr, &t.bytes);
+                }
+            }
+            while let Some(ev) = self.totem.poll_event() {
+                moved = true;
+                self.on_totem_event(ev);
+            }
+            while let Some(m) = self.quorum.poll_message() {
+                moved = true;
+                self.multicast(TAG_QUORUM, m.encode());
+            }
+            while let Some(ev) = self.quorum.poll_event() {
+                moved = true;
+                self.on_quorum_event(ev);
+            }
+            self.sync_fence_view();
+            while let Some(a) = self.fence.poll_action() {
+                moved = true;
+                self.on_fence_action(a);
+            }
+            while let Some(ev) = self.fence.poll_event() {
+                moved = true;
+                let text = format!(
+                    "fence: {}",
+                    describe_fence_event(&ev, |id| self.name_of(id))
+                );
+                self.note(text);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn on_totem_event(&mut self, ev: totem::Event) {
+        let now = self.now();
+        match ev {
+            totem::Event::ConfigurationChange(c) => {
+                if c.transitional {
+                    return;
+                }
+                let joined: Vec<String> = c.joined.iter().map(|n| self.name_of(*n)).collect();
+                let left: Vec<String> = c.left.iter().map(|n| self.name_of(*n)).collect();
+                for j in &c.joined {
+                    self.joined_at.insert(*j, SystemTime::now());
+                }
+                for l in &c.left {
+                    self.joined_at.remove(l);
+                }
+                self.note(format!(
+                    "membership: ring {}/{} members [{}]{}{}",
+                    c.ring_id.rep.0,
+                    c.ring_id.seq,
+                    c.members
+                        .iter()
+                        .map(|n| self.name_of(*n))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if joined.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", joined {}", joined.join(", "))
+                    },
+                    if left.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", lost {}", left.join(", "))
+                    },
+                ));
+                self.members = c.members.clone();
+                self.ring_id = Some(c.ring_id);
+                let votes = self.plan.quorum.nodes.clone();
+                self.quorum.handle_membership(
+                    now,
+                    quorum::Membership {
+                        ring_id: (c.ring_id.seq << 16) ^ u64::from(c.ring_id.rep.0),
+                        members: c
+                            .members
+                            .iter()
+                            .map(|n| (*n, votes.get(n).copied().unwrap_or(1)))
+                            .collect(),
+                    },
+                );
+            }
+            totem::Event::Deliver(d) => {
+                let (tag, body) = match d.payload.split_first() {
+                    Some((t, b)) => (*t, b),
+                    None => return,
+                };
+                match tag {
+                    TAG_QUORUM => match quorum::QuorumMsg::decode(body) {
+                        Ok(m) => self.quorum.handle_message(now, d.sender, m),
+                        Err(e) => {
+                            tracing::warn!(from = d.sender.0, error = %e, "dropping quorum message")
+                        }
+                    },
+                    TAG_FENCE => match serde_json::from_slice::<fence::FenceOutcome>(body) {
+                        Ok(o) => self.fence.handle_fence_outcome(now, o),
+                        Err(e) => {
+                            tracing::warn!(from = d.sender.0, error = %e, "dropping fence message")
+                        }
+                    },
+                    other => {
+                        tracing::debug!(tag = other, "message for a layer this node does not run")
+                    }
+                }
+            }
+            totem::Event::Cpg(_) => {}
+            totem::Event::Link(l) => {
+                let text = format!(
+                    "ring {} to {} is {}",
+                    l.ring,
+                    self.name_of(l.peer),
+                    if l.up {
+                        "up again"
+                    } else {
+                        "FAULTY; running on the other ring"
+                    }
+                );
+                self.note(text);
+            }
+            totem::Event::PersistRingSeq(seq) => {
+                self.persisted.ring_seq = self.persisted.ring_seq.max(seq);
+                if let Err(e) = save_persisted(&self.state_dir, self.persisted) {
+                    tracing::error!(error = %e, "cannot persist the ring sequence");
+                }
+            }
+        }
+    }
+
+    fn on_quorum_event(&mut self, ev: quorum::QuorumEvent) {
+        let text = match ev {
+            quorum::QuorumEvent::QuorumGained { reason, .. } => format!("quorum: gained: {reason}"),
+            quorum::QuorumEvent::QuorumLost { reason, .. } => format!("quorum: LOST: {reason}"),
+            quorum::QuorumEvent::ExpectedVotesChanged { from, to, reason } => {
+                format!("quorum: expected votes {from} -> {to}: {reason}")
+            }
+        };
+        self.note(text);
+    }
+
+    /// Tell the fence domain about membership and quorum whenever either changed.
+    fn sync_fence_view(&mut self) {
+        let view = (self.members.clone(), self.quorum.is_quorate());
+        if self.members.is_empty() || self.fence_view.as_ref() == Some(&view) {
+            return;
+        }
+        self.fence_view = Some(view.clone());
+        let now = self.now();
+        self.fence.handle_membership(
+            now,
+            fence::Membership {
+                members: view.0.into_iter().collect(),
+                quorate: view.1,
+            },
+        );
+    }
+
+    fn on_fence_action(&mut self, a: fence::Action) {
+        match a {
+            fence::Action::RunAgent(run) => {
+                let text = format!(
+                    "fence: running {} (device {}) action {} against {}",
+                    run.agent,
+                    run.device,
+                    run.action,
+                    self.name_of(run.victim)
+                );
+                self.note(text);
+                let runner = self.runner.clone();
+                let tx = self.agent_tx.clone();
+                tokio::spawn(async move {
+                    let result = runner.run_for_domain(&run).await;
+                    let _ = tx
+                        .send(AgentDone {
+                            run_id: run.run_id,
+                            result,
+                        })
+                        .await;
+                });
+            }
+            fence::Action::Broadcast(outcome) => {
+                let bytes = serde_json::to_vec(&outcome).unwrap_or_default();
+                self.multicast(TAG_FENCE, bytes);
+            }
+        }
+    }
+
+    fn on_agent_done(&mut self, d: AgentDone) {
+        let now = self.now();
+        self.fence.handle_agent_result(now, d.run_id, d.result);
+    }
+
+    fn node_id_arg(&self, req: &Request) -> Result<NodeId, Response> {
+        let name = req
+            .args
+            .get("node")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        self.plan
+            .peers
+            .values()
+            .find(|p| p.name == name || p.id.0.to_string() == name)
+            .map(|p| p.id)
+            .ok_or_else(|| {
+                Response::refused(
+                    format!("{name:?} is not a node of this cluster"),
+                    format!(
+                        "use one of: {}",
+                        self.plan
+                            .peers
+                            .values()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
+    }
+
+    fn members_json(&self) -> serde_json::Value {
+        let members: Vec<serde_json::Value> = self
+            .plan
+            .peers
+            .values()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "nodeid": p.id.0,
+                    "online": self.members.contains(&p.id),
+                    "local": p.id == self.plan.me,
+                    "votes": self.plan.quorum.nodes.get(&p.id).copied().unwrap_or(1),
+                    "joined": self.joined_at.get(&p.id)
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs()),
+                    "addresses": p.addrs.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>(),
+                    "fenced": self.fence.is_fenced(p.id),
+                })
+            })
+            .collect();
+        json!(members)
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let q = self.quorum.status();
+        json!({
+            "cluster_name": self.conf.name,
+            "config_version": self.conf.config_version,
+            "node": self.name_of(self.plan.me),
+            "nodeid": self.plan.me.0,
+            "quorate": q.quorate,
+            "quorum_reason": q.reason,
+            "ring_id": self.ring_id.map(|r| format!("{}/{}", r.rep.0, r.seq)),
+            "members": self.members_json(),
+            "services": [],
+            "fence_blocked": self.fence.blocked().iter().map(|n| self.name_of(*n)).collect::<Vec<_>>(),
+            "events": self.log.iter().rev().take(20).collect::<Vec<_>>(),
+        })
+    }
+
+    fn handle_request(&mut self, req: &Request) -> Response {
+        let now = self.now();
+        match req.cmd.as_str() {
+            "status" => Response::ok(self.status_json()),
+            "quorum" => {
+                let q = self.quorum.status();
+                Response::ok(json!({"quorate": q.quorate, "reason": q.reason}))
+            }
+            "totem.status" => {
+                let s = self.totem.status();
+                let mut v = serde_json::to_value(&s).unwrap_or_default();
+                v["members"] = json!(s
+                    .members
+                    .iter()
+                    .map(|n| json!({"nodeid": n.0, "name": self.name_of(*n)}))
+                    .collect::<Vec<_>>());
+                v["rings"] = json!(self.plan.rings);
+                Response::ok(v)
+            }
+            "cman.status" => {
+                let q = self.quorum.status();
+                let mut v = serde_json::to_value(&q).unwrap_or_default();
+                v["cluster_name"] = json!(self.conf.name);
+                v["cluster_id"] = json!(*self.conf.cman.cluster_id.get());
+                v["config_version"] = json!(self.conf.config_version);
+                v["node_name"] = json!(self.name_of(self.plan.me));
+                v["node_addresses"] = json!(self.plan.peers[&self.plan.me]
+                    .addrs
+                    .iter()
+                    .map(|a| a.ip().to_string())
+                    .collect::<Vec<_>>());
+                v["port"] = json!(*self.conf.cman.port.get());
+                Response::ok(v)
+            }
+            "cman.nodes" => Response::ok(self.members_json()),
+            "cman.expected" => {
+                let Some(e) = req.args.get("votes").and_then(|v| v.as_u64()) else {
+                    return Response::refused("missing votes", "quorate cman expected VOTES");
+                };
+                match self
+                    .quorum
+                    .set_expected(now, u32::try_from(e).unwrap_or(u32::MAX))
+                {
+                    Ok(()) => Response::ok(json!({"expected_votes": e})),
+                    Err(err) => Response::refused(
+                        err.to_string(),
+                        "see `quorate cman status` for the votes present",
+                    ),
+                }
+            }
+            "cman.leave" => {
+                let remove = req
+                    .args
+                    .get("remove")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false);
+                self.quorum.leave(now, remove);
+                let _ = self.totem.handle_command(now, totem::Command::Leave);
+                self.leaving = true;
+                self.note(format!(
+                    "leaving the cluster on request{}",
+                    if remove { " (remove)" } else { "" }
+                ));
+                Response::ok(json!({"left": true}))
+            }
+            "fence.status" => {
+                let mut v = serde_json::to_value(self.fence.status()).unwrap_or_default();
+                v["names"] = json!(self
+                    .plan
+                    .peers
+                    .values()
+                    .map(|p| (p.id.0.to_string(), p.name.clone()))
+                    .collect::<BTreeMap<_, _>>());
+                Response::ok(v)
+            }
+            "fence.node" | "fence.ack" | "fence.unfence" => {
+                let id = match self.node_id_arg(req) {
+                    Ok(id) => id,
+                    Err(r) => return r,
+                };
+                let r = match req.cmd.as_str() {
+                    "fence.node" => self.fence.fence_node(now, id),
+                    "fence.ack" => self.fence.ack_manual(now, id),
+                    _ => self.fence.unfence(now, id),
+                };
+                match r {
+                    Ok(()) => Response::ok(json!({"node": self.name_of(id)})),
+                    Err(e) => Response::refused(e.to_string(), "see `quorate fence status`"),
+                }
+            }
+            "log" => Response::ok(json!(self.log)),
+            other => {
+                Response::refused(format!("unknown command {other:?}"), "see `quorate --help`")
+            }
+        }
+    }
+}
+
+fn describe_fence_event(ev: &fence::Event, name: impl Fn(NodeId) -> String) -> String {
+    match ev {
+        fence::Event::VictimAdded {
+            victim,
+            reason,
+            fencer,
+        } => {
+            format!(
+                "{} must be fenced ({:?}); {} will fence it",
+                name(*victim),
+                reason,
+                name(*fencer)
+            )
+        }
+        fence::Event::Postponed { victims } => format!(
+            "no quorum: fencing of {} postponed until quorum returns",
+            victims
+                .iter()
+                .map(|v| name(*v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        fence::Event::Rejoined { victim } => format!(
+            "{} rejoined before fencing started; not fenced",
+            name(*victim)
+        ),
+        fence::Event::AgentFailed {
+            victim,
+            method,
+            device,
+            error,
+        } => {
+            format!(
+                "fencing {} with method {method} device {device} failed: {error}",
+                name(*victim)
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Run a node until `shutdown` resolves or an admin asks it to leave.
+pub async fn run(
+    opts: NodeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let conf = load_config(&opts.config_path)?;
+    let me_name = local_node_name(&conf, opts.node.as_deref())?;
+    let plan = make_plan(&conf, &me_name)?;
+    std::fs::create_dir_all(&opts.state_dir).map_err(|source| NodeError::State {
+        path: opts.state_dir.clone(),
+        source,
+    })?;
+    let mut persisted = load_persisted(&opts.state_dir);
+    persisted.epoch += 1;
+    save_persisted(&opts.state_dir, persisted)?;
+
+    let clock = MonotonicClock::new();
+    let mut tcfg = plan.totem.clone();
+    tcfg.key = cluster_key(&conf)?;
+    tcfg.epoch = persisted.epoch;
+    tcfg.initial_ring_seq = persisted.ring_seq;
+    let mut totem = totem::TotemNode::new(tcfg, clock.now())?;
+    for g in GROUPS {
+        let _ = totem.handle_command(
+            clock.now(),
+            totem::Command::CpgJoin {
+                group: g.to_string(),
+            },
+        );
+    }
+    let quorum = quorum::VoteQuorum::new(plan.me, plan.quorum.clone())?;
+    let fence = fence::FenceDomain::new(plan.me, plan.fence.clone());
+
+    let ipc = IpcServer::bind(&opts.state_dir)?;
+    let (ipc_tx, mut ipc_rx) = mpsc::channel::<Pending>(64);
+    tokio::spawn(ipc.serve(ipc_tx));
+    let (udp_tx, mut udp_rx) = mpsc::channel::<Datagram>(4096);
+    let my_addrs = plan.peers[&plan.me].addrs.clone();
+    let rings = Rings::bind(&my_addrs, udp_tx).await?;
+    let (agent_tx, mut agent_rx) = mpsc::channel::<AgentDone>(64);
+
+    let by_addr = plan
+        .peers
+        .values()
+        .flat_map(|p| p.addrs.iter().map(move |a| (*a, p.id)))
+        .collect();
+    let mut node = Node {
+        clock,
+        conf,
+        plan,
+        state_dir: opts.state_dir.clone(),
+        persisted,
+        totem,
+        quorum,
+        fence,
+        rings,
+        by_addr,
+        members: Vec::new(),
+        ring_id: None,
+        fence_view: None,
+        joined_at: BTreeMap::new(),
+        agent_tx,
+        runner: agents::FenceAgentRunner::default(),
+        log: VecDeque::new(),
+        leaving: false,
+    };
+    node.note(format!(
+        "{} (node {}) starting in cluster {} config_version {} on {}",
+        me_name,
+        node.plan.me.0,
+        node.conf.name,
+        node.conf.config_version,
+        my_addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    ));
+    node.pump();
+
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = node
+            .deadline()
+            .map(|d| tokio::time::Instant::from_std(node.clock.to_std(d)));
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            Some(d) = udp_rx.recv() => node.on_datagram(d),
+            Some(p) = ipc_rx.recv() => {
+                let r = node.handle_request(&p.request);
+                let _ = p.reply.send(r);
+            }
+            Some(d) = agent_rx.recv() => node.on_agent_done(d),
+            _ = sleep => node.on_timeout(),
+            _ = &mut shutdown => {
+                node.note("shutting down: leaving the cluster cleanly".to_string());
+                let now = node.now();
+                node.quorum.leave(now, false);
+                let _ = node.totem.handle_command(now, totem::Command::Leave);
+                node.pump();
+                // Give the leave message a moment to reach the wire.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                return Ok(());
+            }
+        }
+        node.pump();
+        if node.leaving {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_derived_key_is_stable_and_distinct() {
+        let a = key_from_name("an-cluster");
+        assert_eq!(a, key_from_name("an-cluster"));
+        assert_ne!(a, key_from_name("other"));
+        assert!(totem::ClusterKey::from_authkey(&a).is_ok());
+    }
+
+    #[test]
+    fn persisted_state_round_trips_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_persisted(dir.path()).epoch, 0);
+        save_persisted(
+            dir.path(),
+            Persisted {
+                epoch: 3,
+                ring_seq: 40,
+            },
+        )
+        .unwrap();
+        let p = load_persisted(dir.path());
+        assert_eq!((p.epoch, p.ring_seq), (3, 40));
+        assert!(!dir.path().join("totem.tmp").exists());
+    }
+}

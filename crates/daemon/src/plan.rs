@@ -1,0 +1,294 @@
+//! From cluster.conf to the protocol cores' own configurations.
+//!
+//! cluster.conf is read once into [`config::ClusterConf`]; this module maps
+//! it onto [`totem::TotemConfig`], [`quorum::QuorumConfig`] and
+//! [`fence::FenceConfig`], and resolves every node's ring addresses. It is the
+//! only place that knows both vocabularies.
+
+use base::{Duration, NodeId};
+use config::ClusterConf;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+/// A peer as the daemon needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// `<clusternode name>`.
+    pub name: String,
+    /// Node id.
+    pub id: NodeId,
+    /// Ring 0 (the node's name) and ring 1 (its `<altname>`), when resolvable.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Everything the node daemon derives from cluster.conf.
+#[derive(Clone, Debug)]
+pub struct NodePlan {
+    /// This node.
+    pub me: NodeId,
+    /// Every configured node.
+    pub peers: BTreeMap<NodeId, Peer>,
+    /// Number of rings in use (1, or 2 when every node has an altname).
+    pub rings: u8,
+    /// Totem, without key, epoch and ring sequence (the daemon fills those).
+    pub totem: totem::TotemConfig,
+    /// Quorum.
+    pub quorum: quorum::QuorumConfig,
+    /// Fencing.
+    pub fence: fence::FenceConfig,
+}
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The named node is not in cluster.conf.
+    #[error("node {0:?} is not a <clusternode> in cluster.conf; use one of: {1}")]
+    UnknownNode(String, String),
+    /// A node's address did not resolve.
+    #[error("cannot resolve {name:?} (ring {ring} address of node {node}): {why}. Add it to /etc/hosts on every node, as the RHCS guide does")]
+    Resolve {
+        /// The node.
+        node: String,
+        /// The ring.
+        ring: u8,
+        /// The name that failed.
+        name: String,
+        /// What the resolver said.
+        why: String,
+    },
+    /// A fence device is unusable.
+    #[error("{0}")]
+    Fence(#[from] fence::FenceError),
+    /// Totem refused the timers.
+    #[error("<totem>: {0}")]
+    Totem(#[from] totem::ConfigError),
+}
+
+/// Resolve `name` (a host name or an address literal) to one address on `port`,
+/// preferring IPv4 as RHCS did.
+pub fn resolve(name: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let addrs: Vec<SocketAddr> = (name, port)
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| "no address".to_string())
+}
+
+/// Make the plan for node `me_name`.
+pub fn make_plan(conf: &ClusterConf, me_name: &str) -> Result<NodePlan, PlanError> {
+    let me = conf.node(me_name).ok_or_else(|| {
+        PlanError::UnknownNode(
+            me_name.to_string(),
+            conf.nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    })?;
+    let port = *conf.cman.port.get();
+    let rings: u8 = if !conf.nodes.is_empty() && conf.nodes.iter().all(|n| !n.altnames.is_empty()) {
+        2
+    } else {
+        1
+    };
+    let mut peers = BTreeMap::new();
+    for n in &conf.nodes {
+        let mut addrs = vec![resolve(&n.name, port).map_err(|why| PlanError::Resolve {
+            node: n.name.clone(),
+            ring: 0,
+            name: n.name.clone(),
+            why,
+        })?];
+        if rings == 2 {
+            let alt = &n.altnames[0];
+            addrs.push(resolve(&alt.name, alt.port.unwrap_or(port)).map_err(|why| {
+                PlanError::Resolve {
+                    node: n.name.clone(),
+                    ring: 1,
+                    name: alt.name.clone(),
+                    why,
+                }
+            })?);
+        }
+        peers.insert(
+            NodeId(n.nodeid),
+            Peer {
+                name: n.name.clone(),
+                id: NodeId(n.nodeid),
+                addrs,
+            },
+        );
+    }
+    let me_id = NodeId(me.nodeid);
+    let ids: Vec<NodeId> = peers.keys().copied().collect();
+    let t = &conf.totem;
+    let mut totem = totem::TotemConfig::new(me_id, ids)
+        .with_token(Duration::from_millis(u64::from(*t.token.get())));
+    totem.rings = rings;
+    totem.join = Duration::from_millis(u64::from(*t.join.get()));
+    totem.consensus = Duration::from_millis(u64::from(*t.consensus.get()));
+    totem.token_retransmits_before_loss_const = *t.token_retransmits_before_loss_const.get();
+    totem.fail_recv_const = *t.fail_recv_const.get();
+    totem.validate()?;
+
+    let mut quorum = quorum::QuorumConfig::new(
+        conf.nodes
+            .iter()
+            .map(|n| (NodeId(n.nodeid), *n.votes.get())),
+    );
+    quorum.two_node = *conf.cman.two_node.get();
+    quorum.expected_votes = conf.cman.expected_votes;
+    quorum.wait_for_all = *conf.quorum.wait_for_all.get();
+    quorum.last_man_standing = *conf.quorum.last_man_standing.get();
+    quorum.last_man_standing_window =
+        Duration::from_millis(u64::from(*conf.quorum.last_man_standing_window.get()));
+    quorum.qdisk_votes = conf.quorumd.as_ref().map(|q| *q.votes.get()).unwrap_or(0);
+
+    Ok(NodePlan {
+        me: me_id,
+        peers,
+        rings,
+        totem,
+        quorum,
+        fence: fence_config(conf)?,
+    })
+}
+
+fn secs(v: i64) -> Duration {
+    Duration::from_secs(u64::try_from(v).unwrap_or(0))
+}
+
+fn device(
+    conf: &ClusterConf,
+    r: &config::FenceDeviceRef,
+) -> Result<fence::Device, fence::FenceError> {
+    let mut args = fence::AgentArgs::new();
+    if let Some(d) = conf.fence_device(&r.name) {
+        args.set("agent", d.agent.clone());
+        for (k, v) in &d.attrs {
+            args.set(k.clone(), v.clone());
+        }
+    }
+    args.set("name", r.name.clone());
+    // The <device> line's attributes win over the <fencedevice>'s.
+    for (k, v) in &r.attrs {
+        if k != "name" {
+            args.set(k.clone(), v.clone());
+        }
+    }
+    fence::Device::from_attrs(args)
+}
+
+/// The fence domain's configuration from `<fence_daemon>` and every node's `<fence>`.
+pub fn fence_config(conf: &ClusterConf) -> Result<fence::FenceConfig, fence::FenceError> {
+    let fd = &conf.fence_daemon;
+    let mut cfg = fence::FenceConfig {
+        post_fail_delay: secs(*fd.post_fail_delay.get()),
+        post_join_delay: (*fd.post_join_delay.get() >= 0).then(|| secs(*fd.post_join_delay.get())),
+        clean_start: *fd.clean_start.get(),
+        skip_undefined: *fd.skip_undefined.get(),
+        override_time: secs(*fd.override_time.get()),
+        ..fence::FenceConfig::default()
+    };
+    for n in &conf.nodes {
+        let mut methods = Vec::new();
+        for m in &n.fence {
+            let devices = m
+                .devices
+                .iter()
+                .map(|r| device(conf, r))
+                .collect::<Result<Vec<_>, _>>()?;
+            methods.push(fence::Method {
+                name: m.name.clone(),
+                devices,
+            });
+        }
+        let unfence = n
+            .unfence
+            .iter()
+            .map(|r| device(conf, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        cfg.nodes.insert(
+            NodeId(n.nodeid),
+            fence::NodeFence {
+                name: n.name.clone(),
+                methods,
+                unfence,
+            },
+        );
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONF: &str = r#"<?xml version="1.0"?>
+<cluster name="an-cluster" config_version="7">
+  <cman expected_votes="1" two_node="1" port="5405"/>
+  <totem token="3000"/>
+  <fence_daemon post_join_delay="10" post_fail_delay="2"/>
+  <clusternodes>
+    <clusternode name="127.0.0.1" nodeid="1">
+      <altname name="127.0.1.1"/>
+      <fence><method name="pdu"><device name="sw" port="1"/></method></fence>
+    </clusternode>
+    <clusternode name="127.0.0.2" nodeid="2">
+      <altname name="127.0.1.2" port="6405"/>
+      <fence><method name="pdu"><device name="sw" port="2" delay="5"/></method></fence>
+    </clusternode>
+  </clusternodes>
+  <fencedevices>
+    <fencedevice name="sw" agent="fence_quorate" socket="/run/q.sock" passwd="s3cret"/>
+  </fencedevices>
+</cluster>"#;
+
+    fn conf() -> ClusterConf {
+        let parsed = config::parse("cluster.conf", CONF);
+        parsed.config.expect("test config is valid")
+    }
+
+    #[test]
+    fn maps_timers_votes_rings_and_fence_devices() {
+        let plan = make_plan(&conf(), "127.0.0.2").unwrap();
+        assert_eq!(plan.me, NodeId(2));
+        assert_eq!(plan.rings, 2);
+        assert_eq!(
+            plan.peers[&NodeId(1)].addrs,
+            vec![
+                "127.0.0.1:5405".parse().unwrap(),
+                "127.0.1.1:5405".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            plan.peers[&NodeId(2)].addrs[1],
+            "127.0.1.2:6405".parse().unwrap()
+        );
+        assert_eq!(plan.totem.token, Duration::from_millis(3000));
+        assert!(plan.quorum.two_node);
+        assert_eq!(plan.fence.post_fail_delay, Duration::from_secs(2));
+        assert_eq!(plan.fence.post_join_delay, Some(Duration::from_secs(10)));
+        let d = &plan.fence.nodes[&NodeId(2)].methods[0].devices[0];
+        assert_eq!(d.agent, "fence_quorate");
+        assert_eq!(d.args.get("port"), Some("2"));
+        assert_eq!(d.args.get("socket"), Some("/run/q.sock"));
+        assert_eq!(d.args.get("passwd"), Some("s3cret"));
+        assert_eq!(d.delay, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_node_lists_the_configured_ones() {
+        let e = make_plan(&conf(), "an-node09").unwrap_err().to_string();
+        assert!(e.contains("127.0.0.1, 127.0.0.2"), "{e}");
+    }
+}
