@@ -237,3 +237,38 @@ fn direct_io_and_device_errors() {
     let e = list(&unformatted).unwrap_err();
     assert!(e.to_string().contains("quorate qdisk format"), "{e}");
 }
+
+#[test]
+fn slow_storage_makes_the_master_step_back_and_rejoin_behind_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qdisk.img");
+    format(&path, "alpha", "test").unwrap();
+    let mut c = cfg();
+    c.master_wins = true;
+    let h1 = start(&path, 1, &c);
+    let h2 = start(&path, 2, &c);
+    h1.set_membership(vec![n(1)]);
+    h2.set_membership(vec![n(2)]);
+    wait_for("node 1 master", || h1.status().available == Some(n(1)));
+    // Every I/O now takes 6 intervals: stalled cycles.
+    h1.io_delay(std::time::Duration::from_millis(600));
+    let mut both = 0;
+    wait_for("node 2 takes over", || {
+        let (a, b) = (h1.status().available, h2.status().available);
+        if a.is_some() && b.is_some() {
+            both += 1;
+        }
+        b == Some(n(2))
+    });
+    assert_eq!(h1.status().available, None);
+    h1.io_delay(std::time::Duration::ZERO);
+    wait_for("node 1 back online behind node 2", || {
+        let (a, b) = (h1.status(), h2.status());
+        if a.available.is_some() && b.available.is_some() {
+            both += 1;
+        }
+        a.state == QdiskState::Run && a.master == Some(n(2))
+    });
+    assert_eq!(both, 0, "both nodes held the disk votes at once");
+    assert_eq!(h2.status().state, QdiskState::Master);
+}

@@ -343,6 +343,54 @@ pub struct QuorumStatus {
     pub ignored_inputs: u64,
 }
 
+impl QuorumStatus {
+    /// The `cman_tool status` lines this core can fill, in cman's order and
+    /// wording. The caller adds Version, Config Version, Cluster Name/Id,
+    /// Node name and addresses from the configuration.
+    pub fn cman_lines(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            (
+                "Cluster Generation",
+                self.ring_id
+                    .map_or_else(|| "-".to_string(), |r| r.to_string()),
+            ),
+            ("Membership state", self.membership_state.clone()),
+            ("Nodes", self.nodes.to_string()),
+            ("Expected votes", self.expected_votes.to_string()),
+        ];
+        if self.quorum_device_votes > 0 {
+            v.push(("Quorum device votes", self.quorum_device_votes.to_string()));
+        }
+        v.extend([
+            ("Total votes", self.total_votes.to_string()),
+            ("Node votes", self.node_votes.to_string()),
+            (
+                "Quorum",
+                format!(
+                    "{}{}",
+                    self.quorum,
+                    if self.quorate {
+                        ""
+                    } else {
+                        " Activity blocked"
+                    }
+                ),
+            ),
+            (
+                "Flags",
+                self.flags
+                    .iter()
+                    .filter(|f| *f != "Activity blocked")
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            ("Node ID", self.node_id.to_string()),
+        ]);
+        v
+    }
+}
+
 /// The decision derived from ordered inputs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Decision {
@@ -459,6 +507,7 @@ impl VoteQuorum {
         }
         if !members.contains_key(&self.me) {
             // We are not part of this configuration: we left or were excluded.
+            self.leaving = false;
             self.ring_id = Some(m.ring_id);
             self.members.clear();
             self.states.clear();

@@ -558,3 +558,26 @@ proptest! {
         check_partitions(&c, &groups, false)?;
     }
 }
+
+#[test]
+fn cman_status_lines_read_like_cman_tool() {
+    let mut cfg = nodes(2);
+    cfg.expected_votes = Some(3);
+    cfg.qdisk_votes = 1;
+    let mut c = Cluster::new(&cfg);
+    c.split(&[&[1]]);
+    let lines = c.q(1).status().cman_lines();
+    let get = |k: &str| {
+        lines
+            .iter()
+            .find(|(l, _)| *l == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(get("Expected votes"), "3");
+    assert_eq!(get("Quorum device votes"), "1");
+    assert_eq!(get("Total votes"), "1");
+    assert_eq!(get("Quorum"), "2 Activity blocked");
+    assert_eq!(get("Flags"), "Qdisk");
+    assert_eq!(get("Membership state"), "Cluster-Member");
+}
