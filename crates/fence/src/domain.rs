@@ -295,6 +295,20 @@ struct Victim {
     last_device: Option<usize>,
 }
 
+impl Victim {
+    /// Whether fencing has begun (an agent ran, runs, or is about to after its device delay).
+    fn started(&self) -> bool {
+        self.tries > 0
+            || matches!(
+                self.phase,
+                Phase::AgentDelay(_)
+                    | Phase::Running { .. }
+                    | Phase::RetryWait(_)
+                    | Phase::Announced
+            )
+    }
+}
+
 #[derive(Clone, Debug)]
 struct UnfenceJob {
     step: usize,
@@ -393,8 +407,10 @@ impl FenceDomain {
             let Some(v) = self.victims.get_mut(&j) else {
                 continue;
             };
-            let not_started = v.tries == 0 && matches!(v.phase, Phase::Delay(_) | Phase::Waiting);
-            if v.fencer == self.me && not_started && v.reason != VictimReason::Operator {
+            // Every member that still holds the victim unstarted says so: the fencer may not
+            // know the victim at all (it was on the victim's side of a partition). A fencer
+            // that has started ignores the message and finishes.
+            if !v.started() && v.reason != VictimReason::Operator {
                 info!(victim = %j, "victim rejoined before fencing started: not fencing it");
                 v.phase = Phase::Cancelling;
                 self.push_action(Action::Broadcast(FenceOutcome {
@@ -476,7 +492,7 @@ impl FenceDomain {
                     && self
                         .victims
                         .get(&victim)
-                        .is_some_and(|v| v.tries == 0 || v.phase == Phase::Cancelling);
+                        .is_some_and(|v| !v.started() || v.phase == Phase::Cancelling);
                 if pending_member {
                     self.remove_victim(victim);
                     self.push_event(Event::Rejoined { victim });

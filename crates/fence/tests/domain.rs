@@ -338,9 +338,16 @@ fn victim_rejoining_before_fencing_starts_is_not_fenced() {
         other => panic!("{other:?}"),
     };
     assert_eq!(o.kind, OutcomeKind::Rejoined);
-    assert!(actions(&mut d2).is_empty());
+    // The non-fencer says so too (the fencer may not know the victim); duplicates are harmless.
+    let o2 = match &actions(&mut d2)[..] {
+        [Action::Broadcast(o)] => o.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((o2.by, &o2.kind), (n(2), &OutcomeKind::Rejoined));
     for dom in [&mut d, &mut d2] {
         dom.handle_fence_outcome(t(3001), o.clone());
+        dom.handle_fence_outcome(t(3001), o2.clone());
+        assert_eq!(dom.status().ignored_outcomes, 1);
         dom.handle_timeout(t(100_000));
         assert!(runs(&actions(dom)).is_empty());
         assert!(dom.blocked().is_empty());
@@ -353,6 +360,16 @@ fn victim_rejoining_before_fencing_starts_is_not_fenced() {
     let r = one_run(&mut d);
     d.handle_membership(t(6001), memb(&[1, 2, 3], true));
     assert!(actions(&mut d).is_empty());
+    // A Rejoined from a member that had not started does not stop the fencer.
+    d.handle_fence_outcome(
+        t(6001),
+        FenceOutcome {
+            victim: n(3),
+            by: n(2),
+            kind: OutcomeKind::Rejoined,
+        },
+    );
+    assert_eq!(d.blocked(), vec![n(3)]);
     d.handle_agent_result(t(6002), r.run_id, Ok(()));
     assert_eq!(one_run(&mut d).device, "psu2");
 }
