@@ -2,6 +2,7 @@
 //! heals, agent failures, hangs and late successes. Checked after every step:
 //! - nobody believes a node fenced while it still runs (recovery never precedes fencing);
 //! - no fence agent is started by a node whose partition is inquorate;
+//!
 //! and at the end, once healed and quorate, nothing stays blocked on fencing.
 
 use base::{DetRng, Duration, Instant, NodeId};
@@ -152,12 +153,11 @@ impl World {
     fn drain(&mut self, x: NodeId) {
         let mut work = VecDeque::from([x]);
         while let Some(x) = work.pop_front() {
-            loop {
-                let Some(d) = self.doms.get_mut(&x) else {
-                    break;
-                };
-                let quorate = d.is_quorate();
-                let Some(a) = d.poll_action() else { break };
+            while let Some((quorate, a)) = self
+                .doms
+                .get_mut(&x)
+                .and_then(|d| Some((d.is_quorate(), d.poll_action()?)))
+            {
                 match a {
                     Action::RunAgent(r) => {
                         assert!(
