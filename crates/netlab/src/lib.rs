@@ -314,6 +314,27 @@ impl Lab {
         Ok(())
     }
 
+    /// Give every node namespace an /etc/hosts with these names, so that
+    /// cluster.conf can name nodes as the seed does (`an-node01`, its `.sn`
+    /// alias...). `ip netns exec` bind-mounts `/etc/netns/<ns>/hosts` over
+    /// /etc/hosts for the commands it runs; the lab removes the files on drop.
+    pub fn write_hosts(&self, entries: &[(String, Ipv4Addr)]) -> Result<(), LabError> {
+        let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n");
+        for (name, ip) in entries {
+            text.push_str(&format!("{ip}\t{name}\n"));
+        }
+        for i in 0..self.len() {
+            let dir = std::path::Path::new("/etc/netns").join(self.node_ns(i));
+            let fail = |e: std::io::Error| LabError::Command {
+                cmd: format!("write {}/hosts", dir.display()),
+                stderr: e.to_string(),
+            };
+            std::fs::create_dir_all(&dir).map_err(fail)?;
+            std::fs::write(dir.join("hosts"), &text).map_err(fail)?;
+        }
+        Ok(())
+    }
+
     /// Take ring `r` of node `i` down (its cable pulled) or up again.
     pub fn set_ring(&self, i: usize, r: usize, up: bool) -> Result<(), LabError> {
         let ifname = Self::ring_interface(r);
@@ -333,6 +354,8 @@ impl Drop for Lab {
         }
         for i in 0..self.nodes.len() {
             let _ = run(&["ip", "netns", "del", &self.node_ns(i)]);
+            let _ =
+                std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(self.node_ns(i)));
         }
         let _ = run(&["ip", "netns", "del", &self.switch_ns()]);
     }
@@ -441,11 +464,22 @@ mod tests {
         lab.set_ring(1, 0, false).unwrap();
         assert!(!udp_reaches(&lab, 0, 1, 0), "ring 0 down on node 1");
         assert!(udp_reaches(&lab, 0, 1, 1), "ring 1 still up");
+        lab.write_hosts(&[("an-node02.sn".to_string(), lab.addr(1, 1))])
+            .unwrap();
+        let out = lab.exec(0, &["getent", "hosts", "an-node02.sn"]).unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("192.168.2.72"),
+            "hosts file not seen in the namespace"
+        );
         let names: Vec<String> = (0..3).map(|i| lab.node_ns(i)).collect();
         drop(lab);
         let listed = String::from_utf8(run(&["ip", "netns", "list"]).unwrap().stdout).unwrap();
         for n in names {
             assert!(!listed.contains(&n), "namespace {n} left behind");
+            assert!(
+                !std::path::Path::new("/etc/netns").join(&n).exists(),
+                "hosts dir of {n} left behind"
+            );
         }
     }
 }
