@@ -3,12 +3,14 @@
 //! detection and resolution, and the resource-and-stonith freeze.
 
 pub mod bitmap;
+pub mod driver;
 pub mod engine;
 pub mod gen;
 pub mod meta;
 pub mod msg;
 
 pub use bitmap::Bitmap;
+pub use driver::{create_metadata, ReplicaBackend, Volume, VolumeConfig, VolumeEvent};
 pub use engine::{
     Action, ConnState, Event, FenceOutcome, Fencing, Replica, ReplicaConfig, ReplicaError, ReqId,
     Status,

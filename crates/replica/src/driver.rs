@@ -1,0 +1,584 @@
+//! The tokio driver of one replicated volume: owns the backing file, the metadata file, the TCP link
+//! to the peer and the clock; runs the sans-IO [`Replica`] engine. [`Volume`] is the handle the rest
+//! of the program uses; [`ReplicaBackend`] exports the volume through the NBD server.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::{
+    Action, Event, FenceOutcome, Replica, ReplicaConfig, ReplicaError, ReqId, Status,
+};
+use crate::meta::Metadata;
+use crate::msg::Msg;
+
+/// Where a volume lives and how to reach its peer.
+#[derive(Debug, Clone)]
+pub struct VolumeConfig {
+    /// Engine configuration.
+    pub replica: ReplicaConfig,
+    /// Backing file or block device.
+    pub disk: PathBuf,
+    /// Metadata file (external metadata, created with [`create_metadata`]).
+    pub meta: PathBuf,
+    /// Peer's replication address.
+    pub peer: SocketAddr,
+    /// Peer's node id: the node with the lower id dials, the other accepts.
+    pub peer_node_id: u32,
+    /// Seed for generation identifiers.
+    pub seed: u64,
+}
+
+/// Writes fresh metadata for a backing file of `size` bytes (`quorate replica create-md`).
+pub fn create_metadata(path: &std::path::Path, size: u64, granularity: u32) -> io::Result<()> {
+    let m = Metadata::fresh(size, granularity, 1237);
+    write_meta(path, &m)
+}
+
+fn write_meta(path: &std::path::Path, m: &Metadata) -> io::Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let b = m.encode();
+    f.write_all_at(&b, 0)?;
+    f.set_len(b.len() as u64)?;
+    f.sync_data()
+}
+
+/// What the volume tells its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeEvent {
+    /// An engine event.
+    Engine(Event),
+    /// Run the fence-peer handler and answer with [`Volume::fence_result`].
+    FencePeer,
+}
+
+enum Cmd {
+    Write(
+        u64,
+        Vec<u8>,
+        bool,
+        oneshot::Sender<Result<(), ReplicaError>>,
+    ),
+    Flush(oneshot::Sender<Result<(), ReplicaError>>),
+    Read(u64, u32, oneshot::Sender<Result<Vec<u8>, ReplicaError>>),
+    Promote(bool, oneshot::Sender<Result<(), ReplicaError>>),
+    Demote(oneshot::Sender<Result<(), ReplicaError>>),
+    Verify(oneshot::Sender<Result<(), ReplicaError>>),
+    Status(oneshot::Sender<Status>),
+    Fence(FenceOutcome),
+    DiscardMyData,
+    Connect,
+    Disconnect,
+    Stop(oneshot::Sender<()>),
+}
+
+/// Handle to a running volume.
+#[derive(Clone)]
+pub struct Volume {
+    tx: mpsc::UnboundedSender<Cmd>,
+    size: u64,
+}
+
+fn gone() -> ReplicaError {
+    ReplicaError::Io
+}
+
+impl Volume {
+    /// Opens the disk and metadata, binds `listen` and starts the volume task. Events go to `events`.
+    pub async fn start(
+        cfg: VolumeConfig,
+        listen: TcpListener,
+        events: mpsc::UnboundedSender<VolumeEvent>,
+    ) -> io::Result<Volume> {
+        let meta_bytes = std::fs::read(&cfg.meta).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot read metadata {}: {e}; create it with `quorate replica create-md`",
+                    cfg.meta.display()
+                ),
+            )
+        })?;
+        let meta = Metadata::decode(&meta_bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let disk = OpenOptions::new().read(true).write(true).open(&cfg.disk)?;
+        let disk_size = disk.metadata()?.len();
+        if disk_size < meta.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "backing file {} has {disk_size} bytes, metadata says {}: use a disk at least that big",
+                    cfg.disk.display(),
+                    meta.size
+                ),
+            ));
+        }
+        let size = meta.size;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = Task::new(cfg, meta, Arc::new(disk), events);
+        tokio::spawn(task.run(rx, listen));
+        Ok(Volume { tx, size })
+    }
+
+    /// Volume size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    async fn ask<T>(&self, f: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Option<T> {
+        let (s, r) = oneshot::channel();
+        self.tx.send(f(s)).ok()?;
+        r.await.ok()
+    }
+
+    /// Application write (completes per the replication protocol).
+    pub async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), ReplicaError> {
+        self.ask(|s| Cmd::Write(offset, data, fua, s))
+            .await
+            .unwrap_or(Err(gone()))
+    }
+    /// Application flush.
+    pub async fn flush(&self) -> Result<(), ReplicaError> {
+        self.ask(Cmd::Flush).await.unwrap_or(Err(gone()))
+    }
+    /// Application read from the local disk.
+    pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, ReplicaError> {
+        self.ask(|s| Cmd::Read(offset, len, s))
+            .await
+            .unwrap_or(Err(gone()))
+    }
+    /// Promote (`force` as in `drbdadm primary --force`).
+    pub async fn promote(&self, force: bool) -> Result<(), ReplicaError> {
+        self.ask(|s| Cmd::Promote(force, s))
+            .await
+            .unwrap_or(Err(gone()))
+    }
+    /// Demote.
+    pub async fn demote(&self) -> Result<(), ReplicaError> {
+        self.ask(Cmd::Demote).await.unwrap_or(Err(gone()))
+    }
+    /// Start an online verify.
+    pub async fn verify(&self) -> Result<(), ReplicaError> {
+        self.ask(Cmd::Verify).await.unwrap_or(Err(gone()))
+    }
+    /// Status snapshot (`None` if the volume task ended).
+    pub async fn status(&self) -> Option<Status> {
+        self.ask(Cmd::Status).await
+    }
+    /// Answer to [`VolumeEvent::FencePeer`].
+    pub fn fence_result(&self, o: FenceOutcome) {
+        let _ = self.tx.send(Cmd::Fence(o));
+    }
+    /// Mark this node the split-brain victim for the next connection.
+    pub fn discard_my_data(&self) {
+        let _ = self.tx.send(Cmd::DiscardMyData);
+    }
+    /// Start connecting to the peer.
+    pub fn connect(&self) {
+        let _ = self.tx.send(Cmd::Connect);
+    }
+    /// Drop the peer link and stay StandAlone.
+    pub fn disconnect(&self) {
+        let _ = self.tx.send(Cmd::Disconnect);
+    }
+    /// Stops the task after a clean detach (metadata marked clean).
+    pub async fn stop(&self) {
+        let _ = self.ask(Cmd::Stop).await;
+    }
+}
+
+enum Net {
+    Up(u64, TcpStream),
+    Msg(u64, Msg),
+    Down(u64),
+}
+
+struct Link {
+    id: u64,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+struct Task {
+    cfg: VolumeConfig,
+    r: Replica,
+    disk: Arc<File>,
+    events: mpsc::UnboundedSender<VolumeEvent>,
+    start: std::time::Instant,
+    next_req: u64,
+    waiting: BTreeMap<u64, oneshot::Sender<Result<(), ReplicaError>>>,
+    link: Option<Link>,
+    next_link: u64,
+}
+
+impl Task {
+    fn new(
+        cfg: VolumeConfig,
+        meta: Metadata,
+        disk: Arc<File>,
+        events: mpsc::UnboundedSender<VolumeEvent>,
+    ) -> Self {
+        let r = Replica::new(cfg.replica.clone(), meta, base::Instant(0), cfg.seed);
+        Task {
+            cfg,
+            r,
+            disk,
+            events,
+            start: std::time::Instant::now(),
+            next_req: 1,
+            waiting: BTreeMap::new(),
+            link: None,
+            next_link: 1,
+        }
+    }
+
+    fn now(&self) -> base::Instant {
+        base::Instant(self.start.elapsed().as_nanos() as u64)
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, listen: TcpListener) {
+        let (net_tx, mut net_rx) = mpsc::unbounded_channel::<Net>();
+        let (io_tx, mut io_rx) = mpsc::unbounded_channel::<(u64, Result<Vec<u8>, ()>)>();
+        let active = self.cfg.replica.node_id <= self.cfg.peer_node_id;
+        let mut retry = tokio::time::interval(std::time::Duration::from_millis(500));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.drain(&io_tx, &net_tx);
+            let deadline = self.r.poll_deadline().map(|d| {
+                tokio::time::Instant::from_std(self.start + std::time::Duration::from_nanos(d.0))
+            });
+            let want_link =
+                self.link.is_none() && self.r.conn() == crate::engine::ConnState::WfConnection;
+            tokio::select! {
+                c = rx.recv() => match c {
+                    None => return,
+                    Some(Cmd::Stop(done)) => {
+                        self.r.detach();
+                        self.drain(&io_tx, &net_tx);
+                        if let Some(l) = self.link.take() { l.reader.abort(); }
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(c) => self.command(c, &io_tx),
+                },
+                Some(n) = net_rx.recv() => self.net(n, &net_tx),
+                Some((io, res)) = io_rx.recv() => {
+                    let now = self.now();
+                    self.r.handle_io_done(now, io, res);
+                }
+                a = listen.accept(), if !active => {
+                    if let Ok((s, _)) = a {
+                        if want_link { let id = self.next_link; self.next_link += 1; let _ = net_tx.send(Net::Up(id, s)); }
+                    }
+                }
+                _ = retry.tick(), if active && want_link => {
+                    let peer = self.cfg.peer;
+                    let tx = net_tx.clone();
+                    let id = self.next_link;
+                    self.next_link += 1;
+                    tokio::spawn(async move {
+                        if let Ok(Ok(s)) = tokio::time::timeout(std::time::Duration::from_millis(400), TcpStream::connect(peer)).await {
+                            let _ = tx.send(Net::Up(id, s));
+                        }
+                    });
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    let now = self.now();
+                    self.r.handle_timeout(now);
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, c: Cmd, io_tx: &mpsc::UnboundedSender<(u64, Result<Vec<u8>, ()>)>) {
+        let now = self.now();
+        match c {
+            Cmd::Write(offset, data, fua, reply) => {
+                let id = self.next_req;
+                self.next_req += 1;
+                self.waiting.insert(id, reply);
+                self.r.handle_write(now, ReqId(id), offset, data, fua);
+            }
+            Cmd::Flush(reply) => {
+                let id = self.next_req;
+                self.next_req += 1;
+                self.waiting.insert(id, reply);
+                self.r.handle_flush(now, ReqId(id));
+            }
+            Cmd::Read(offset, len, reply) => {
+                if let Err(e) = self.r.check_read(offset, len as u64) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let disk = self.disk.clone();
+                let _ = io_tx;
+                tokio::task::spawn_blocking(move || {
+                    let mut v = vec![0u8; len as usize];
+                    let r = disk
+                        .read_exact_at(&mut v, offset)
+                        .map(|_| v)
+                        .map_err(|_| ReplicaError::Io);
+                    let _ = reply.send(r);
+                });
+            }
+            Cmd::Promote(force, reply) => {
+                let _ = reply.send(self.r.promote(now, force));
+            }
+            Cmd::Demote(reply) => {
+                let _ = reply.send(self.r.demote(now));
+            }
+            Cmd::Verify(reply) => {
+                let _ = reply.send(self.r.start_verify(now));
+            }
+            Cmd::Status(reply) => {
+                let _ = reply.send(self.r.status());
+            }
+            Cmd::Fence(o) => self.r.handle_fence_result(now, o),
+            Cmd::DiscardMyData => self.r.discard_my_data(),
+            Cmd::Connect => self.r.connect(),
+            Cmd::Disconnect => self.r.disconnect(now),
+            Cmd::Stop(_) => {}
+        }
+    }
+
+    fn net(&mut self, n: Net, net_tx: &mpsc::UnboundedSender<Net>) {
+        let now = self.now();
+        match n {
+            Net::Up(id, s) => {
+                if self.link.is_some() || self.r.conn() != crate::engine::ConnState::WfConnection {
+                    return;
+                }
+                let _ = s.set_nodelay(true);
+                let (mut rd, wr) = s.into_split();
+                let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+                tokio::spawn(async move {
+                    let mut w = BufWriter::with_capacity(256 * 1024, wr);
+                    while let Some(b) = wrx.recv().await {
+                        if w.write_all(&b).await.is_err() {
+                            return;
+                        }
+                        while let Ok(b) = wrx.try_recv() {
+                            if w.write_all(&b).await.is_err() {
+                                return;
+                            }
+                        }
+                        if w.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let tx = net_tx.clone();
+                let reader = tokio::spawn(async move {
+                    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+                    let mut chunk = vec![0u8; 256 * 1024];
+                    loop {
+                        loop {
+                            match Msg::decode(&buf) {
+                                Ok(Some((m, used))) => {
+                                    buf.drain(..used);
+                                    if tx.send(Net::Msg(id, m)).is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "bad replication frame: dropping link");
+                                    let _ = tx.send(Net::Down(id));
+                                    return;
+                                }
+                            }
+                        }
+                        match rd.read(&mut chunk).await {
+                            Ok(0) | Err(_) => {
+                                let _ = tx.send(Net::Down(id));
+                                return;
+                            }
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+                self.link = Some(Link {
+                    id,
+                    tx: wtx,
+                    reader,
+                });
+                self.r.handle_connected(now);
+            }
+            Net::Msg(id, m) => {
+                if self.link.as_ref().is_some_and(|l| l.id == id) {
+                    self.r.handle_msg(now, m);
+                }
+            }
+            Net::Down(id) => {
+                if self.link.as_ref().is_some_and(|l| l.id == id) {
+                    if let Some(l) = self.link.take() {
+                        l.reader.abort();
+                    }
+                    self.r.handle_disconnected(now);
+                }
+            }
+        }
+    }
+
+    fn drain(
+        &mut self,
+        io_tx: &mpsc::UnboundedSender<(u64, Result<Vec<u8>, ()>)>,
+        _net_tx: &mpsc::UnboundedSender<Net>,
+    ) {
+        while let Some(a) = self.r.poll_action() {
+            match a {
+                Action::Send(m) => {
+                    if let Some(l) = &self.link {
+                        let _ = l.tx.send(m.encode());
+                    }
+                }
+                Action::DiskWrite {
+                    io,
+                    offset,
+                    data,
+                    fua,
+                } => {
+                    let disk = self.disk.clone();
+                    let tx = io_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut r = disk.write_all_at(&data, offset);
+                        if fua && r.is_ok() {
+                            r = disk.sync_data();
+                        }
+                        let _ = tx.send((io, r.map(|_| Vec::new()).map_err(|_| ())));
+                    });
+                }
+                Action::DiskRead { io, offset, len } => {
+                    let disk = self.disk.clone();
+                    let tx = io_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let mut v = vec![0u8; len as usize];
+                        let r = disk
+                            .read_exact_at(&mut v, offset)
+                            .map(|_| v)
+                            .map_err(|_| ());
+                        let _ = tx.send((io, r));
+                    });
+                }
+                Action::DiskFlush { io } => {
+                    let disk = self.disk.clone();
+                    let tx = io_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let r = disk.sync_data().map(|_| Vec::new()).map_err(|_| ());
+                        let _ = tx.send((io, r));
+                    });
+                }
+                Action::PersistMeta => {
+                    // Must be durable before later disk writes start: done inline.
+                    if let Err(e) = write_meta(&self.cfg.meta, self.r.metadata()) {
+                        tracing::error!(error = %e, "cannot persist replica metadata");
+                    }
+                }
+                Action::Complete { req, result } => {
+                    if let Some(s) = self.waiting.remove(&req.0) {
+                        let _ = s.send(result);
+                    }
+                }
+                Action::FencePeer => {
+                    let _ = self.events.send(VolumeEvent::FencePeer);
+                }
+                Action::Disconnect => {
+                    if let Some(l) = self.link.take() {
+                        l.reader.abort();
+                    }
+                    let now = self.now();
+                    self.r.handle_disconnected(now);
+                }
+            }
+        }
+        while let Some(e) = self.r.poll_event() {
+            tracing::info!(event = ?e, "replica");
+            let _ = self.events.send(VolumeEvent::Engine(e));
+        }
+    }
+}
+
+/// Exports a [`Volume`] through the NBD server: writes and flushes go through replication.
+/// Its methods block; the NBD driver calls them from `spawn_blocking`.
+pub struct ReplicaBackend {
+    vol: Volume,
+    rt: tokio::runtime::Handle,
+}
+
+impl ReplicaBackend {
+    /// Wraps a volume; `rt` is the runtime the volume runs on.
+    pub fn new(vol: Volume, rt: tokio::runtime::Handle) -> Self {
+        ReplicaBackend { vol, rt }
+    }
+}
+
+fn to_io(e: ReplicaError) -> io::Error {
+    let errno = match e {
+        ReplicaError::NotPrimary | ReplicaError::PeerIsPrimary => libc::EROFS,
+        ReplicaError::OutOfRange => libc::ENOSPC,
+        _ => libc::EIO,
+    };
+    io::Error::from_raw_os_error(errno)
+}
+
+impl nbd::Backend for ReplicaBackend {
+    fn size(&self) -> u64 {
+        self.vol.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let d = self
+            .rt
+            .block_on(self.vol.read(offset, buf.len() as u32))
+            .map_err(to_io)?;
+        buf.copy_from_slice(&d);
+        Ok(())
+    }
+    fn write_at(&self, data: &[u8], offset: u64, fua: bool) -> io::Result<()> {
+        self.rt
+            .block_on(self.vol.write(offset, data.to_vec(), fua))
+            .map_err(to_io)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.rt.block_on(self.vol.flush()).map_err(to_io)
+    }
+    fn trim(&self, _offset: u64, _len: u64, _fua: bool) -> io::Result<()> {
+        // Advisory: keeping the data is a correct trim, and keeps both sides identical.
+        Ok(())
+    }
+    fn write_zeroes(
+        &self,
+        mut offset: u64,
+        mut len: u64,
+        _may_trim: bool,
+        fua: bool,
+    ) -> io::Result<()> {
+        let zero = vec![0u8; len.min(1 << 20) as usize];
+        while len > 0 {
+            let n = len.min(zero.len() as u64);
+            self.rt
+                .block_on(
+                    self.vol
+                        .write(offset, zero[..n as usize].to_vec(), fua && n == len),
+                )
+                .map_err(to_io)?;
+            offset += n;
+            len -= n;
+        }
+        Ok(())
+    }
+    fn can_trim(&self) -> bool {
+        false
+    }
+}
