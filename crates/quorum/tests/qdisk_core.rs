@@ -601,3 +601,185 @@ mod faults {
         }
     }
 }
+
+mod combined {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Three nodes with one vote each and a quorum disk with 2 votes
+    /// (expected 5), vote cores fed through an in-order "totem" per partition,
+    /// disk availability fed into the vote cores.
+    struct Sim {
+        w: World,
+        v: BTreeMap<u32, VoteQuorum>,
+        part: [usize; 3],
+        ring: u64,
+    }
+
+    impl Sim {
+        fn groups(&self) -> Vec<Vec<u32>> {
+            let mut g: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+            for i in 1..=3u32 {
+                if self.w.nodes[&n(i)].running {
+                    g.entry(self.part[(i - 1) as usize]).or_default().push(i);
+                }
+            }
+            g.into_values().collect()
+        }
+
+        fn membership(&mut self) {
+            for g in self.groups() {
+                self.ring += 1;
+                let m = Membership {
+                    ring_id: self.ring,
+                    members: g.iter().map(|i| (n(*i), 1)).collect(),
+                };
+                for i in &g {
+                    self.v
+                        .get_mut(i)
+                        .unwrap()
+                        .handle_membership(self.w.now, m.clone());
+                    self.w.set_membership(*i, &g);
+                }
+            }
+        }
+
+        fn settle(&mut self) {
+            let now = self.w.now;
+            for i in 1..=3u32 {
+                let node = self.w.nodes.get_mut(&n(i)).unwrap();
+                for e in std::mem::take(&mut node.events) {
+                    if let QdiskEvent::Availability { master, .. } = e {
+                        self.v.get_mut(&i).unwrap().set_qdisk(now, master);
+                    }
+                }
+            }
+            for g in self.groups() {
+                loop {
+                    let mut msgs = Vec::new();
+                    for i in &g {
+                        while let Some(m) = self.v.get_mut(i).unwrap().poll_message() {
+                            msgs.push((*i, m));
+                        }
+                    }
+                    if msgs.is_empty() {
+                        break;
+                    }
+                    for (from, m) in msgs {
+                        for i in &g {
+                            self.v
+                                .get_mut(i)
+                                .unwrap()
+                                .handle_message(now, n(from), m.clone());
+                        }
+                    }
+                }
+            }
+        }
+
+        fn check(&self) -> Result<(), TestCaseError> {
+            let mut quorate = 0;
+            for g in self.groups() {
+                let q: Vec<bool> = g.iter().map(|i| self.v[i].is_quorate()).collect();
+                prop_assert!(
+                    q.iter().all(|x| *x == q[0]),
+                    "partition {:?} disagrees: {:?}",
+                    g,
+                    q
+                );
+                if q[0] {
+                    quorate += 1;
+                }
+            }
+            prop_assert!(
+                quorate <= 1,
+                "{} partitions quorate at {:?}",
+                quorate,
+                self.w.now
+            );
+            Ok(())
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Split(Vec<usize>),
+        Hang(u32),
+        ReadError(u32),
+        Crash(u32),
+        Restart(u32),
+        Wait,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("QDISK_SOAK_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(32)
+        ))]
+
+        /// The simulator check of issue 4: with the disk in play, never two
+        /// quorate partitions, and members of a partition agree.
+        #[test]
+        fn never_two_quorate_partitions_with_a_quorum_disk(
+            tko in 3u32..8,
+            master_wins in any::<bool>(),
+            steps in prop::collection::vec(prop_oneof![
+                prop::collection::vec(0usize..3, 3).prop_map(Step::Split),
+                (1u32..=3).prop_map(Step::Hang),
+                (1u32..=3).prop_map(Step::ReadError),
+                (1u32..=3).prop_map(Step::Crash),
+                (1u32..=3).prop_map(Step::Restart),
+                Just(Step::Wait),
+            ], 1..25),
+        ) {
+            let mut qc = cfg();
+            qc.tko = tko;
+            qc.tko_up = None;
+            qc.master_wait = None;
+            qc.master_wins = master_wins;
+            qc.votes = 2;
+            let mut vc = QuorumConfig::new([(n(1), 1), (n(2), 1), (n(3), 1)]);
+            vc.qdisk_votes = 2;
+            let mut s = Sim {
+                w: World::new(&[1, 2, 3], &qc),
+                v: (1..=3).map(|i| (i, VoteQuorum::new(n(i), vc.clone()).unwrap())).collect(),
+                part: [0; 3],
+                ring: 0,
+            };
+            s.membership();
+            for _ in 0..(tko * 20) {
+                s.w.run_steps(1);
+                s.settle();
+            }
+            prop_assert!(s.v[&1].is_quorate());
+            for step in steps {
+                match step {
+                    Step::Split(p) => {
+                        s.part.copy_from_slice(&p);
+                        s.membership();
+                    }
+                    Step::Hang(i) => { let x = s.w.nodes.get_mut(&n(i)).unwrap(); x.hung = !x.hung; }
+                    Step::ReadError(i) => { let x = s.w.nodes.get_mut(&n(i)).unwrap(); x.read_error = !x.read_error; }
+                    Step::Crash(i) => {
+                        if s.w.nodes[&n(i)].running {
+                            s.w.nodes.get_mut(&n(i)).unwrap().running = false;
+                            s.membership();
+                        }
+                    }
+                    Step::Restart(i) => {
+                        s.w.add(i, &qc);
+                        s.v.insert(i, VoteQuorum::new(n(i), vc.clone()).unwrap());
+                        s.membership();
+                    }
+                    Step::Wait => {}
+                }
+                s.settle();
+                s.check()?;
+                for _ in 0..30 {
+                    s.w.run_steps(1);
+                    s.settle();
+                    s.check()?;
+                }
+            }
+        }
+    }
+}
