@@ -585,7 +585,7 @@ impl Guest {
                         .unwrap_or(p.status.as_str())
                         .to_string();
                     self.recover_source().await;
-                    return Err(fail(reason, Some(p)));
+                    return Err(fail(reason, last.or(Some(p))));
                 }
                 _ => {}
             }

@@ -5,13 +5,16 @@
 //! * [`detect_accel`] / [`HostProbe`]: KVM only where it really works, TCG otherwise, with the reason.
 //! * [`Guest`]: a running QEMU process driven over QMP: start, adopt, status, stop,
 //!   live or paused migration ([`Guest::migrate_to`], [`Guest::start_incoming`]).
+//! * [`TinyGuest`]: the counter-writing test guest of `scripts/guest/`; [`bench`] measures it.
 #![warn(missing_docs)]
 
 mod accel;
 mod argv;
+pub mod bench;
 mod def;
 mod driver;
 mod proc;
+mod tiny;
 
 pub use accel::{detect_accel, Accel, AccelChoice, HostProbe};
 pub use argv::{build_argv, Launch, QEMU_BINARY};
@@ -20,6 +23,7 @@ pub use def::{
     MigrationSettings, Network,
 };
 pub use driver::{Guest, GuestState, GuestStatus, MigrationProgress, MigrationStats, StopOutcome};
+pub use tiny::{blank_disk, serial_counters, serial_resumed, TinyGuest};
 
 /// Errors of guest definition, start, stop and migration.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +70,12 @@ pub enum VmError {
         reason: String,
         /// Progress at the moment of failure.
         last: Option<MigrationProgress>,
+    },
+    /// The tiny test guest could not be built.
+    #[error("tiny guest: {message}")]
+    TinyGuest {
+        /// What failed and which packages to install.
+        message: String,
     },
     /// Waiting for a state took too long.
     #[error("guest {guest}: timed out after {ms} ms waiting for {what}")]

@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use vm::{
-    detect_accel, AccelChoice, AccelMode, DirectKernel, Disk, DiskSource, GuestDef, HostProbe,
-};
+use vm::{detect_accel, AccelChoice, AccelMode, GuestDef, HostProbe, TinyGuest};
 
 static BUILD: Mutex<Option<PathBuf>> = Mutex::new(None);
 
@@ -59,24 +57,10 @@ pub fn blank_disk(dir: &Path) -> PathBuf {
 
 /// The tiny guest as a definition, its files in `dir/NAME.*`.
 pub fn guest_def(name: &str, dir: &Path, disk: &Path) -> GuestDef {
-    let g = tiny_guest();
-    let mut d = GuestDef::new(name, dir);
-    d.memory_mib = 128;
-    d.kernel = Some(DirectKernel {
-        kernel: g.join("vmlinuz"),
-        initrd: Some(g.join("initrd.img")),
-        append: std::fs::read_to_string(g.join("cmdline"))
-            .unwrap()
-            .trim()
-            .to_string(),
-    });
-    d.disks.push(Disk {
-        source: DiskSource::File(disk.to_path_buf()),
-        format: Default::default(),
-        cache: Default::default(),
-    });
-    d.stop_timeout_ms = 15_000;
-    d
+    let out = tiny_guest();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let t = TinyGuest::build(&repo.join("scripts/guest/build-tiny-guest.sh"), &out).unwrap();
+    t.guest_def(name, dir, disk)
 }
 
 /// The accelerator this host gets in auto mode.
@@ -86,20 +70,12 @@ pub fn auto_accel() -> AccelChoice {
 
 /// Every `counter N` value in a serial log, in order.
 pub fn counters(serial: &Path) -> Vec<u64> {
-    let text = std::fs::read(serial).unwrap_or_default();
-    String::from_utf8_lossy(&text)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("counter ")?.parse().ok())
-        .collect()
+    vm::serial_counters(serial)
 }
 
 /// The `resumed from N` values in a serial log.
 pub fn resumed(serial: &Path) -> Vec<u64> {
-    let text = std::fs::read(serial).unwrap_or_default();
-    String::from_utf8_lossy(&text)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("resumed from ")?.parse().ok())
-        .collect()
+    vm::serial_resumed(serial)
 }
 
 /// Wait until the log shows a counter above `n`; returns it.

@@ -1,0 +1,34 @@
+//! `vm::bench::run` end to end (boot, crash restart, 3 live migrations).
+
+mod common;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_sane_figures() {
+    let dir = test_dir("bench");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let tiny = vm::TinyGuest::build(
+        &repo.join("scripts/guest/build-tiny-guest.sh"),
+        &tiny_guest(),
+    )
+    .unwrap();
+    let _reaper = Reaper(vec![dir.join("bench-a.pid"), dir.join("bench-b.pid")]);
+    let base = free_port();
+    let r = vm::bench::run(&tiny, &dir, auto_accel(), 3, base)
+        .await
+        .expect("bench");
+    eprintln!(
+        "vm-measure: bench boot {} ms, restart {} ms, downtime p50 {} ms, total p50 {} ms, accel {}",
+        r.boot_to_counter_ms,
+        r.restart_to_counter_ms,
+        r.downtime_p50_ms(),
+        r.total_p50_ms(),
+        r.accel.accel.as_str()
+    );
+    assert_eq!(r.migrations.len(), 3);
+    assert!(r.boot_to_counter_ms > 0 && r.restart_to_counter_ms > 0);
+    assert!(r.downtime_p50_ms() <= r.total_p50_ms());
+    assert!(r.migrations.iter().all(|m| m.transferred_bytes > 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
