@@ -15,8 +15,10 @@
 
 pub mod fence_agent;
 pub mod ocf;
+pub mod pool;
 pub mod process;
 
 pub use fence::{is_secret_key, AgentArgs, Secret};
 pub use fence_agent::{FenceAgentError, FenceAgentRunner, FenceReport, PowerStatus};
+pub use pool::{AgentPool, RunResult};
 pub use process::{find_program, run_process, ProcessError, ProcessOutput, ProcessSpec};

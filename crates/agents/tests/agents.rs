@@ -300,3 +300,37 @@ async fn lsb_status_codes() {
     let (code, _) = run_lsb(&s, "start", Duration::from_secs(5)).await.unwrap();
     assert_eq!(code, 0);
 }
+
+#[tokio::test]
+async fn pool_runs_concurrently_and_a_hang_does_not_block_others() {
+    let d = tempfile::tempdir().unwrap();
+    let hang = script(d.path(), "fence_hang", "cat >/dev/null; sleep 1000");
+    let ok = script(d.path(), "fence_ok", "cat >/dev/null; exit 0");
+    let mk = |id: u64, agent: &Path, timeout_ms: u64| fence::AgentRun {
+        run_id: id,
+        kind: fence::JobKind::Fence,
+        victim: base::NodeId(id as u32),
+        method_idx: 0,
+        device_idx: 0,
+        device: "d".into(),
+        agent: agent.to_str().unwrap().into(),
+        args: AgentArgs::new().with("action", "off"),
+        action: "off".into(),
+        timeout: base::Duration::from_millis(timeout_ms),
+    };
+    let mut pool = AgentPool::new(FenceAgentRunner::default());
+    let t0 = Instant::now();
+    pool.start(mk(1, &hang, 800));
+    pool.start(mk(2, &ok, 5000));
+    assert_eq!(pool.running(), 2);
+    let (id, res) = pool.next_result().await;
+    assert_eq!((id, res), (2, Ok(())));
+    assert!(
+        t0.elapsed() < Duration::from_millis(700),
+        "the hung agent blocked the pool"
+    );
+    let (id, res) = pool.next_result().await;
+    assert_eq!(id, 1);
+    assert!(res.unwrap_err().contains("hung"));
+    assert_eq!(pool.running(), 0);
+}

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bench;
 mod cli;
 pub mod fence_quorate;
 pub mod protocol;

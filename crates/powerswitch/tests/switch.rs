@@ -176,3 +176,42 @@ async fn tcp_loopback_and_command_line_mode() {
         assert!(line.starts_with(want), "{req} -> {line}");
     }
 }
+
+#[tokio::test]
+async fn sigstopped_node_is_still_killed() {
+    let d = tempfile::tempdir().unwrap();
+    let sock = d.path().join("ps.sock");
+    let sw = PowerSwitch::new(vec![OutletConfig::shell("n1", TREE)]).unwrap();
+    let _srv = serve_unix(sw.clone(), &sock).await.unwrap();
+    sw.all_on().await.unwrap();
+    let pg = sw.list().await[0].pgid.unwrap();
+    wait_group(pg, 4).await;
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pg),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    let r = FenceAgentRunner::default();
+    r.run(
+        fence_quorate().to_str().unwrap(),
+        &fq_args(&sock, "n1", "off"),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    assert!(
+        group(pg).is_empty(),
+        "stopped processes survived: {:?}",
+        group(pg)
+    );
+}
+
+#[tokio::test]
+async fn bench_fence_round_trip() {
+    let rep = powerswitch::bench::fence_round_trip(&fence_quorate(), 3)
+        .await
+        .unwrap();
+    eprintln!("{rep}");
+    assert_eq!(rep.rounds.len(), 3);
+    assert!(rep.max() < Duration::from_secs(5), "{rep}");
+}
