@@ -98,8 +98,10 @@ impl Diagnostics {
 
     fn push(&mut self, severity: Severity, pos: Pos, message: String, hint: String) {
         // Bounded: a hostile file cannot make us collect unbounded diagnostics.
-        const MAX: usize = 1000;
-        if self.list.len() >= MAX {
+        // Errors and warnings have separate budgets, so warnings never crowd out an error.
+        const MAX_EACH: usize = 500;
+        let same = self.list.iter().filter(|d| d.severity == severity).count();
+        if same >= MAX_EACH {
             return;
         }
         self.list.push(Diagnostic {

@@ -7,6 +7,9 @@ use roxmltree::{Document, Node, ParsingOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+/// Marks an error that a parser bug produced (tests assert it never appears).
+pub const INTERNAL: &str = "internal error";
+
 /// Largest file the parser accepts (cluster.conf files are a few KiB).
 pub const MAX_FILE_BYTES: usize = 4 << 20;
 /// Deepest element nesting accepted (the XML parser recurses; real files nest < 15 deep).
@@ -109,6 +112,14 @@ pub fn parse(file: &str, text: &str) -> Parsed {
         pending: Pending::default(),
     };
     let config = p.cluster(doc.root_element());
+    if config.is_none() && !p.d.has_errors() {
+        // Every path that yields no model reports why; this only guards against a missed one.
+        p.d.error(
+            Pos { line: 1, column: 1 },
+            format!("{INTERNAL}: the file could not be turned into a configuration"),
+            "please report this file to the quorate developers",
+        );
+    }
     let has_errors = p.d.has_errors();
     Parsed {
         config: if has_errors { None } else { config },
@@ -1156,11 +1167,11 @@ impl<'a, 'i: 'a> P<'i> {
                 nodes.push(node);
             }
         }
-        if Self::elements(n).next().is_none() {
+        if !Self::elements(n).any(|c| elem_name(&c) == "clusternode") {
             let pos = self.pos(n);
             self.d.error(
                 pos,
-                "incomplete configuration: <clusternodes> is empty; a cluster needs at least one node",
+                "incomplete configuration: <clusternodes> has no <clusternode>; a cluster needs at least one node",
                 "add one <clusternode name=\"...\" nodeid=\"N\"/> per node",
             );
         }

@@ -78,7 +78,9 @@ fn cases() -> Vec<Case> {
         c("second cman section", conf("<cman/>\n<cman port=\"5500\"/>"), 8, "second <cman> section"),
         c("expected_votes too high", conf("<cman expected_votes=\"9\"/>"), 7, "could never be quorate"),
         c("no clusternodes (seed v1/v2)", raw("<cluster name=\"t\" config_version=\"1\">\n<cman expected_votes=\"1\" two_node=\"1\"/>\n</cluster>\n"), 1, "no <clusternodes>"),
-        c("empty clusternodes", raw("<cluster name=\"t\" config_version=\"1\">\n<clusternodes/>\n</cluster>\n"), 2, "<clusternodes> is empty"),
+        c("empty clusternodes", raw("<cluster name=\"t\" config_version=\"1\">\n<clusternodes/>\n</cluster>\n"), 2, "<clusternodes> has no <clusternode>"),
+        // Found by the fuzzer: only unknown elements inside <clusternodes>.
+        c("clusternodes without clusternode", raw("<cluster name=\"t\" config_version=\"1\">\n<clusternodes>\n<c/>lusternode name=\"a\" nodeid=\"1\"/>\n</clusternodes>\n</cluster>\n"), 2, "<clusternodes> has no <clusternode>"),
         c("doctype refused", raw("<?xml version=\"1.0\"?>\n<!DOCTYPE cluster [<!ENTITY a \"b\">]>\n<cluster name=\"t\" config_version=\"1\"/>\n"), 2, "<!DOCTYPE> is not allowed"),
         c("nested service", conf("<rm>\n<service name=\"s\">\n<service name=\"t\"/>\n</service>\n</rm>"), 9, "cannot be nested"),
         c("rrp_mode invalid", conf("<totem rrp_mode=\"both\"/>"), 7, "rrp_mode=\"both\""),

@@ -137,6 +137,13 @@ fn exercise(text: &str) {
         let _ = d.to_string();
     }
     assert_eq!(p.is_valid(), p.errors().next().is_none());
+    assert!(
+        !p.diagnostics
+            .iter()
+            .any(|d| d.message.contains(parse::INTERNAL)),
+        "{:#?}",
+        p.diagnostics
+    );
     if let Some(c) = &p.config {
         let _ = render_text(c);
         let json = serde_json::to_string(c).expect("serialize");
@@ -356,6 +363,7 @@ fn hostile_shapes() {
     );
     let p = parse("dups", &dups);
     assert!(p.diagnostics.len() <= 1000, "diagnostics are bounded");
+    assert!(p.errors().count() >= 1);
 }
 
 /// Timed soak: `CONFIG_FUZZ_SECS=600 cargo test -p config --release --test fuzz -- --ignored soak`.
