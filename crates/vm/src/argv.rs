@@ -75,6 +75,13 @@ pub fn build_argv(
             def.vcpus
         )));
     }
+    if let Some(ns) = &def.netns {
+        if ns.is_empty() || ns.contains('/') || ns.starts_with('.') {
+            return Err(invalid(format!(
+                "netns {ns:?} must be a name under /run/netns"
+            )));
+        }
+    }
     if def.machine.is_empty() || def.machine.contains(',') {
         return Err(invalid(format!(
             "machine {:?} must be a QEMU machine type such as q35",

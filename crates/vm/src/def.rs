@@ -204,6 +204,10 @@ pub struct GuestDef {
     pub migration: MigrationSettings,
     /// How long `stop` waits for an ACPI powerdown before `quit`, in ms.
     pub stop_timeout_ms: u64,
+    /// Run QEMU (and the tap setup) inside this network namespace
+    /// (`ip netns exec NAME`); `None` runs in the daemon's own namespace.
+    #[serde(default)]
+    pub netns: Option<String>,
 }
 
 impl GuestDef {
@@ -226,6 +230,7 @@ impl GuestDef {
             pidfile: run_dir.join(format!("{name}.pid")),
             migration: MigrationSettings::default(),
             stop_timeout_ms: 30_000,
+            netns: None,
         }
     }
 

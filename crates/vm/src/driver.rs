@@ -120,6 +120,20 @@ fn ensure_parent(p: &Path) {
     }
 }
 
+impl GuestDef {
+    /// A command for `program`, inside the guest's network namespace if it has one.
+    fn command(&self, program: &str) -> tokio::process::Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = tokio::process::Command::new("ip");
+                c.args(["netns", "exec", ns, program]);
+                c
+            }
+            None => tokio::process::Command::new(program),
+        }
+    }
+}
+
 /// The accelerator a running QEMU was started with, from its command line.
 fn accel_of_pid(pid: i32) -> Option<Accel> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -250,7 +264,8 @@ impl Guest {
         let _ = std::fs::remove_file(&def.qmp_socket);
         let _ = std::fs::remove_file(&def.pidfile);
         tracing::debug!(guest = %def.name, ?argv, "starting QEMU");
-        let out = tokio::process::Command::new(QEMU_BINARY)
+        let out = def
+            .command(QEMU_BINARY)
             .args(&argv)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -304,7 +319,9 @@ impl Guest {
             return Ok(());
         };
         let ifname = self.def.tap_name().unwrap_or_default();
-        let out = tokio::process::Command::new("ip")
+        let out = self
+            .def
+            .command("ip")
             .args(["link", "set", "dev", &ifname, "master", bridge, "up"])
             .output()
             .await
