@@ -334,3 +334,66 @@ async fn pool_runs_concurrently_and_a_hang_does_not_block_others() {
     assert!(res.unwrap_err().contains("hung"));
     assert_eq!(pool.running(), 0);
 }
+
+/// Collects everything logged at any level.
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> LogBuf {
+        self.clone()
+    }
+}
+
+#[test]
+fn secrets_never_reach_the_log() {
+    let buf = LogBuf::default();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(buf.clone())
+        .finish();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tracing::subscriber::with_default(sub, || {
+        rt.block_on(async {
+            let d = tempfile::tempdir().unwrap();
+            let ok = script(d.path(), "fence_ok", "cat >/dev/null; exit 0");
+            let bad = script(d.path(), "fence_bad", "cat; exit 1");
+            let hang = script(d.path(), "fence_hang", "cat >/dev/null; sleep 1000");
+            let r = FenceAgentRunner::default();
+            let mut a = args("off");
+            a.set("passwd_script", "/secret/path/TopScript77");
+            r.run(ok.to_str().unwrap(), &a, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let _ = r
+                .run(bad.to_str().unwrap(), &a, Duration::from_secs(5))
+                .await
+                .unwrap_err();
+            let _ = r
+                .run(hang.to_str().unwrap(), &a, Duration::from_millis(300))
+                .await
+                .unwrap_err();
+            let _ = r
+                .run("fence_missing_xyz", &a, Duration::from_secs(5))
+                .await
+                .unwrap_err();
+        })
+    });
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("running fence agent"), "nothing logged: {log}");
+    assert!(log.contains("fence agent failed"), "{log}");
+    assert!(!log.contains("TopSecret99"), "password in log:\n{log}");
+    assert!(!log.contains("TopScript77"), "passwd_script in log:\n{log}");
+}

@@ -215,3 +215,92 @@ async fn bench_fence_round_trip() {
     assert_eq!(rep.rounds.len(), 3);
     assert!(rep.max() < Duration::from_secs(5), "{rep}");
 }
+
+#[tokio::test]
+async fn server_binary_serves_and_powers_off_on_sigterm() {
+    let d = tempfile::tempdir().unwrap();
+    let sock = d.path().join("run/ps.sock");
+    let logs = d.path().join("logs");
+    let mut srv = tokio::process::Command::new(env!("CARGO_BIN_EXE_quorate-power-switch"))
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--log-dir")
+        .arg(&logs)
+        .args([
+            "--outlet",
+            &format!("a={TREE}"),
+            "--outlet",
+            "b=echo hello from b; exec sleep 1000",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let r = FenceAgentRunner::default();
+    let fq = fence_quorate();
+    let fq = fq.to_str().unwrap();
+    loop {
+        if let Ok(rep) = r
+            .run(
+                fq,
+                &fq_args(&sock, "x", "list-status"),
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            if rep.stdout == "a,,on\nb,,on\n" {
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "server never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r.run(fq, &fq_args(&sock, "b", "off"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.run(fq, &fq_args(&sock, "b", "status"), Duration::from_secs(5))
+            .await
+            .unwrap()
+            .power,
+        Some(PowerStatus::Off)
+    );
+    assert!(std::fs::read_to_string(logs.join("b.log"))
+        .unwrap()
+        .contains("hello from b"));
+    // Find outlet a's group via /proc (its leader is a child of the server).
+    let pid = srv.id().unwrap() as i32;
+    let kids: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.split_whitespace().nth(1) == Some(&pid.to_string()))
+                })
+                .unwrap_or(false)
+        })
+        .collect();
+    assert_eq!(kids.len(), 1, "{kids:?}");
+    let pg_a = kids[0];
+    assert_eq!(group(pg_a).len(), 4);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let st = tokio::time::timeout(Duration::from_secs(10), srv.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(st.success(), "{st:?}");
+    assert!(group(pg_a).is_empty(), "outlet a survived server shutdown");
+    assert!(!sock.exists());
+}
