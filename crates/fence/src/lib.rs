@@ -15,6 +15,18 @@
 //! an operator (`fence_ack_manual`) succeeds. Nothing is fenced while inquorate.
 //! A victim that rejoins before fencing starts is not fenced. At cold start,
 //! nodes not seen within `post_join_delay` are fenced unless `clean_start`.
+//!
+//! # Wiring it into a daemon
+//! - Config: for each `<clusternode>`, build a [`NodeFence`]; for each `<device>` line,
+//!   `Device::from_attrs(fencedevice_attrs.merged(&device_attrs))` (both [`AgentArgs`]).
+//!   `<fence_daemon>` maps onto [`FenceConfig`] (`post_join_delay="-1"` = `None`).
+//! - Inputs: every quorum/membership change → [`FenceDomain::handle_membership`]; every
+//!   delivered outcome message ([`FenceOutcome::decode`]) → [`FenceDomain::handle_fence_outcome`];
+//!   agent results → [`FenceDomain::handle_agent_result`]; the deadline → [`FenceDomain::handle_timeout`].
+//! - Outputs: [`Action::RunAgent`] → run it off the event loop (crate `agents`, `AgentPool`);
+//!   [`Action::Broadcast`] → send [`FenceOutcome::encode`] through totem to every member,
+//!   including this node. [`Event::Fenced`] (or [`FenceDomain::is_fenced`]) is what recovery
+//!   waits for; [`FenceDomain::blocked`] lists what it is blocked on.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

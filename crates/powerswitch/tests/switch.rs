@@ -175,6 +175,12 @@ async fn tcp_loopback_and_command_line_mode() {
         let line = rd.next_line().await.unwrap().unwrap();
         assert!(line.starts_with(want), "{req} -> {line}");
     }
+    // An endless line is refused and the connection closed; the server keeps serving.
+    wr.write_all(&[b'x'; 5000]).await.unwrap();
+    let line = rd.next_line().await.unwrap().unwrap();
+    assert!(line.starts_with("ERR request longer than"), "{line}");
+    assert_eq!(rd.next_line().await.unwrap(), None);
+    assert_eq!(sw.status("n1").await.unwrap(), PowerState::Off);
 }
 
 #[tokio::test]
