@@ -33,7 +33,16 @@ fn start(path: &Path, i: u32, c: &QdiskConfig) -> QdiskHandle {
 }
 
 /// Wait up to 15 s for `cond`; returns how long it took.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> std::time::Duration {
+fn wait_for(what: &str, cond: impl FnMut() -> bool) -> std::time::Duration {
+    wait_or_dump(what, cond, String::new)
+}
+
+/// Like [`wait_for`], with `dump()` in the failure message.
+fn wait_or_dump(
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+    dump: impl Fn() -> String,
+) -> std::time::Duration {
     let t = StdInstant::now();
     while t.elapsed() < std::time::Duration::from_secs(15) {
         if cond() {
@@ -41,7 +50,29 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> std::time::Duration {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    panic!("timed out waiting for: {what}");
+    panic!("timed out waiting for: {what}\n{}", dump());
+}
+
+fn dump_all(h: &[&QdiskHandle]) -> String {
+    h.iter()
+        .map(|x| format!("{:?}", x.status()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Wait until every handle is counted in under one master; returns it.
+fn elected(h: &[&QdiskHandle]) -> NodeId {
+    let mut m = None;
+    wait_or_dump(
+        "a master with every node counted in",
+        || {
+            let a: Vec<Option<NodeId>> = h.iter().map(|x| x.status().available).collect();
+            m = a[0];
+            m.is_some() && a.iter().all(|x| *x == m)
+        },
+        || dump_all(h),
+    );
+    m.unwrap()
 }
 
 #[test]
@@ -50,45 +81,58 @@ fn three_nodes_elect_a_master_and_a_stopped_master_is_replaced() {
     let path = dir.path().join("qdisk.img");
     format(&path, "alpha", "test").unwrap();
     let c = cfg();
-    let h: Vec<QdiskHandle> = (1..=3).map(|i| start(&path, i, &c)).collect();
-    for x in &h {
+    let t = StdInstant::now();
+    let mut h: Vec<Option<QdiskHandle>> = (1..=3).map(|i| Some(start(&path, i, &c))).collect();
+    for x in h.iter().flatten() {
         x.set_membership(vec![n(1), n(2), n(3)]);
     }
-    let took = wait_for("node 1 master, everybody counted in", || {
-        h.iter().all(|x| x.status().available == Some(n(1)))
-    });
-    eprintln!("election with interval 100ms: {took:?}");
-    assert_eq!(h[0].status().state, QdiskState::Master);
+    let m = elected(&h.iter().flatten().collect::<Vec<_>>());
+    eprintln!(
+        "election with interval 100ms: {:?} (master node {m})",
+        t.elapsed()
+    );
     let l = list(&path).unwrap();
     assert_eq!(l.header.cluster_name, "alpha");
     assert_eq!(l.nodes.len(), 3);
-    let m = l.nodes.iter().find(|b| b.node_id == n(1)).unwrap();
-    assert_eq!(m.master_mask, 0b111);
+    let mb = l.nodes.iter().find(|b| b.node_id == m).unwrap();
+    assert_eq!(mb.master_mask, 0b111);
+    assert_eq!(
+        l.nodes
+            .iter()
+            .filter(|b| b.state == quorum::layout::DiskState::Master)
+            .count(),
+        1
+    );
 
-    // Node 1 dies (stops writing). The others declare it dead after tko
-    // cycles without an update, then node 2 wins the election.
-    let mut h = h.into_iter();
-    let h1 = h.next().unwrap();
-    let (h2, h3) = (h.next().unwrap(), h.next().unwrap());
-    h1.stop();
-    h2.set_membership(vec![n(2), n(3)]);
-    h3.set_membership(vec![n(2), n(3)]);
+    // The master dies (stops writing). The others declare it dead after tko
+    // cycles without an update, then the lower of them wins the election.
+    h[(m.0 - 1) as usize].take().unwrap().stop();
+    let rest: Vec<QdiskHandle> = h.into_iter().flatten().collect();
+    let ids: Vec<NodeId> = rest.iter().map(|x| x.status().node_id).collect();
+    for x in &rest {
+        x.set_membership(ids.clone());
+    }
     let t = StdInstant::now();
     let mut dead_after = None;
-    wait_for("node 2 master", || {
-        while let Ok(e) = h3.events().try_recv() {
-            if let DriverEvent::Qdisk(QdiskEvent::NodeDead { node, reason }) = e {
-                if node == n(1) {
-                    assert!(reason.contains("tko 6"), "{reason}");
-                    dead_after = Some(t.elapsed());
+    let watcher = &rest[1];
+    wait_or_dump(
+        "a new master",
+        || {
+            while let Ok(e) = watcher.events().try_recv() {
+                if let DriverEvent::Qdisk(QdiskEvent::NodeDead { node, reason }) = e {
+                    if node == m {
+                        assert!(reason.contains("tko 6"), "{reason}");
+                        dead_after.get_or_insert(t.elapsed());
+                    }
                 }
             }
-        }
-        h3.status().available == Some(n(2))
-    });
-    let dead_after = dead_after.expect("node 3 reported node 1 dead");
+            rest.iter().all(|x| x.status().available == Some(ids[0]))
+        },
+        || dump_all(&rest.iter().collect::<Vec<_>>()),
+    );
+    let dead_after = dead_after.expect("the old master was reported dead");
     eprintln!(
-        "node 1 dead to the disk after {dead_after:?}, takeover after {:?}",
+        "master dead to the disk after {dead_after:?}, takeover after {:?}",
         t.elapsed()
     );
     // tko = 6 cycles of 100 ms: not before ~0.5 s.
@@ -96,7 +140,7 @@ fn three_nodes_elect_a_master_and_a_stopped_master_is_replaced() {
         dead_after >= std::time::Duration::from_millis(450),
         "{dead_after:?}"
     );
-    assert_eq!(h2.status().state, QdiskState::Master);
+    assert_eq!(rest[0].status().state, QdiskState::Master);
 }
 
 #[test]
@@ -104,54 +148,60 @@ fn a_failing_heuristic_withdraws_the_votes_and_requests_self_fence() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("qdisk.img");
     format(&path, "alpha", "test").unwrap();
-    let flag = dir.path().join("router-reachable");
-    std::fs::write(&flag, b"").unwrap();
-    let mut c1 = cfg();
-    c1.heuristics = vec![HeuristicConfig {
-        interval: Duration::from_millis(100),
-        ..HeuristicConfig::new("true")
-    }];
-    let mut c2 = cfg();
-    c2.heuristics = vec![HeuristicConfig {
-        interval: Duration::from_millis(100),
-        ..HeuristicConfig::new(format!("test -e '{}'", flag.display()))
-    }];
-    let h1 = start(&path, 1, &c1);
-    let h2 = start(&path, 2, &c2);
-    h1.set_membership(vec![n(1), n(2)]);
-    h2.set_membership(vec![n(1), n(2)]);
-    wait_for("both counted in", || {
-        h1.status().available == Some(n(1)) && h2.status().available == Some(n(1))
-    });
-    assert_eq!(h2.status().score, 1);
-    std::fs::remove_file(&flag).unwrap();
+    let flags: Vec<std::path::PathBuf> = (1..=2)
+        .map(|i| dir.path().join(format!("gw-ok-{i}")))
+        .collect();
+    let h: Vec<QdiskHandle> = (1..=2u32)
+        .map(|i| {
+            let f = &flags[(i - 1) as usize];
+            std::fs::write(f, b"").unwrap();
+            let mut c = cfg();
+            c.heuristics = vec![HeuristicConfig {
+                interval: Duration::from_millis(100),
+                ..HeuristicConfig::new(format!("test -e '{}'", f.display()))
+            }];
+            start(&path, i, &c)
+        })
+        .collect();
+    for x in &h {
+        x.set_membership(vec![n(1), n(2)]);
+    }
+    let m = elected(&h.iter().collect::<Vec<_>>());
+    // The node that is not master loses its "router".
+    let x = if m == n(1) { 1 } else { 0 };
+    let (hx, hm) = (&h[x], &h[1 - x]);
+    assert_eq!(hx.status().score, 1);
+    std::fs::remove_file(&flags[x]).unwrap();
     let t = StdInstant::now();
     let mut fenced = None;
-    wait_for("node 2 self-fence request", || {
-        while let Ok(e) = h2.events().try_recv() {
-            if let DriverEvent::SelfFence { reason } = e {
-                fenced = Some(reason);
+    wait_or_dump(
+        "self-fence request",
+        || {
+            while let Ok(e) = hx.events().try_recv() {
+                if let DriverEvent::SelfFence { reason } = e {
+                    fenced = Some(reason);
+                }
             }
-        }
-        fenced.is_some()
-    });
+            fenced.is_some()
+        },
+        || dump_all(&[hx, hm]),
+    );
     eprintln!("heuristic failure to self-fence: {:?}", t.elapsed());
     assert!(fenced.unwrap().contains("below min_score 1"));
-    let s = h2.status();
+    let s = hx.status();
     assert_eq!((s.state, s.available, s.score), (QdiskState::Down, None, 0));
-    // The master stops granting node 2.
-    wait_for("master mask without node 2", || {
+    // The master stops granting it.
+    let master_only = quorum::layout::mask_bit(m);
+    wait_for("master mask without the failed node", || {
         list(&path)
             .unwrap()
             .nodes
             .iter()
-            .any(|b| b.node_id == n(1) && b.master_mask == 0b01)
+            .any(|b| b.node_id == m && b.master_mask == master_only)
     });
-    // The heuristic passes again: node 2 is back.
-    std::fs::write(&flag, b"").unwrap();
-    wait_for("node 2 counted in again", || {
-        h2.status().available == Some(n(1))
-    });
+    // The heuristic passes again: counted in again.
+    std::fs::write(&flags[x], b"").unwrap();
+    wait_for("counted in again", || hx.status().available == Some(m));
 }
 
 #[test]
@@ -160,16 +210,22 @@ fn losing_the_disk_path_hands_the_master_role_over() {
     let path = dir.path().join("qdisk.img");
     format(&path, "alpha", "test").unwrap();
     let c = cfg();
-    let h1 = start(&path, 1, &c);
-    let h2 = start(&path, 2, &c);
-    h1.set_membership(vec![n(1), n(2)]);
-    h2.set_membership(vec![n(1), n(2)]);
-    wait_for("node 1 master", || h2.status().available == Some(n(1)));
-    h1.block_io(true);
-    wait_for("node 1 withdraws", || h1.status().available.is_none());
-    let s1 = h1.status();
-    assert!(s1.error_streak >= 3, "{s1:?}");
-    wait_for("node 2 takes over", || h2.status().available == Some(n(2)));
+    let h: Vec<QdiskHandle> = (1..=2).map(|i| start(&path, i, &c)).collect();
+    for x in &h {
+        x.set_membership(vec![n(1), n(2)]);
+    }
+    let m = elected(&h.iter().collect::<Vec<_>>());
+    let (hm, ho) = (&h[(m.0 - 1) as usize], &h[(2 - m.0) as usize]);
+    hm.block_io(true);
+    wait_for("the master withdraws", || hm.status().available.is_none());
+    let s = hm.status();
+    assert!(s.error_streak >= 3, "{s:?}");
+    let other = ho.status().node_id;
+    wait_or_dump(
+        "the other node takes over",
+        || ho.status().available == Some(other),
+        || dump_all(&[hm, ho]),
+    );
 }
 
 #[test]
@@ -245,30 +301,48 @@ fn slow_storage_makes_the_master_step_back_and_rejoin_behind_the_new_one() {
     format(&path, "alpha", "test").unwrap();
     let mut c = cfg();
     c.master_wins = true;
-    let h1 = start(&path, 1, &c);
-    let h2 = start(&path, 2, &c);
-    h1.set_membership(vec![n(1)]);
-    h2.set_membership(vec![n(2)]);
-    wait_for("node 1 master", || h1.status().available == Some(n(1)));
-    // Every I/O now takes 6 intervals: stalled cycles.
-    h1.io_delay(std::time::Duration::from_millis(600));
+    let h: Vec<QdiskHandle> = (1..=2).map(|i| start(&path, i, &c)).collect();
+    h[0].set_membership(vec![n(1)]);
+    h[1].set_membership(vec![n(2)]);
+    let mut m = None;
+    wait_or_dump(
+        "a master",
+        || {
+            m = h.iter().find_map(|x| x.status().available);
+            m.is_some()
+        },
+        || dump_all(&h.iter().collect::<Vec<_>>()),
+    );
+    let m = m.unwrap();
+    let (hm, ho) = (&h[(m.0 - 1) as usize], &h[(2 - m.0) as usize]);
+    let other = ho.status().node_id;
+    // Every I/O of the master now takes 6 intervals: stalled cycles.
+    hm.io_delay(std::time::Duration::from_millis(600));
     let mut both = 0;
-    wait_for("node 2 takes over", || {
-        let (a, b) = (h1.status().available, h2.status().available);
-        if a.is_some() && b.is_some() {
-            both += 1;
-        }
-        b == Some(n(2))
-    });
-    assert_eq!(h1.status().available, None);
-    h1.io_delay(std::time::Duration::ZERO);
-    wait_for("node 1 back online behind node 2", || {
-        let (a, b) = (h1.status(), h2.status());
-        if a.available.is_some() && b.available.is_some() {
-            both += 1;
-        }
-        a.state == QdiskState::Run && a.master == Some(n(2))
-    });
+    wait_or_dump(
+        "the other node takes over",
+        || {
+            let (a, b) = (hm.status().available, ho.status().available);
+            if a.is_some() && b.is_some() {
+                both += 1;
+            }
+            b == Some(other)
+        },
+        || dump_all(&[hm, ho]),
+    );
+    assert_eq!(hm.status().available, None);
+    hm.io_delay(std::time::Duration::ZERO);
+    wait_or_dump(
+        "the old master back online behind the new one",
+        || {
+            let (a, b) = (hm.status(), ho.status());
+            if a.available.is_some() && b.available.is_some() {
+                both += 1;
+            }
+            a.state == QdiskState::Run && a.master == Some(other)
+        },
+        || dump_all(&[hm, ho]),
+    );
     assert_eq!(both, 0, "both nodes held the disk votes at once");
-    assert_eq!(h2.status().state, QdiskState::Master);
+    assert_eq!(ho.status().state, QdiskState::Master);
 }
