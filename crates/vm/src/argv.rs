@@ -322,3 +322,41 @@ mod tests {
         assert_eq!(d.tap_name().unwrap(), "qt-a-very-long-");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::accel::Accel;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_definition_gives_argv_or_error_never_panics(
+            name in "[a-zA-Z0-9_. -]{0,70}",
+            mem in 0u32..100_000,
+            vcpus in 0u32..300,
+            path in "/?[a-z,/ ]{0,30}",
+            url in prop_oneof!["nbd://[a-z0-9:.,/]{0,20}", ".{0,20}"],
+            extra in proptest::collection::vec(".{0,10}", 0..4),
+        ) {
+            let mut d = GuestDef::new(&name, std::path::Path::new("/run/q"));
+            d.memory_mib = mem;
+            d.vcpus = vcpus;
+            d.disks.push(crate::def::Disk { source: DiskSource::File(path.clone().into()), format: Default::default(), cache: Default::default() });
+            d.disks.push(crate::def::Disk { source: DiskSource::Nbd(url), format: Default::default(), cache: Default::default() });
+            d.extra_args = extra.clone();
+            let accel = AccelChoice { accel: Accel::Tcg, reason: String::new() };
+            let res = build_argv(&d, &accel, Launch::Fresh);
+            let valid_name = !name.is_empty() && !name.contains(' ');
+            prop_assert_eq!(res.is_ok(), valid_name && mem >= 16 && (1..=256).contains(&vcpus) && path.starts_with('/') && d.disks[1].source != DiskSource::Nbd(String::new()) && matches!(&d.disks[1].source, DiskSource::Nbd(u) if u.starts_with("nbd://")));
+            if let Ok(a) = res {
+                // A path's commas are always escaped, so the drive option has exactly
+                // the key=value pairs we wrote.
+                let drive = a.iter().position(|x| x == "-drive").map(|i| a[i + 1].clone()).unwrap();
+                let unescaped = drive.replace(",,", "");
+                prop_assert_eq!(unescaped.split(',').count(), 5);
+                prop_assert!(a.ends_with(&extra));
+            }
+        }
+    }
+}

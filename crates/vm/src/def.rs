@@ -249,3 +249,34 @@ impl GuestDef {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn definitions_round_trip_through_json() {
+        let mut d = GuestDef::new("db1", Path::new("/run/quorate/vm"));
+        d.disks.push(Disk {
+            source: DiskSource::Nbd("nbd://10.0.0.1:10809/r0".into()),
+            format: DiskFormat::Raw,
+            cache: CacheMode::None,
+        });
+        d.network = Network::Tap {
+            bridge: "br0".into(),
+            ifname: None,
+            mac: None,
+        };
+        d.accel = AccelMode::Tcg;
+        let text = serde_json::to_string_pretty(&d).unwrap();
+        assert!(text.contains("\"accel\": \"tcg\""), "{text}");
+        let back: GuestDef = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, d);
+        // Optional fields may be left out by an administrator.
+        let min = r#"{"name":"x","memory_mib":64,"vcpus":1,"machine":"q35","serial_log":"/a","qmp_socket":"/b","pidfile":"/c","stop_timeout_ms":1000}"#;
+        let m: GuestDef = serde_json::from_str(min).unwrap();
+        assert_eq!(m.accel, AccelMode::Auto);
+        assert_eq!(m.migration.downtime_limit_ms, 300);
+        assert!(m.netns.is_none() && m.disks.is_empty());
+    }
+}

@@ -99,6 +99,10 @@ pub struct MigrationStats {
 }
 
 /// A running QEMU guest driven over QMP.
+///
+/// QEMU is daemonized: dropping a `Guest` leaves the guest running (a daemon
+/// restart then [`adopt`](Guest::adopt)s it). QEMU serves one QMP client at a
+/// time, so keep a single `Guest` per QEMU and drop it before adopting again.
 #[derive(Debug)]
 pub struct Guest {
     def: GuestDef,
