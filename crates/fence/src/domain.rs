@@ -365,13 +365,14 @@ impl FenceDomain {
         }
     }
 
-    /// Replaces the configuration (cluster.conf reload); running victims keep their position
-    /// only if their method still exists, else they restart from the first method.
+    /// Replaces the configuration (cluster.conf reload). A victim whose method no longer exists
+    /// restarts from the first method (a run in flight for it finishes first and counts as failed).
     pub fn set_config(&mut self, now: Instant, cfg: FenceConfig) {
         self.cfg = cfg;
         for (node, v) in self.victims.iter_mut() {
             let n = self.cfg.nodes.get(node).map_or(0, |f| f.methods.len());
-            if v.method >= n {
+            let busy = matches!(v.phase, Phase::Running { .. } | Phase::AgentDelay(_));
+            if v.method >= n && !busy {
                 v.method = 0;
                 v.step = 0;
             }
@@ -936,11 +937,18 @@ impl FenceDomain {
         };
         v.tries += 1;
         let (mi, si) = (v.method, v.step);
+        let gone = || {
+            Some(format!(
+                "method {mi} step {si} no longer exists (configuration changed)"
+            ))
+        };
         let Some(method) = methods.get(mi) else {
+            self.round_failed(now, node, gone());
             return;
         };
         let steps = Self::method_steps(method);
         let Some(step) = steps.get(si).cloned() else {
+            self.round_failed(now, node, gone());
             return;
         };
         let dev_name = method.devices[step.device_idx].name.clone();

@@ -676,3 +676,24 @@ fn status_text_json_and_outcome_wire_form() {
     assert!(manual_ack_warning("node3").contains("corrupt"));
     assert_eq!(d.fence_node(t(0), n(9)), Err(FenceError::UnknownNode(n(9))));
 }
+
+#[test]
+fn config_reload_mid_run_never_wedges() {
+    // Method 2 disappears from the configuration while its agent runs.
+    let mut c = cfg3();
+    c.nodes.get_mut(&n(3)).unwrap().methods.truncate(1);
+    let mut d = lost3(1);
+    d.handle_timeout(t(6000));
+    let first = one_run(&mut d);
+    d.handle_agent_result(t(6001), first.run_id, Err("x".into()));
+    let second = one_run(&mut d);
+    assert_eq!(second.method_idx, 1);
+    d.set_config(t(6002), c);
+    d.handle_agent_result(t(6003), second.run_id, Err("y".into()));
+    // Counted as a failed round, then retried from the first method.
+    assert_eq!(d.status().victims[0].state, VictimState::RetryWait);
+    assert_eq!(d.poll_deadline(), Some(t(9003)));
+    d.handle_timeout(t(9003));
+    let again = one_run(&mut d);
+    assert_eq!((again.method_idx, again.device.as_str()), (0, "psu1"));
+}
