@@ -12,6 +12,29 @@
 //!   which nodes are alive *to the disk* by their sequence counters, elects a
 //!   master and tells the vote core whether the device's votes count for this
 //!   node. [`layout`] is the on-disk format.
+//!
+//! # Wiring (for the `quorate` binary and the simulator)
+//!
+//! ```text
+//! totem config change ──► VoteQuorum::handle_membership(now, Membership{ring_id, members})
+//!                    └──► qdisk driver: set_membership(member ids)
+//! loop { VoteQuorum::poll_message() ──► totem broadcast (QuorumMsg::encode) }
+//! totem delivery (from, bytes) ──► VoteQuorum::handle_message(now, from, QuorumMsg::decode(bytes)?)
+//! QdiskEvent::Availability{master} ──► VoteQuorum::set_qdisk(now, master)
+//! QdiskAction::SelfFence / DriverEvent::SelfFence ──► reboot this node
+//! VoteQuorum::poll_deadline() ──► VoteQuorum::handle_timeout(now)
+//! QuorumEvent::QuorumGained / QuorumLost{reason} ──► log verbatim; gate rgmanager, fenced, dlm
+//! VoteQuorum::status() ──► `quorate cman status [--json]` (QuorumStatus::cman_lines for text)
+//! ```
+//!
+//! Config mapping: `<clusternode nodeid votes>` → [`QuorumConfig::nodes`],
+//! `<cman expected_votes two_node>` → `expected_votes`, `two_node`;
+//! `<quorumd votes>` → [`QuorumConfig::qdisk_votes`] and [`QdiskConfig::votes`];
+//! `<quorumd interval tko tko_up master_wait min_score master_wins reboot
+//! max_error_cycles>` and `<heuristic program score interval tko>` →
+//! [`QdiskConfig`] (call [`QdiskConfig::apply_auto_master_wins`] and
+//! [`QdiskConfig::check_token_timeout`]). `wait_for_all`, `last_man_standing`
+//! and `last_man_standing_window` are our extensions under `<cman>`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -142,6 +142,34 @@ impl QdiskConfig {
         (self.tko / 2).max(1)
     }
 
+    /// qdiskd turns `master_wins` on by itself for a two-node cluster without
+    /// heuristics (any other setup keeps the configured value).
+    pub fn apply_auto_master_wins(&mut self, cluster_nodes: usize) {
+        if cluster_nodes == 2 && self.heuristics.is_empty() {
+            self.master_wins = true;
+        }
+    }
+
+    /// Longest time the disk can take to move its votes to a new master:
+    /// `interval * (tko + master_wait + 2)` (qdiskd's upgrade_wait is 2).
+    pub fn takeover_time(&self) -> Duration {
+        self.interval
+            .mul(u64::from(self.tko) + u64::from(self.master_wait()) + 2)
+    }
+
+    /// The totem token timeout must exceed [`QdiskConfig::takeover_time`], or
+    /// membership would evict nodes before the disk could decide (qdisk(5)).
+    pub fn check_token_timeout(&self, token: Duration) -> Result<(), QdiskConfigError> {
+        let need = self.takeover_time();
+        if token <= need {
+            return Err(QdiskConfigError::TokenTooShort {
+                token_ms: token.as_millis(),
+                need_ms: need.as_millis(),
+            });
+        }
+        Ok(())
+    }
+
     /// Check the values the way qdiskd would.
     pub fn validate(&self) -> Result<(), QdiskConfigError> {
         let n = self.cluster_name.len();
@@ -203,6 +231,14 @@ pub enum QdiskConfigError {
     /// Bad heuristic.
     #[error("heuristic #{0} needs a non-empty program, and score, interval and tko of at least 1")]
     Heuristic(usize),
+    /// Token timeout too short for the disk timings.
+    #[error("<totem token=\"{token_ms}\"> must be longer than the quorum disk takeover time of {need_ms} ms (interval * (tko + master_wait + 2)): raise token or lower interval/tko")]
+    TokenTooShort {
+        /// Configured token timeout.
+        token_ms: u64,
+        /// Takeover time.
+        need_ms: u64,
+    },
     /// min_score unreachable.
     #[error("min_score {min} can never be reached: the heuristics add up to {max}")]
     MinScore {

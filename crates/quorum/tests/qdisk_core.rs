@@ -783,3 +783,28 @@ mod combined {
         }
     }
 }
+
+#[test]
+fn timing_and_auto_master_wins_rules() {
+    let mut c = QdiskConfig::new("alpha");
+    // interval 1 s, tko 10, master_wait 5: 17 s.
+    assert_eq!(c.takeover_time(), Duration::from_secs(17));
+    let e = c.check_token_timeout(Duration::from_secs(10)).unwrap_err();
+    assert!(e.to_string().contains("17000 ms"), "{e}");
+    assert!(c.check_token_timeout(Duration::from_secs(21)).is_ok());
+    c.apply_auto_master_wins(3);
+    assert!(!c.master_wins);
+    c.apply_auto_master_wins(2);
+    assert!(c.master_wins);
+    let mut h = QdiskConfig::new("alpha");
+    h.heuristics = vec![HeuristicConfig::new("true")];
+    h.apply_auto_master_wins(2);
+    assert!(!h.master_wins);
+    h.min_score = 5;
+    assert!(h
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("never be reached"));
+    assert!(Qdisk::new(n(17), 1, QdiskConfig::new("alpha"), Instant::ZERO).is_err());
+}
