@@ -13,8 +13,13 @@
 //!   (and a [`QdiskAction::SelfFence`] when `reboot` is set).
 //! * Master election as qdiskd: when no online node claims master, each online
 //!   node bids for the lowest online node id; that node becomes master after
-//!   `master_wait` cycles once every online node bids for it. Of two masters
-//!   (after a heal) the lower node id keeps it.
+//!   `master_wait` cycles once every online node bids for it. Nobody bids
+//!   while any block claiming master moved within the last `tko` cycles we
+//!   actually watched (a hung master has withdrawn long before that). Cycles
+//!   in which we could not read count as misses, and the first read after
+//!   such a gap only re-baselines the counters. Of two masters (after a heal)
+//!   the lower node id keeps it; a non-master trusts the master's grant only
+//!   while the master's counter moved within `max(1, tko/2)` cycles.
 //! * The master writes a mask of the nodes it grants the votes to: online on
 //!   the disk *and* in the master's cluster membership
 //!   ([`Qdisk::handle_membership`]). A node counts the disk in
