@@ -614,7 +614,8 @@ impl FenceDomain {
 
     /// When [`FenceDomain::handle_timeout`] must be called next.
     pub fn poll_deadline(&self) -> Option<Instant> {
-        let mut d: Option<Instant> = self.startup_at;
+        // Startup fencing waits for quorum, which comes with a membership input, not a timer.
+        let mut d: Option<Instant> = self.startup_at.filter(|_| self.quorate);
         let mut take = |t: Instant| d = Some(d.map_or(t, |x| x.min(t)));
         for v in self.victims.values() {
             match v.phase {

@@ -53,11 +53,11 @@ fn inst(ms: u64) -> Instant {
 }
 
 impl World {
-    fn new(n: u32, seed: u64, post_fail_ms: u64) -> Self {
+    fn new(n: u32, seed: u64, post_fail_ms: u64, clean_start: bool) -> Self {
         let mut cfg = FenceConfig {
             post_fail_delay: Duration::from_millis(post_fail_ms),
             post_join_delay: Some(Duration::from_secs(3)),
-            clean_start: true,
+            clean_start,
             override_time: Duration::from_secs(1),
             agent_timeout: Duration::from_secs(5),
             ..FenceConfig::default()
@@ -258,6 +258,10 @@ impl World {
                         };
                         if d.poll_deadline().is_some_and(|dl| dl <= inst(self.now)) {
                             d.handle_timeout(inst(self.now));
+                            assert!(
+                                d.poll_deadline().is_none_or(|dl| dl > inst(self.now)),
+                                "node {x}: deadline not moved past now after handle_timeout"
+                            );
                             self.drain(x);
                             self.check();
                         }
@@ -309,8 +313,8 @@ impl World {
     }
 }
 
-fn scenario(n: u32, seed: u64, post_fail_ms: u64, ops: &[Op]) {
-    let mut w = World::new(n, seed, post_fail_ms);
+fn scenario(n: u32, seed: u64, post_fail_ms: u64, clean_start: bool, ops: &[Op]) {
+    let mut w = World::new(n, seed, post_fail_ms, clean_start);
     for op in ops {
         w.apply(op);
     }
@@ -338,15 +342,16 @@ proptest! {
         n in 2u32..=5,
         seed in any::<u64>(),
         post_fail_ms in 0u64..3000,
+        clean_start in any::<bool>(),
         ops in proptest::collection::vec(op(), 0..40),
     ) {
-        scenario(n, seed, post_fail_ms, &ops);
+        scenario(n, seed, post_fail_ms, clean_start, &ops);
     }
 }
 
 #[test]
 fn majority_partition_fences_the_minority_and_nothing_else() {
-    let mut w = World::new(5, 7, 1000);
+    let mut w = World::new(5, 7, 1000, true);
     w.agents_reliable = true;
     w.apply(&Op::Split(0b11000)); // {1,2,3} | {4,5}
     w.apply(&Op::Advance(10_000));
