@@ -495,7 +495,10 @@ fn check_partitions(c: &Cluster, groups: &[Vec<u32>], two_node: bool) -> Result<
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    // QUORUM_SOAK_CASES=20000 for a long run.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("QUORUM_SOAK_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+    ))]
 
     /// Any sequence of splits and merges: after each one settles, members of
     /// a partition agree and at most one partition is quorate.
