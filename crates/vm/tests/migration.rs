@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use vm::{Guest, GuestState, MigrationMode, MigrationSettings, VmError};
+use vm::{Guest, GuestState, MigrationMode, MigrationSettings, StopOutcome, VmError};
 
 fn settings(mode: MigrationMode) -> MigrationSettings {
     MigrationSettings {
@@ -167,6 +167,8 @@ async fn failed_migrations_leave_the_guest_on_the_source() {
     ));
     assert_eq!(src.status().await.state, GuestState::Running);
 
-    src.stop().await;
+    // A guest that does not power off in time is ended with `quit`.
+    assert_eq!(src.stop_within(Duration::ZERO).await, StopOutcome::Quit);
+    assert!(Guest::running_pid(&a).is_none());
     let _ = std::fs::remove_dir_all(&dir);
 }
