@@ -96,6 +96,14 @@ pub enum NodeError {
     /// The rings.
     #[error(transparent)]
     Udp(#[from] crate::udp::UdpError),
+    /// The quorum disk could not be opened.
+    #[error(
+        "quorum disk {0}: {1}. Format it once with `quorate qdisk format DEVICE` from one node"
+    )]
+    Qdisk(String, String),
+    /// The quorum disk asked this node to remove itself.
+    #[error("self-fenced by the quorum disk: {0}")]
+    SelfFenced(String),
     /// The state dir.
     #[error("state dir {path}: {source}")]
     State {
@@ -284,6 +292,8 @@ pub struct Node {
     runner: agents::FenceAgentRunner,
     log: VecDeque<LogLine>,
     leaving: bool,
+    qdisk: Option<qdisk::QdiskHandle>,
+    self_fence: Option<String>,
 }
 
 fn wall() -> f64 {
@@ -437,6 +447,9 @@ impl Node {
                 ));
                 self.members = c.members.clone();
                 self.ring_id = Some(c.ring_id);
+                if let Some(q) = &self.qdisk {
+                    q.set_membership(c.members.clone());
+                }
                 let votes = self.plan.quorum.nodes.clone();
                 self.quorum.handle_membership(
                     now,
@@ -505,6 +518,31 @@ impl Node {
             }
         };
         self.note(text);
+    }
+
+    /// Drain the quorum disk's events (its thread runs on its own clock).
+    fn poll_qdisk(&mut self) {
+        let mut events = Vec::new();
+        if let Some(q) = &self.qdisk {
+            while let Ok(ev) = q.events().try_recv() {
+                events.push(ev);
+            }
+        }
+        let now = self.now();
+        for ev in events {
+            match ev {
+                qdisk::DriverEvent::Qdisk(quorum::QdiskEvent::Availability { master, reason }) => {
+                    self.note(format!("qdisk: {reason}"));
+                    self.quorum.set_qdisk(now, master);
+                }
+                qdisk::DriverEvent::Qdisk(other) => tracing::info!("qdisk: {other:?}"),
+                qdisk::DriverEvent::SelfFence { reason } => {
+                    self.note(format!("qdisk: SELF-FENCE: {reason}"));
+                    self.self_fence = Some(reason);
+                }
+            }
+        }
+        self.pump();
     }
 
     /// Tell the fence domain about membership and quorum whenever either changed.
@@ -830,7 +868,21 @@ pub async fn run(
         runner: agents::FenceAgentRunner::default(),
         log: VecDeque::new(),
         leaving: false,
+        qdisk: None,
+        self_fence: None,
     };
+    if let Some((device, cfg)) = node.plan.qdisk.clone() {
+        let handle = qdisk::QdiskHandle::spawn(
+            &device,
+            node.plan.me,
+            qdisk::fresh_incarnation(),
+            cfg,
+            qdisk::DriverOptions::default(),
+        )
+        .map_err(|e| NodeError::Qdisk(device.display().to_string(), e.to_string()))?;
+        node.note(format!("qdisk: using {}", device.display()));
+        node.qdisk = Some(handle);
+    }
     node.note(format!(
         "{} (node {}) starting in cluster {} config_version {} on {}",
         me_name,
@@ -846,6 +898,7 @@ pub async fn run(
     node.pump();
 
     tokio::pin!(shutdown);
+    let mut qdisk_tick = tokio::time::interval(std::time::Duration::from_millis(100));
     loop {
         let deadline = node
             .deadline()
@@ -863,6 +916,7 @@ pub async fn run(
                 let _ = p.reply.send(r);
             }
             Some(d) = agent_rx.recv() => node.on_agent_done(d),
+            _ = qdisk_tick.tick(), if node.qdisk.is_some() => node.poll_qdisk(),
             _ = sleep => node.on_timeout(),
             _ = &mut shutdown => {
                 node.note("shutting down: leaving the cluster cleanly".to_string());
@@ -876,6 +930,14 @@ pub async fn run(
             }
         }
         node.pump();
+        if let Some(reason) = node.self_fence.take() {
+            // Stop at once, without a clean leave: the others must see this
+            // node fail. Under systemd, FailureAction=reboot completes the fence.
+            if let Some(q) = node.qdisk.take() {
+                q.stop();
+            }
+            return Err(NodeError::SelfFenced(reason));
+        }
         if node.leaving {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             return Ok(());

@@ -36,6 +36,8 @@ pub struct NodePlan {
     pub quorum: quorum::QuorumConfig,
     /// Fencing.
     pub fence: fence::FenceConfig,
+    /// The quorum disk: its device and the disk core's configuration.
+    pub qdisk: Option<(std::path::PathBuf, quorum::QdiskConfig)>,
 }
 
 /// Why a plan could not be made.
@@ -62,6 +64,9 @@ pub enum PlanError {
     /// Totem refused the timers.
     #[error("<totem>: {0}")]
     Totem(#[from] totem::ConfigError),
+    /// The quorum disk settings.
+    #[error("<quorumd>: {0}")]
+    Qdisk(String),
 }
 
 /// Resolve `name` (a host name or an address literal) to one address on `port`,
@@ -153,6 +158,7 @@ pub fn make_plan(conf: &ClusterConf, me_name: &str) -> Result<NodePlan, PlanErro
         Duration::from_millis(u64::from(*conf.quorum.last_man_standing_window.get()));
     quorum.qdisk_votes = conf.quorumd.as_ref().map(|q| *q.votes.get()).unwrap_or(0);
 
+    let qdisk = qdisk_config(conf, &totem)?;
     Ok(NodePlan {
         me: me_id,
         peers,
@@ -160,7 +166,45 @@ pub fn make_plan(conf: &ClusterConf, me_name: &str) -> Result<NodePlan, PlanErro
         totem,
         quorum,
         fence: fence_config(conf)?,
+        qdisk,
     })
+}
+
+/// The quorum disk core's configuration from `<quorumd>` and its heuristics.
+fn qdisk_config(
+    conf: &ClusterConf,
+    totem: &totem::TotemConfig,
+) -> Result<Option<(std::path::PathBuf, quorum::QdiskConfig)>, PlanError> {
+    let Some(q) = &conf.quorumd else {
+        return Ok(None);
+    };
+    let Some(device) = &q.device else {
+        return Err(PlanError::Qdisk(
+            "label= scanning is not supported: name the shared device with device=\"/dev/...\" \
+             (or a file every node can read and write)"
+                .into(),
+        ));
+    };
+    let mut c = quorum::QdiskConfig::new(conf.name.clone());
+    c.interval = Duration::from_secs(u64::from(*q.interval.get()));
+    c.tko = *q.tko.get();
+    c.votes = *q.votes.get();
+    c.min_score = *q.min_score.get();
+    c.master_wins = *q.master_wins.get();
+    c.reboot = *q.reboot.get();
+    for h in &q.heuristics {
+        let mut hc = quorum::HeuristicConfig::new(h.program.clone());
+        hc.score = *h.score.get();
+        hc.interval = Duration::from_secs(u64::from(*h.interval.get()));
+        hc.tko = *h.tko.get();
+        c.heuristics.push(hc);
+    }
+    if q.master_wins.default {
+        c.apply_auto_master_wins(conf.nodes.len());
+    }
+    c.check_token_timeout(totem.token)
+        .map_err(|e| PlanError::Qdisk(e.to_string()))?;
+    Ok(Some((std::path::PathBuf::from(device), c)))
 }
 
 fn secs(v: i64) -> Duration {

@@ -151,3 +151,83 @@ fn three_nodes_form_a_ring_and_track_quorum_as_nodes_leave() {
     );
     stops[0].take().unwrap().send(()).unwrap();
 }
+
+#[test]
+fn two_nodes_with_a_quorum_disk_keep_quorum_when_one_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = 20000 + ((std::process::id() + 7919) % 20000) as u16;
+    let disk = dir.path().join("qdisk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    qdisk::format(&disk, "qd", "test").unwrap();
+    let text = format!(
+        r#"<?xml version="1.0"?>
+<cluster name="qd" config_version="1">
+  <cman port="{port}" expected_votes="3"/>
+  <totem token="7000"/>
+  <quorumd interval="1" tko="3" votes="1" device="{}"/>
+  <fence_daemon clean_start="1"/>
+  <clusternodes>
+    <clusternode name="127.0.0.1" nodeid="1"/>
+    <clusternode name="127.0.0.2" nodeid="2"/>
+  </clusternodes>
+  <fencedevices/>
+</cluster>"#,
+        disk.display()
+    );
+    let cfg = dir.path().join("cluster.conf");
+    std::fs::write(&cfg, text).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut stops = Vec::new();
+    let mut states = Vec::new();
+    for i in 1..=2 {
+        let state = dir.path().join(format!("n{i}"));
+        states.push(state.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        stops.push(Some(tx));
+        let opts = NodeOptions {
+            config_path: cfg.clone(),
+            node: Some(format!("127.0.0.{i}")),
+            state_dir: state,
+        };
+        rt.spawn(async move {
+            run(opts, async move {
+                let _ = rx.await;
+            })
+            .await
+            .expect("node runs");
+        });
+    }
+    wait_for(
+        "both nodes quorate with the disk's vote",
+        Duration::from_secs(30),
+        || {
+            states.iter().all(|s| {
+                call(
+                    s,
+                    &Request {
+                        cmd: "cman.status".into(),
+                        args: serde_json::Value::Null,
+                    },
+                    Duration::from_secs(2),
+                )
+                .map(|r| r.data["quorate"] == true && r.data["total_votes"] == 3)
+                .unwrap_or(false)
+            })
+        },
+    );
+    stops[1].take().unwrap().send(()).unwrap();
+    wait_for(
+        "node 1 alone with the disk: 2 of 3 votes",
+        Duration::from_secs(30),
+        || {
+            let s = ask(&states[0], "cman.status");
+            s["nodes"] == 1 && s["total_votes"] == 2
+        },
+    );
+    assert_eq!(ask(&states[0], "quorum")["quorate"], true);
+    stops[0].take().unwrap().send(()).unwrap();
+}
