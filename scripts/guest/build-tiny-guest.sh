@@ -126,11 +126,26 @@ i=0
 while [ ! -e /dev/input/event0 ] && [ $i -lt 100 ]; do usleep 20000; i=$((i + 1)); done
 acpid -c /etc/acpi -l /dev/null || echo "guest: acpid failed, the power button will be ignored"
 
-# Interval between steps in ms: kernel argument counter_ms=N (default 100).
+# Kernel arguments: counter_ms=N (step interval, default 100),
+# guest_ip=ADDR/PREFIX (address of eth0, default none).
 interval=100
+guest_ip=""
 for arg in $(cat /proc/cmdline); do
-    case $arg in counter_ms=*) interval=${arg#counter_ms=} ;; esac
+    case $arg in
+        counter_ms=*) interval=${arg#counter_ms=} ;;
+        guest_ip=*) guest_ip=${arg#guest_ip=} ;;
+    esac
 done
+ip link set lo up 2>/dev/null
+if [ -n "$guest_ip" ]; then
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do usleep 20000; i=$((i + 1)); done
+    if ip link set eth0 up && ip addr add "$guest_ip" dev eth0; then
+        echo "guest: eth0 $guest_ip"
+    else
+        echo "guest: cannot configure eth0 with $guest_ip"
+    fi
+fi
 
 i=0
 while [ ! -b /dev/vda ]; do

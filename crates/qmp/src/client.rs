@@ -141,6 +141,11 @@ impl QmpClient {
         self.events.subscribe()
     }
 
+    /// Resolves when the connection is gone (QEMU exited or closed the socket).
+    pub async fn closed(&self) {
+        self.requests.closed().await
+    }
+
     /// Whether the connection is gone (QEMU exited or closed the socket).
     pub fn is_closed(&self) -> bool {
         self.requests.is_closed()

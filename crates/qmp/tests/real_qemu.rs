@@ -109,6 +109,9 @@ async fn greeting_commands_errors_events_and_close() {
     assert_eq!(ev.name, "SHUTDOWN");
     assert_eq!(ev.data["reason"], "host-qmp-quit");
     assert!(ev.timestamp_us.is_some());
+    tokio::time::timeout(Duration::from_secs(5), c.closed())
+        .await
+        .expect("closed() resolves after quit");
     let status = qemu.child.wait().unwrap();
     assert!(status.success());
     match c

@@ -376,6 +376,19 @@ impl Guest {
         proc::alive(self.pid, &self.def.qmp_socket)
     }
 
+    /// Resolves when QEMU has exited (crash, kill, quit or guest poweroff):
+    /// the QMP connection closing wakes it at once, no polling delay.
+    pub async fn wait_exit(&self) {
+        loop {
+            self.qmp.closed().await;
+            if wait_exit(self.pid, &self.def.qmp_socket, Duration::from_secs(5)).await {
+                return;
+            }
+            // QMP closed but the process lives (monitor closed?): keep polling.
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Process liveness plus `query-status`, classified.
     pub async fn status(&mut self) -> GuestStatus {
         let mk = |state, run_state| GuestStatus {

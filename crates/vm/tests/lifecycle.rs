@@ -51,7 +51,17 @@ async fn start_crash_restart_adopt_stop() {
 
     // Crash: SIGKILL QEMU; status says dead, adopt finds nothing.
     wait_counter_above(&def.serial_log, c, Duration::from_secs(10));
-    g.kill().await;
+    let pid = g.pid();
+    let t = Instant::now();
+    let (_, ()) = tokio::join!(g.wait_exit(), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    eprintln!(
+        "vm-measure: SIGKILL noticed after {} ms (incl. 200 ms delay)",
+        t.elapsed().as_millis()
+    );
     let before_crash = *counters(&def.serial_log).last().unwrap();
     assert_eq!(g.status().await.state, GuestState::Dead);
     assert!(Guest::adopt(def.clone(), accel.clone())

@@ -1,5 +1,6 @@
 //! Live migration between two network namespaces joined by a veth pair, the
-//! guest's NIC a tap on a bridge in each namespace. Needs root and iproute2.
+//! guest's NIC a tap on a bridge in each namespace; the guest answers ping from
+//! namespace A before and after it moved to B. Needs root, iproute2, busybox-static.
 
 mod common;
 
@@ -32,6 +33,23 @@ fn ip(args: &[&str]) {
     );
 }
 
+/// Ping `addr` from namespace `ns` until it answers or `within` passes.
+fn ping_within(ns: &str, addr: &str, within: Duration) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < within {
+        let ok = Command::new("ip")
+            .args(["netns", "exec", ns, "busybox", "ping", "-c1", "-W1", addr])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_migration_between_namespaces_with_a_bridged_nic() {
     // SAFETY: geteuid has no preconditions.
@@ -56,6 +74,16 @@ async fn live_migration_between_namespaces_with_a_bridged_nic() {
         ip(&["-n", ns, "link", "set", "qbr0", "up"]);
     }
 
+    // One L2 segment across both bridges; the "clients" sit on qbr0 of A.
+    ip(&[
+        "-n", &na, "link", "add", "l2", "type", "veth", "peer", "name", "l2", "netns", &nb,
+    ]);
+    for ns in [&na, &nb] {
+        ip(&["-n", ns, "link", "set", "l2", "master", "qbr0"]);
+        ip(&["-n", ns, "link", "set", "l2", "up"]);
+    }
+    ip(&["-n", &na, "addr", "add", "10.78.0.1/24", "dev", "qbr0"]);
+
     let dir = test_dir("netns");
     let disk = blank_disk(&dir);
     let net = Network::Tap {
@@ -69,6 +97,13 @@ async fn live_migration_between_namespaces_with_a_bridged_nic() {
     let mut b = guest_def("nsvm-b", &dir, &disk);
     b.netns = Some(nb.clone());
     b.network = net;
+    for d in [&mut a, &mut b] {
+        d.kernel
+            .as_mut()
+            .unwrap()
+            .append
+            .push_str(" guest_ip=10.78.0.10/24");
+    }
     let _reaper = Reaper(vec![a.pidfile.clone(), b.pidfile.clone()]);
     let accel = auto_accel();
 
@@ -86,6 +121,10 @@ async fn live_migration_between_namespaces_with_a_bridged_nic() {
         "tap not on the bridge: {show}"
     );
     wait_counter_above(&a.serial_log, 3, Duration::from_secs(60));
+    assert!(
+        ping_within(&na, "10.78.0.10", Duration::from_secs(20)),
+        "guest does not answer ping before migration"
+    );
 
     let port = free_port();
     let uri = format!("tcp:10.77.0.2:{port}");
@@ -115,6 +154,10 @@ async fn live_migration_between_namespaces_with_a_bridged_nic() {
     src.quit().await;
     assert_eq!(dst.status().await.state, GuestState::Running);
     wait_counter_above(&b.serial_log, last + 3, Duration::from_secs(30));
+    assert!(
+        ping_within(&na, "10.78.0.10", Duration::from_secs(20)),
+        "guest does not answer ping after moving to namespace B"
+    );
     dst.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
