@@ -57,12 +57,12 @@ pub enum Action {
     Broadcast(FenceOutcome),
 }
 
-/// The result of fencing a victim, agreed through totem.
+/// A fence domain message, agreed through totem: how a fencing ended, or a startup-fencing decision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FenceOutcome {
     /// The node fenced (or acknowledged, or that rejoined).
     pub victim: NodeId,
-    /// The node that fenced it or took the decision.
+    /// The node that fenced it or took the decision (for `Pending`: the node that fences it).
     pub by: NodeId,
     /// What happened.
     pub kind: OutcomeKind,
@@ -83,6 +83,12 @@ pub enum OutcomeKind {
     ManualAck,
     /// The victim rejoined before fencing started; it is not fenced.
     Rejoined,
+    /// A member still waits for this victim to be fenced by `by` (sent when members join, so
+    /// they learn victims they never saw leave). Receivers without it add it, with that fencer.
+    Pending,
+    /// Decision of the lowest member at cold start: the victim was not seen within
+    /// post_join_delay and must be fenced (every member adds it on delivery).
+    StartupAbsent,
 }
 
 /// Why a node became a victim.
@@ -400,6 +406,7 @@ impl FenceDomain {
         }
         // Joined nodes.
         let joined: Vec<NodeId> = self.members.difference(&old).copied().collect();
+        let had_joins = joined.iter().any(|j| *j != self.me) && !old.is_empty();
         for j in joined {
             if self.fenced.remove(&j).is_some() {
                 info!(node = %j, "fenced node rejoined");
@@ -445,6 +452,24 @@ impl FenceDomain {
                 now + self.cfg.post_fail_delay,
             );
         }
+        // Members joined: tell them the victims we still wait for (they may never have seen
+        // those nodes leave). Receivers that do not hold a victim add it; fencing again a node
+        // that someone fenced earlier is harmless, missing one is not.
+        if had_joins {
+            let pending: Vec<(NodeId, NodeId)> = self
+                .victims
+                .iter()
+                .filter(|(n, v)| !self.members.contains(n) && v.phase != Phase::Cancelling)
+                .map(|(n, v)| (*n, v.fencer))
+                .collect();
+            for (victim, fencer) in pending {
+                self.push_action(Action::Broadcast(FenceOutcome {
+                    victim,
+                    by: fencer,
+                    kind: OutcomeKind::Pending,
+                }));
+            }
+        }
         // Quorum transitions.
         if self.quorate && !self.formed && self.members.contains(&self.me) {
             self.formed = true;
@@ -488,6 +513,35 @@ impl FenceDomain {
     pub fn handle_fence_outcome(&mut self, now: Instant, outcome: FenceOutcome) {
         let victim = outcome.victim;
         match outcome.kind {
+            OutcomeKind::Pending => {
+                if self.members.contains(&victim)
+                    || self.victims.contains_key(&victim)
+                    || victim == self.me
+                {
+                    self.ignored_outcomes += 1;
+                } else {
+                    info!(%victim, fencer = %outcome.by, "learned of a victim from another member");
+                    self.add_victim(now, victim, VictimReason::MemberLost, now);
+                    if self.members.contains(&outcome.by) {
+                        if let Some(v) = self.victims.get_mut(&victim) {
+                            v.fencer = outcome.by;
+                        }
+                    }
+                }
+            }
+            OutcomeKind::StartupAbsent => {
+                let known = self.members.contains(&victim) || self.victims.contains_key(&victim);
+                if known || !self.cfg.nodes.contains_key(&victim) {
+                    self.ignored_outcomes += 1;
+                } else {
+                    self.add_victim(now, victim, VictimReason::StartupAbsent, now);
+                    if let Some(v) = self.victims.get_mut(&victim) {
+                        if self.members.contains(&outcome.by) {
+                            v.fencer = outcome.by;
+                        }
+                    }
+                }
+            }
             OutcomeKind::Rejoined => {
                 let pending_member = self.members.contains(&victim)
                     && self
@@ -1061,8 +1115,17 @@ impl FenceDomain {
                     })
                     .map(|(n, _)| *n)
                     .collect();
-                for n in absent {
-                    self.add_victim(now, n, VictimReason::StartupAbsent, now);
+                // Only the lowest member decides, and says so in totem order: a node that
+                // joins an existing domain does not know what the others fenced long ago.
+                if self.lowest_member() == self.me {
+                    for victim in absent {
+                        info!(%victim, "not seen within post_join_delay: startup fencing");
+                        self.push_action(Action::Broadcast(FenceOutcome {
+                            victim,
+                            by: self.me,
+                            kind: OutcomeKind::StartupAbsent,
+                        }));
+                    }
                 }
             }
         }

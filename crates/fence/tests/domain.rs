@@ -438,10 +438,31 @@ fn startup_fencing_after_post_join_delay_unless_clean_start() {
     assert_eq!(d.poll_deadline(), Some(t(7000)));
     d.handle_timeout(t(6999));
     assert!(actions(&mut d).is_empty());
+    // Node 2 (not the lowest) does not decide; node 1 broadcasts its decision.
+    let mut d2 = FenceDomain::new(n(2), cfg3());
+    d2.handle_membership(t(1000), memb(&[1, 2], true));
+    d2.handle_timeout(t(7000));
+    assert!(actions(&mut d2).is_empty());
     d.handle_timeout(t(7000));
+    let o = match &actions(&mut d)[..] {
+        [Action::Broadcast(o)] => o.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        o,
+        FenceOutcome {
+            victim: n(3),
+            by: n(1),
+            kind: OutcomeKind::StartupAbsent
+        }
+    );
+    d.handle_fence_outcome(t(7001), o.clone());
+    d2.handle_fence_outcome(t(7001), o);
     let r = one_run(&mut d);
     assert_eq!(r.victim, n(3));
     assert_eq!(d.status().victims[0].reason, VictimReason::StartupAbsent);
+    assert_eq!(d2.status().victims[0].state, VictimState::WaitingFencer);
+    assert_eq!(d2.blocked(), vec![n(3)]);
 
     // A node that shows up within post_join_delay is not fenced.
     let mut d = FenceDomain::new(n(1), cfg3());
@@ -696,4 +717,36 @@ fn config_reload_mid_run_never_wedges() {
     d.handle_timeout(t(9003));
     let again = one_run(&mut d);
     assert_eq!((again.method_idx, again.device.as_str()), (0, "psu1"));
+}
+
+#[test]
+fn joiners_learn_pending_victims() {
+    // Node 2 lost node 3 while alone; node 1 (restarted, knows nothing) joins.
+    let mut d2 = FenceDomain::new(n(2), cfg3());
+    d2.handle_membership(t(0), memb(&[2, 3], true));
+    d2.handle_membership(t(100), memb(&[2], true));
+    actions(&mut d2);
+    let mut d1 = FenceDomain::new(n(1), cfg3());
+    d1.handle_membership(t(200), memb(&[1, 2], true));
+    d2.handle_membership(t(200), memb(&[1, 2], true));
+    let o = match &actions(&mut d2)[..] {
+        [Action::Broadcast(o)] => o.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        o,
+        FenceOutcome {
+            victim: n(3),
+            by: n(2),
+            kind: OutcomeKind::Pending
+        }
+    );
+    d1.handle_fence_outcome(t(201), o.clone());
+    d2.handle_fence_outcome(t(201), o);
+    assert_eq!(d2.status().ignored_outcomes, 1);
+    // Node 2 already fences node 3: node 1 learns the victim and waits for node 2.
+    assert!(actions(&mut d1).is_empty());
+    assert_eq!(d1.blocked(), vec![n(3)]);
+    assert_eq!(d1.status().victims[0].fencer, n(2));
+    assert_eq!(d1.status().victims[0].state, VictimState::WaitingFencer);
 }

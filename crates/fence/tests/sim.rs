@@ -17,6 +17,7 @@ enum Op {
     Heal,
     Advance(u64),
     AckDead(u32),
+    Restart(u32),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -26,6 +27,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Heal),
         5 => (0u64..20_000).prop_map(Op::Advance),
         1 => (1u32..=5).prop_map(Op::AckDead),
+        1 => (1u32..=5).prop_map(Op::Restart),
     ]
 }
 
@@ -46,6 +48,11 @@ struct World {
     rng: DetRng,
     agents_reliable: bool,
     fenced_runs: u64,
+    cfg: FenceConfig,
+    /// Incarnation of each node (bumped when it is powered on again).
+    inc: BTreeMap<NodeId, u32>,
+    /// (observer, node) -> the incarnation of node the observer last saw as a member.
+    seen: BTreeMap<(NodeId, NodeId), u32>,
 }
 
 fn inst(ms: u64) -> Instant {
@@ -103,6 +110,9 @@ impl World {
             rng: DetRng::new(seed),
             agents_reliable: false,
             fenced_runs: 0,
+            cfg: cfg.clone(),
+            inc: (1..=n).map(|i| (NodeId(i), 0)).collect(),
+            seen: BTreeMap::new(),
         };
         w.deliver_memberships();
         w
@@ -130,6 +140,9 @@ impl World {
                 members: members.clone(),
                 quorate,
             };
+            for m in &members {
+                self.seen.insert((x, *m), self.inc[m]);
+            }
             let d = self.doms.get_mut(&x).unwrap();
             let st = d.status();
             if st.members.iter().copied().collect::<BTreeSet<_>>() != members
@@ -201,10 +214,12 @@ impl World {
         for (x, d) in &self.doms {
             for v in 1..=self.n {
                 let v = NodeId(v);
-                if d.is_fenced(v) {
+                // A fenced belief is about the incarnation last seen: that one must be dead.
+                let seen = self.seen.get(&(*x, v)).copied();
+                if d.is_fenced(v) && self.doms.contains_key(&v) {
                     assert!(
-                        !self.doms.contains_key(&v),
-                        "node {x} believes {v} fenced but it runs (t={})",
+                        seen.is_some_and(|s| s != self.inc[&v]),
+                        "node {x} believes {v} fenced but the incarnation it saw runs (t={})",
                         self.now
                     );
                 }
@@ -259,7 +274,7 @@ impl World {
                         if d.poll_deadline().is_some_and(|dl| dl <= inst(self.now)) {
                             d.handle_timeout(inst(self.now));
                             assert!(
-                                d.poll_deadline().is_none_or(|dl| dl > inst(self.now)),
+                                !matches!(d.poll_deadline(), Some(dl) if dl <= inst(self.now)),
                                 "node {x}: deadline not moved past now after handle_timeout"
                             );
                             self.drain(x);
@@ -290,6 +305,15 @@ impl World {
                 self.deliver_memberships();
             }
             Op::Advance(ms) => self.advance(ms),
+            Op::Restart(v) => {
+                let v = NodeId(v);
+                if v.0 <= self.n && !self.doms.contains_key(&v) {
+                    *self.inc.get_mut(&v).unwrap() += 1;
+                    self.doms.insert(v, FenceDomain::new(v, self.cfg.clone()));
+                    self.part.insert(v, 0);
+                    self.deliver_memberships();
+                }
+            }
             Op::AckDead(v) => {
                 // The operator acknowledges only a node that really is off.
                 let v = NodeId(v);
