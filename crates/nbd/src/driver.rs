@@ -363,7 +363,8 @@ impl Server {
                 Some((h, r)) = drx.recv() => conn.handle_op_done(h, r),
                 p = wtx.reserve(), if conn.has_output() => match p {
                     Ok(p) => { if let Some(b) = conn.poll_transmit() { p.send(b) } }
-                    Err(_) => eof = true,
+                    // The writer saw a socket error: the client is gone, nothing more to send.
+                    Err(_) => break,
                 },
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
                     conn.handle_timeout(now());

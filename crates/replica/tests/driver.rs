@@ -157,10 +157,18 @@ fn nbd_over_replica_failover_and_resync() {
         n2.rt.block_on(n2.vol.promote(false)),
         Err(ReplicaError::NeedFencing)
     );
-    let mut asked = false;
-    while let Ok(e) = n2.events.try_recv() {
-        asked |= e == VolumeEvent::FencePeer;
-    }
+    let asked = n2.rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(e) = n2.events.recv().await {
+                if e == VolumeEvent::FencePeer {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false)
+    });
     assert!(asked, "fence handler was not called");
     n2.vol.fence_result(FenceOutcome::PeerFenced);
     n2.rt.block_on(n2.vol.promote(false)).unwrap();
