@@ -210,9 +210,9 @@ impl Guest {
     }
 
     /// The pid of a live QEMU for `def` (pidfile names a live process whose
-    /// command line mentions the guest's QMP socket), if any.
+    /// command line mentions that pidfile), if any.
     pub fn running_pid(def: &GuestDef) -> Option<i32> {
-        proc::read_pidfile(&def.pidfile).filter(|&pid| proc::alive(pid, &def.qmp_socket))
+        proc::read_pidfile(&def.pidfile).filter(|&pid| proc::alive(pid, &def.pidfile))
     }
 
     /// Start the guest: QEMU daemonized and paused, tap attached to its bridge,
@@ -373,7 +373,7 @@ impl Guest {
 
     /// Whether the QEMU process is alive.
     pub fn is_alive(&self) -> bool {
-        proc::alive(self.pid, &self.def.qmp_socket)
+        proc::alive(self.pid, &self.def.pidfile)
     }
 
     /// Resolves when QEMU has exited (crash, kill, quit or guest poweroff):
@@ -381,7 +381,7 @@ impl Guest {
     pub async fn wait_exit(&self) {
         loop {
             self.qmp.closed().await;
-            if wait_exit(self.pid, &self.def.qmp_socket, Duration::from_secs(5)).await {
+            if wait_exit(self.pid, &self.def.pidfile, Duration::from_secs(5)).await {
                 return;
             }
             // QMP closed but the process lives (monitor closed?): keep polling.
@@ -450,7 +450,7 @@ impl Guest {
 
     /// [`stop`](Self::stop) with an explicit powerdown timeout.
     pub async fn stop_within(self, powerdown_timeout: Duration) -> StopOutcome {
-        let marker = self.def.qmp_socket.clone();
+        let marker = self.def.pidfile.clone();
         let outcome = if !self.is_alive() {
             StopOutcome::AlreadyDead
         } else {
@@ -474,11 +474,11 @@ impl Guest {
             .qmp
             .execute_timeout("quit", Value::Null, Duration::from_secs(5))
             .await;
-        if wait_exit(self.pid, &self.def.qmp_socket, Duration::from_secs(5)).await {
+        if wait_exit(self.pid, &self.def.pidfile, Duration::from_secs(5)).await {
             return StopOutcome::Quit;
         }
         proc::signal(self.pid, libc::SIGKILL);
-        wait_exit(self.pid, &self.def.qmp_socket, Duration::from_secs(5)).await;
+        wait_exit(self.pid, &self.def.pidfile, Duration::from_secs(5)).await;
         StopOutcome::Killed
     }
 
@@ -497,7 +497,7 @@ impl Guest {
     /// SIGKILL the QEMU process (crash simulation, or last resort).
     pub async fn kill(&self) {
         proc::signal(self.pid, libc::SIGKILL);
-        wait_exit(self.pid, &self.def.qmp_socket, Duration::from_secs(5)).await;
+        wait_exit(self.pid, &self.def.pidfile, Duration::from_secs(5)).await;
     }
 
     fn cleanup(&self) {

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 /// Whether `pid` is a live (not zombie) process whose command line mentions `marker`
-/// (the QMP socket path), so a recycled pid is not mistaken for our QEMU.
+/// (the pidfile path, passed unescaped to `-pidfile`), so a recycled pid is not
+/// mistaken for our QEMU.
 pub(crate) fn alive(pid: i32, marker: &Path) -> bool {
     if pid <= 0 {
         return false;

@@ -115,5 +115,14 @@ async fn bad_qemu_arguments_are_reported() {
         matches!(err, VmError::Spawn { .. }) && msg.contains("no-such-option"),
         "{msg}"
     );
+    // A missing disk: QEMU's own message reaches the caller.
+    let mut def = guest_def("bad", &dir, &dir.join("missing.img"));
+    def.extra_args.clear();
+    let msg = Guest::start(def.clone(), auto_accel())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("missing.img"), "{msg}");
+    assert!(Guest::running_pid(&def).is_none());
     let _ = std::fs::remove_dir_all(&dir);
 }
