@@ -15,4 +15,5 @@ pub mod clock;
 pub mod ipc;
 pub mod node;
 pub mod plan;
+pub mod rmglue;
 pub mod udp;

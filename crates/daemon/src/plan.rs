@@ -170,6 +170,118 @@ pub fn make_plan(conf: &ClusterConf, me_name: &str) -> Result<NodePlan, PlanErro
     })
 }
 
+fn resource_name(r: &config::Resource) -> String {
+    ["name", "address", "file", "mountpoint", "device"]
+        .iter()
+        .find_map(|k| r.attrs.get(*k).cloned())
+        .unwrap_or_else(|| r.kind.clone())
+}
+
+fn resource_spec(r: &config::Resource) -> rm::ResourceSpec {
+    rm::ResourceSpec {
+        rtype: r.kind.clone(),
+        name: resource_name(r),
+        attrs: r.attrs.clone(),
+        children: r.children.iter().map(resource_spec).collect(),
+    }
+}
+
+fn recovery(r: config::Recovery) -> rm::Recovery {
+    match r {
+        config::Recovery::Restart => rm::Recovery::Restart,
+        config::Recovery::Relocate => rm::Recovery::Relocate,
+        config::Recovery::Disable => rm::Recovery::Disable,
+        config::Recovery::RestartDisable => rm::Recovery::RestartDisable,
+    }
+}
+
+fn domain(conf: &ClusterConf, name: Option<&String>) -> Option<rm::DomainSpec> {
+    let d = conf.rm.domain(name?)?;
+    Some(rm::DomainSpec {
+        name: d.name.clone(),
+        ordered: *d.ordered.get(),
+        restricted: *d.restricted.get(),
+        nofailback: *d.nofailback.get(),
+        nodes: d
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                conf.node(&n.name).map(|c| rm::DomainNode {
+                    node: NodeId(c.nodeid),
+                    priority: *n.priority.get(),
+                })
+            })
+            .collect(),
+    })
+}
+
+/// `depend="service:db"` or `depend="db"` names the service `db`.
+fn depend(d: &Option<String>) -> Option<String> {
+    d.as_ref().map(|s| {
+        s.strip_prefix("service:")
+            .or_else(|| s.strip_prefix("vm:"))
+            .unwrap_or(s)
+            .to_string()
+    })
+}
+
+/// The resource manager's view of `<rm>`: every `<service>` and `<vm>`.
+pub fn rm_spec(conf: &ClusterConf) -> rm::ClusterSpec {
+    let status = Duration::from_secs(u64::from(*conf.rm.status_poll_interval.get()));
+    let mut services = Vec::new();
+    for s in &conf.rm.services {
+        let mut spec = rm::ServiceSpec::new(&s.name, rm::ServiceKind::Service);
+        spec.domain = domain(conf, s.domain.as_ref());
+        spec.autostart = *s.autostart.get();
+        spec.exclusive = *s.exclusive.get();
+        spec.recovery = recovery(*s.recovery.get());
+        spec.max_restarts = *s.max_restarts.get();
+        spec.restart_expire_time = Duration::from_secs(u64::from(*s.restart_expire_time.get()));
+        spec.depend = depend(&s.depend);
+        if s.attrs.get("depend_mode").map(String::as_str) == Some("soft") {
+            spec.depend_mode = rm::DependMode::Soft;
+        }
+        spec.status_interval = status;
+        spec.resources = s.resources.iter().map(resource_spec).collect();
+        services.push(spec);
+    }
+    for v in &conf.rm.vms {
+        let mut spec = rm::ServiceSpec::new(&v.name, rm::ServiceKind::Vm);
+        spec.domain = domain(conf, v.domain.as_ref());
+        spec.autostart = *v.autostart.get();
+        spec.exclusive = *v.exclusive.get();
+        spec.recovery = recovery(*v.recovery.get());
+        spec.max_restarts = *v.max_restarts.get();
+        spec.restart_expire_time = Duration::from_secs(u64::from(*v.restart_expire_time.get()));
+        spec.depend = depend(&v.depend);
+        spec.migrate = Some(match v.migrate.get() {
+            config::Migrate::Live => rm::MigrateMode::Live,
+            config::Migrate::Pause => rm::MigrateMode::Pause,
+        });
+        let mut attrs = v.attrs.clone();
+        attrs.insert("name".into(), v.name.clone());
+        spec.resources = vec![rm::ResourceSpec {
+            rtype: "vm".into(),
+            name: v.name.clone(),
+            attrs,
+            children: Vec::new(),
+        }];
+        services.push(spec);
+    }
+    rm::ClusterSpec {
+        config_version: conf.config_version,
+        nodes: conf
+            .nodes
+            .iter()
+            .map(|n| rm::NodeSpec {
+                id: NodeId(n.nodeid),
+                name: n.name.clone(),
+            })
+            .collect(),
+        services,
+    }
+}
+
 /// The quorum disk core's configuration from `<quorumd>` and its heuristics.
 fn qdisk_config(
     conf: &ClusterConf,
@@ -328,6 +440,60 @@ mod tests {
         assert_eq!(d.args.get("socket"), Some("/run/q.sock"));
         assert_eq!(d.args.get("passwd"), Some("s3cret"));
         assert_eq!(d.delay, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn services_vms_domains_and_resources_map_onto_the_scheduler() {
+        let text = r#"<cluster name="c" config_version="3">
+  <clusternodes>
+    <clusternode name="a" nodeid="1"/><clusternode name="b" nodeid="2"/>
+  </clusternodes>
+  <fencedevices/>
+  <rm>
+    <failoverdomains>
+      <failoverdomain name="pref-b" ordered="1" restricted="1">
+        <failoverdomainnode name="b" priority="1"/><failoverdomainnode name="a" priority="2"/>
+      </failoverdomain>
+    </failoverdomains>
+    <resources><ip address="10.0.0.5/24"/></resources>
+    <service name="web" domain="pref-b" recovery="relocate" max_restarts="2" depend="service:db">
+      <ip ref="10.0.0.5/24"/><script file="/etc/init.d/httpd" name="httpd"/>
+    </service>
+    <service name="db" autostart="0"/>
+    <vm name="guest1" migrate="pause"/>
+  </rm>
+</cluster>"#;
+        let conf = config::parse("cluster.conf", text).config.expect("valid");
+        let spec = rm_spec(&conf);
+        assert!(spec.validate().is_ok(), "{:?}", spec.validate());
+        let web = spec.services.iter().find(|s| s.name == "web").unwrap();
+        let d = web.domain.as_ref().unwrap();
+        assert!(d.ordered && d.restricted && !d.nofailback);
+        assert_eq!(
+            d.nodes[0],
+            rm::DomainNode {
+                node: NodeId(2),
+                priority: 1
+            }
+        );
+        assert_eq!(web.recovery, rm::Recovery::Relocate);
+        assert_eq!(web.depend.as_deref(), Some("db"));
+        let order = rm::start_order(&web.resources);
+        let names: Vec<&str> = order.iter().map(|r| r.rtype.as_str()).collect();
+        assert_eq!(names, ["ip", "script"]);
+        assert_eq!(web.resources[0].name, "10.0.0.5/24");
+        assert!(
+            !spec
+                .services
+                .iter()
+                .find(|s| s.name == "db")
+                .unwrap()
+                .autostart
+        );
+        let vm = spec.services.iter().find(|s| s.name == "guest1").unwrap();
+        assert_eq!(vm.kind, rm::ServiceKind::Vm);
+        assert_eq!(vm.migrate, Some(rm::MigrateMode::Pause));
+        assert_eq!(vm.resources[0].rtype, "vm");
     }
 
     #[test]

@@ -1,0 +1,367 @@
+//! The resource manager's replica on this node, and how replicas stay equal.
+//!
+//! Every node runs an [`rm::Scheduler`] and feeds it the same inputs in the
+//! same order: everything that changes placement travels through totem as an
+//! [`RmMsg::Input`] stamped by its sender, and membership and quorum changes
+//! are applied at the point of the ordered stream where totem and the vote
+//! core delivered them.
+//!
+//! # Time
+//! The scheduler's clock is the *agreed* time: the sender's wall clock (ns
+//! since the Unix epoch) carried in each message, made monotonic by taking the
+//! maximum with the previous agreed time. Every replica sees the same stamps in
+//! the same order, so every replica computes the same times. Restart windows
+//! (`restart_expire_time`) are therefore wall-clock durations, as rgmanager's.
+//!
+//! # State transfer
+//! Nodes that were apart have diverged (a restarted node knows nothing; a
+//! partition that lost quorum stopped everything). After a configuration with
+//! joiners, every member multicasts an [`RmMsg::Sync`] carrying its snapshot
+//! *as of that configuration change* and whether it was quorate before it.
+//! Until every member's sync message is delivered the replica only buffers
+//! inputs. Then every member adopts the same snapshot: the one of the lowest
+//! node id among members that were quorate (else of the lowest node id),
+//! applies the new membership, and replays the buffered inputs. All members
+//! receive the same sync messages and buffered inputs (virtual synchrony), so
+//! all end equal. A further configuration change during a sync restarts it.
+
+use base::{Instant, NodeId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A message of the resource manager, multicast in agreed order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum RmMsg {
+    /// An input for every replica, with the sender's wall-clock stamp (ns).
+    Input {
+        /// Sender's wall clock, ns since the Unix epoch.
+        at_ns: u64,
+        /// The input.
+        input: rm::Input,
+    },
+    /// State transfer after a configuration with joiners.
+    Sync {
+        /// The configuration this sync belongs to.
+        ring: u64,
+        /// The sender was quorate before this configuration.
+        was_quorate: bool,
+        /// The sender's state at the configuration change.
+        snapshot: rm::Snapshot,
+    },
+}
+
+impl RmMsg {
+    /// Encode for totem.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+    /// Decode what totem delivered; garbage is an error, never a panic.
+    pub fn decode(b: &[u8]) -> Result<RmMsg, serde_json::Error> {
+        serde_json::from_slice(b)
+    }
+}
+
+#[derive(Debug)]
+struct Syncing {
+    ring: u64,
+    members: Vec<NodeId>,
+    quorate: bool,
+    got: BTreeMap<NodeId, (bool, rm::Snapshot)>,
+    buffered: Vec<(Instant, rm::Input)>,
+}
+
+/// One node's replica.
+#[derive(Debug)]
+pub struct RmReplica {
+    me: NodeId,
+    sched: rm::Scheduler,
+    agreed: Instant,
+    sync: Option<Syncing>,
+    outbox: Vec<RmMsg>,
+    known_members: BTreeSet<NodeId>,
+}
+
+impl RmReplica {
+    /// A fresh replica (nothing running, no members).
+    pub fn new(me: NodeId, spec: rm::ClusterSpec) -> Result<RmReplica, rm::ConfigError> {
+        Ok(RmReplica {
+            me,
+            sched: rm::Scheduler::new(me, spec)?,
+            agreed: Instant::ZERO,
+            sync: None,
+            outbox: Vec::new(),
+            known_members: BTreeSet::new(),
+        })
+    }
+
+    /// The scheduler (views, actions, events).
+    pub fn scheduler(&mut self) -> &mut rm::Scheduler {
+        &mut self.sched
+    }
+
+    /// Read-only scheduler.
+    pub fn view(&self) -> rm::View {
+        self.sched.view()
+    }
+
+    /// True while waiting for state transfer.
+    pub fn syncing(&self) -> bool {
+        self.sync.is_some()
+    }
+
+    /// The agreed time of the last ordered input.
+    pub fn agreed(&self) -> Instant {
+        self.agreed
+    }
+
+    /// Messages to multicast.
+    pub fn drain_outbox(&mut self) -> Vec<RmMsg> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    fn apply(&mut self, at: Instant, input: rm::Input) {
+        if let Err(e) = self.sched.handle(at, input) {
+            // Refusals are also logged by the scheduler; the requester learns
+            // of them by watching the service (see the admin command).
+            tracing::info!("resource manager refused an input: {e}");
+        }
+    }
+
+    /// A regular configuration, at its place in the order, with the quorum
+    /// that holds at that point.
+    pub fn handle_membership(&mut self, ring: u64, members: Vec<NodeId>, quorate: bool) {
+        let joined = members.iter().any(|m| !self.known_members.contains(m));
+        self.known_members = members.iter().copied().collect();
+        if !joined {
+            if let Some(s) = &mut self.sync {
+                // Somebody left during a sync: wait only for those still here.
+                s.members = members.clone();
+                s.quorate = quorate;
+                s.got.retain(|n, _| members.contains(n));
+                self.try_finish_sync();
+            } else {
+                let at = self.agreed;
+                self.apply(at, rm::Input::Membership { members, quorate });
+            }
+            return;
+        }
+        let was_quorate = self.sched.quorate();
+        // A sync in progress restarts from the state we had before it; the
+        // inputs it buffered are dropped on every member alike (each member of
+        // the new configuration either never saw them or drops them too), so
+        // the replicas stay equal.
+        self.sync = None;
+        let snapshot = self.sched.snapshot();
+        self.outbox.push(RmMsg::Sync {
+            ring,
+            was_quorate,
+            snapshot,
+        });
+        self.sync = Some(Syncing {
+            ring,
+            members,
+            quorate,
+            got: BTreeMap::new(),
+            buffered: Vec::new(),
+        });
+    }
+
+    /// Quorum changed without a membership change.
+    pub fn handle_quorum(&mut self, quorate: bool) {
+        let at = self.agreed;
+        match &mut self.sync {
+            Some(s) => {
+                s.quorate = quorate;
+            }
+            None => self.apply(at, rm::Input::Quorum { quorate }),
+        }
+    }
+
+    /// A node was fenced (its outcome was agreed through totem).
+    pub fn handle_fenced(&mut self, victim: NodeId, method: String) {
+        let at = self.agreed;
+        self.ordered(at, rm::Input::Fenced { victim, method });
+    }
+
+    fn ordered(&mut self, at: Instant, input: rm::Input) {
+        match &mut self.sync {
+            Some(s) => s.buffered.push((at, input)),
+            None => self.apply(at, input),
+        }
+    }
+
+    /// An ordered message from `from`.
+    pub fn handle_message(&mut self, from: NodeId, msg: RmMsg) {
+        match msg {
+            RmMsg::Input { at_ns, input } => {
+                self.agreed = self.agreed.max(Instant(at_ns));
+                let at = self.agreed;
+                self.ordered(at, input);
+            }
+            RmMsg::Sync {
+                ring,
+                was_quorate,
+                snapshot,
+            } => {
+                if let Some(s) = &mut self.sync {
+                    if s.ring == ring && s.members.contains(&from) {
+                        s.got.insert(from, (was_quorate, snapshot));
+                    }
+                }
+                self.try_finish_sync();
+            }
+        }
+    }
+
+    fn try_finish_sync(&mut self) {
+        let done = self
+            .sync
+            .as_ref()
+            .is_some_and(|s| s.members.iter().all(|m| s.got.contains_key(m)));
+        if !done {
+            return;
+        }
+        let Some(s) = self.sync.take() else { return };
+        let chosen = s
+            .got
+            .iter()
+            .find(|(_, (q, _))| *q)
+            .or_else(|| s.got.iter().next())
+            .map(|(_, (_, snap))| snap.clone());
+        if let Some(snap) = chosen {
+            let at = self.agreed;
+            self.sched = rm::Scheduler::from_snapshot(self.me, snap, at);
+        }
+        let at = self.agreed;
+        self.apply(
+            at,
+            rm::Input::Membership {
+                members: s.members,
+                quorate: s.quorate,
+            },
+        );
+        for (at, input) in s.buffered {
+            self.apply(at, input);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rm::{ClusterSpec, NodeSpec, ServiceKind, ServiceSpec};
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec {
+            config_version: 1,
+            nodes: (1..=3)
+                .map(|i| NodeSpec {
+                    id: NodeId(i),
+                    name: format!("n{i}"),
+                })
+                .collect(),
+            services: vec![ServiceSpec::new("web", ServiceKind::Service)],
+        }
+    }
+
+    /// Deliver `msgs` (sender, message) to every replica in the same order.
+    fn deliver(reps: &mut [RmReplica], msgs: &[(NodeId, RmMsg)]) {
+        for r in reps.iter_mut() {
+            for (from, m) in msgs {
+                r.handle_message(*from, m.clone());
+            }
+        }
+    }
+
+    fn owner(r: &RmReplica) -> Option<NodeId> {
+        r.view().services[0].owner
+    }
+
+    #[test]
+    fn replicas_agree_after_a_fresh_node_joins_a_running_cluster() {
+        let mut reps: Vec<RmReplica> = (1..=3)
+            .map(|i| RmReplica::new(NodeId(i), spec()).unwrap())
+            .collect();
+        // Nodes 1 and 2 form a quorate cluster; web is placed on one of them.
+        let m12 = vec![NodeId(1), NodeId(2)];
+        for r in reps.iter_mut().take(2) {
+            r.handle_membership(10, m12.clone(), true);
+        }
+        let syncs: Vec<(NodeId, RmMsg)> = reps
+            .iter_mut()
+            .take(2)
+            .flat_map(|r| r.drain_outbox().into_iter().map(|m| (r.me, m)))
+            .collect();
+        deliver(&mut reps[..2], &syncs);
+        assert!(!reps[0].syncing() && !reps[1].syncing());
+        let placed = owner(&reps[0]);
+        assert!(
+            placed.is_some(),
+            "web should be placed: {:?}",
+            reps[0].view()
+        );
+        assert_eq!(placed, owner(&reps[1]));
+        let started: Vec<rm::Action> = reps[placed.unwrap().0 as usize - 1]
+            .scheduler()
+            .drain_actions();
+        let op = match &started[0] {
+            rm::Action::StartService { op, .. } => *op,
+            other => panic!("expected a start, got {other:?}"),
+        };
+        let ok = RmMsg::Input {
+            at_ns: 5,
+            input: rm::Input::Result(rm::Report {
+                node: placed.unwrap(),
+                service: "web".into(),
+                op,
+                outcome: rm::Outcome::StartOk,
+            }),
+        };
+        deliver(&mut reps[..2], &[(placed.unwrap(), ok)]);
+        assert_eq!(reps[0].view().services[0].state, rm::State::Started);
+
+        // Node 3 starts fresh and joins: all three sync to the quorate state.
+        let m123 = vec![NodeId(1), NodeId(2), NodeId(3)];
+        for r in reps.iter_mut() {
+            r.handle_membership(20, m123.clone(), true);
+        }
+        let syncs: Vec<(NodeId, RmMsg)> = reps
+            .iter_mut()
+            .flat_map(|r| r.drain_outbox().into_iter().map(|m| (r.me, m)))
+            .collect();
+        assert_eq!(syncs.len(), 3);
+        // An input delivered before the last sync is buffered and replayed.
+        let stop = RmMsg::Input {
+            at_ns: 9,
+            input: rm::Input::Request {
+                from: NodeId(3),
+                request: rm::Request::Freeze {
+                    service: "web".into(),
+                },
+            },
+        };
+        let order = vec![
+            syncs[0].clone(),
+            (NodeId(3), stop),
+            syncs[1].clone(),
+            syncs[2].clone(),
+        ];
+        deliver(&mut reps, &order);
+        for r in &reps {
+            assert!(!r.syncing());
+            assert_eq!(
+                r.view().services[0].state,
+                rm::State::Started,
+                "node {:?}",
+                r.me
+            );
+            assert_eq!(owner(r), placed);
+            assert!(
+                r.view().services[0].frozen,
+                "the buffered freeze is replayed on {:?}",
+                r.me
+            );
+        }
+        assert_eq!(reps[2].view(), reps[0].view());
+    }
+}
