@@ -16,6 +16,13 @@
 //! A victim that rejoins before fencing starts is not fenced. At cold start,
 //! nodes not seen within `post_join_delay` are fenced unless `clean_start`.
 //!
+//! Members agree through [`FenceOutcome`] messages delivered in totem order:
+//! `Fenced`/`ManualAck` (recovery may proceed), `Rejoined` (not fenced),
+//! `StartupAbsent` (the lowest member's cold-start decision) and `Pending`
+//! (victims announced to members that join, so no member waits on a fencer
+//! that never heard of the victim). When in doubt the domain fences again:
+//! fencing a node twice is harmless, missing one is not.
+//!
 //! # Wiring it into a daemon
 //! - Config: for each `<clusternode>`, build a [`NodeFence`]; for each `<device>` line,
 //!   `Device::from_attrs(fencedevice_attrs.merged(&device_attrs))` (both [`AgentArgs`]).
