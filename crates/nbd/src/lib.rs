@@ -6,10 +6,12 @@
 //! and unknown options are answered with `NBD_REP_ERR_UNSUP`. Transmission with simple replies: READ,
 //! WRITE, FLUSH, TRIM, WRITE_ZEROES (NO_HOLE), DISC, FUA. Requests up to 32 MiB.
 
+pub mod client;
 pub mod driver;
 pub mod proto;
 pub mod server;
 
+pub use client::{Client, Reply};
 pub use driver::{execute, serve, Backend, ConnSummary, Export, FileBackend, Server};
 pub use server::{
     BlockOp, CloseReason, Errno, Event, ExportInfo, OpHandle, OpKind, ServerConfig, ServerConn,

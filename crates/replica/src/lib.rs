@@ -2,6 +2,7 @@
 //! metadata (generation identifiers, dirty bitmap, activity log), resync, online verify, split-brain
 //! detection and resolution, and the resource-and-stonith freeze.
 
+pub mod bench;
 pub mod bitmap;
 pub mod driver;
 pub mod engine;

@@ -1,0 +1,26 @@
+//! The benchmark runs end to end on tiny sizes (numbers are not asserted, only that every row exists
+//! and the summary line has the promised shape).
+
+#[test]
+fn bench_runs_and_prints_the_summary_line() {
+    let dir = std::env::temp_dir().join(format!("replica-bench-{}", std::process::id()));
+    let mut cfg = replica::bench::BenchConfig::new(dir.clone());
+    cfg.size = 16 << 20;
+    cfg.seq_bytes = 16 << 20;
+    cfg.rand_ops = 50;
+    let r = replica::bench::run(&cfg).unwrap();
+    let text = r.to_string();
+    eprintln!("{text}");
+    assert!(r.rows.len() >= 3, "{text}");
+    for row in &r.rows {
+        assert!(row.seq_mb_s > 0.0 && row.fua_p50_us > 0.0, "{text}");
+    }
+    assert!(r.resync_mb_s > 0.0);
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.starts_with("replica: protocol C at ")
+            && last.contains("% of unreplicated MB/s; 4k FUA p50 +"),
+        "{last}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
