@@ -75,12 +75,12 @@ add_mod() { # $1 = path relative to $moddir
     for d in $rev; do add_mod "$d"; done
     echo "$1" >> "$order"
 }
-for name in virtio_pci virtio_blk virtio_net button evdev; do
+for name in virtio_pci virtio_blk virtio_net button evdev pvpanic-mmio; do
     rel=$(grep -E "(^|/)$name\.ko(\.[a-z]+)?:" "$moddir/modules.dep" | head -n1 | cut -d: -f1) || true
     if [ -z "$rel" ]; then
         # built into the kernel: nothing to load
         grep -qE "/$name\.ko" "$moddir/modules.builtin" 2>/dev/null && continue
-        case $name in virtio_net|button|evdev) continue ;; esac
+        case $name in virtio_net|button|evdev|pvpanic-mmio) continue ;; esac
         die "module $name not found for kernel $kver"
     fi
     add_mod "$rel"
@@ -127,12 +127,15 @@ while [ ! -e /dev/input/event0 ] && [ $i -lt 100 ]; do usleep 20000; i=$((i + 1)
 acpid -c /etc/acpi -l /dev/null || echo "guest: acpid failed, the power button will be ignored"
 
 # Kernel arguments: counter_ms=N (step interval, default 100),
-# guest_ip=ADDR/PREFIX (address of eth0, default none).
+# guest_ip=ADDR/PREFIX (address of eth0, default none),
+# panic_at=N (the kernel panics right after printing counter N; for tests).
 interval=100
 guest_ip=""
+panic_at=""
 for arg in $(cat /proc/cmdline); do
     case $arg in
         counter_ms=*) interval=${arg#counter_ms=} ;;
+        panic_at=*) panic_at=${arg#panic_at=} ;;
         guest_ip=*) guest_ip=${arg#guest_ip=} ;;
     esac
 done
@@ -172,6 +175,10 @@ while :; do
             || echo "guest: write of counter $n failed"
     fi
     echo "counter $n"
+    if [ "$n" = "$panic_at" ]; then
+        echo "guest: panicking at counter $n"
+        echo c > /proc/sysrq-trigger
+    fi
     usleep $((interval * 1000))
 done
 SH

@@ -183,6 +183,12 @@ pub fn build_argv(
             push(&["-device", &dev]);
         }
     }
+    push(&["-device", "pvpanic"]);
+    let panic = match def.on_panic {
+        crate::def::OnPanic::Fail => "panic=pause",
+        crate::def::OnPanic::Guest => "panic=none",
+    };
+    push(&["-action", panic]);
     match launch {
         Launch::Fresh => push(&["-S"]),
         Launch::Incoming => push(&["-incoming", "defer"]),
@@ -270,8 +276,12 @@ mod tests {
         );
         assert_eq!(
             after(&a, "-device"),
-            ["virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:cc"]
+            [
+                "virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:cc",
+                "pvpanic"
+            ]
         );
+        assert_eq!(after(&a, "-action"), ["panic=pause"]);
         assert_eq!(&a[a.len() - 2..], ["-rtc", "base=utc"]);
     }
 

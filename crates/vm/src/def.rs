@@ -123,6 +123,18 @@ pub struct DirectKernel {
     pub append: String,
 }
 
+/// What QEMU does when the guest kernel panics (reported through the pvpanic device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPanic {
+    /// QEMU pauses the guest in run state `guest-panicked`; status reports a
+    /// failed guest and the resource manager's recovery policy applies.
+    #[default]
+    Fail,
+    /// QEMU does nothing; the guest's own setting (e.g. `panic=10`: reboot) decides.
+    Guest,
+}
+
 /// How a guest moves between nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -204,6 +216,9 @@ pub struct GuestDef {
     pub migration: MigrationSettings,
     /// How long `stop` waits for an ACPI powerdown before `quit`, in ms.
     pub stop_timeout_ms: u64,
+    /// What a guest kernel panic does.
+    #[serde(default)]
+    pub on_panic: OnPanic,
     /// Run QEMU (and the tap setup) inside this network namespace
     /// (`ip netns exec NAME`); `None` runs in the daemon's own namespace.
     #[serde(default)]
@@ -230,6 +245,7 @@ impl GuestDef {
             pidfile: run_dir.join(format!("{name}.pid")),
             migration: MigrationSettings::default(),
             stop_timeout_ms: 30_000,
+            on_panic: OnPanic::Fail,
             netns: None,
         }
     }

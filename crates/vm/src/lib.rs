@@ -20,7 +20,7 @@ pub use accel::{detect_accel, Accel, AccelChoice, HostProbe};
 pub use argv::{build_argv, Launch, QEMU_BINARY};
 pub use def::{
     AccelMode, CacheMode, DirectKernel, Disk, DiskFormat, DiskSource, GuestDef, MigrationMode,
-    MigrationSettings, Network,
+    MigrationSettings, Network, OnPanic,
 };
 pub use driver::{Guest, GuestState, GuestStatus, MigrationProgress, MigrationStats, StopOutcome};
 pub use tiny::{blank_disk, serial_counters, serial_resumed, TinyGuest};

@@ -126,3 +126,35 @@ async fn bad_qemu_arguments_are_reported() {
     assert!(Guest::running_pid(&def).is_none());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_kernel_panic_is_a_failed_guest() {
+    let dir = test_dir("panic");
+    let disk = blank_disk(&dir);
+    let mut def = guest_def("panic", &dir, &disk);
+    def.kernel.as_mut().unwrap().append.push_str(" panic_at=3");
+    let _reaper = Reaper(vec![def.pidfile.clone()]);
+    let mut g = Guest::start(def.clone(), auto_accel())
+        .await
+        .expect("start");
+    wait_counter_above(&def.serial_log, 2, Duration::from_secs(60));
+    let t = Instant::now();
+    let st = loop {
+        let st = g.status().await;
+        if st.state != GuestState::Running || t.elapsed() > Duration::from_secs(20) {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    match &st.state {
+        GuestState::Failed(why) => assert!(why.contains("guest-panicked"), "{why}"),
+        other => panic!("a panicked guest must be failed, got {other:?}"),
+    }
+    assert_eq!(st.run_state.as_deref(), Some("guest-panicked"));
+    // A paused, panicked guest ignores the power button: stop escalates to quit.
+    assert_eq!(
+        g.stop_within(Duration::from_millis(500)).await,
+        StopOutcome::Quit
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
