@@ -626,7 +626,9 @@ impl Replica {
             self.actions.push_back(Action::FencePeer);
             return Err(ReplicaError::NeedFencing);
         }
-        let peer_fresh = connected && self.peer.as_ref().is_some_and(|p| p.gen.is_fresh());
+        // A forced primary whose data is new to the peer (either side fresh) overwrites the peer.
+        let sync_peer = connected
+            && (self.meta.gen.is_fresh() || self.peer.as_ref().is_some_and(|p| p.gen.is_fresh()));
         if !connected || self.meta.gen.is_fresh() {
             let v = self.fresh_uuid();
             self.meta.gen.new_current(v, false, true);
@@ -644,7 +646,7 @@ impl Replica {
                     disk: self.meta.disk,
                 },
             );
-            if peer_fresh {
+            if sync_peer {
                 self.meta.bitmap.set_all();
                 self.start_sync(now, true);
             }
@@ -1647,6 +1649,8 @@ impl Replica {
                     if let Some(s) = &mut self.sync {
                         s.done_bytes += len as u64;
                     }
+                    // Received blocks need no resync if this one is interrupted.
+                    self.meta.bitmap.clear_range(offset, len as u64);
                     if self.conn.linked() {
                         self.send(now, Msg::ResyncAck { offset, len });
                     }

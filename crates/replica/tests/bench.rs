@@ -24,3 +24,20 @@ fn bench_runs_and_prints_the_summary_line() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Full-size run for numbers: `cargo test --release -p replica --test bench -- --ignored --nocapture`
+/// (`BENCH_MB` sets the volume and sequential size, default 256).
+#[test]
+#[ignore]
+fn bench_full() {
+    let mb: u64 = std::env::var("BENCH_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
+    let dir = std::env::temp_dir().join(format!("replica-bench-full-{}", std::process::id()));
+    let mut cfg = replica::bench::BenchConfig::new(dir.clone());
+    cfg.size = mb << 20;
+    cfg.seq_bytes = mb << 20;
+    println!("{}", replica::bench::run(&cfg).unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -384,3 +384,25 @@ fn resync_rate_is_limited() {
     assert!(secs > 3.7 && secs < 4.3, "took {secs} s");
     assert!(w.disks_equal());
 }
+
+#[test]
+fn forcing_a_fresh_node_primary_overwrites_a_connected_peer() {
+    let mut w = World::new(cfg(1), cfg(2));
+    w.connect();
+    w.n[1].r.promote(w.now, true).unwrap();
+    w.advance(Duration::from_millis(100));
+    w.n[1].r.demote(w.now).unwrap();
+    w.write(1, 1, 0, 1, 10, false); // refused: secondary
+    assert_eq!(w.n[1].result(1), Some(&Err(ReplicaError::NotPrimary)));
+    // Node 1 is UpToDate; node 0 holds different data but is re-created (fresh metadata) and forced.
+    w.n[0].disk[0] = 0xEE;
+    w.unlink();
+    let meta = Metadata::fresh(SIZE, GRAN, 61);
+    let disk = w.n[0].disk.clone();
+    w.n[0] = Node::with_meta(cfg(1), meta, disk, 5);
+    w.reconnect();
+    // Fresh vs UpToDate: full sync from node 1.
+    w.advance(Duration::from_millis(100));
+    assert!(w.disks_equal());
+    assert_eq!(w.n[0].disk[0], 0);
+}
