@@ -222,6 +222,10 @@ pub struct Quorumd {
     pub interval: Setting<u32>,
     /// Missed cycles before a node is declared dead.
     pub tko: Setting<u32>,
+    /// Cycles to wait for a master before bidding.
+    pub master_wait: Setting<u32>,
+    /// Cycles to wait before advertising votes after becoming master.
+    pub upgrade_wait: Setting<u32>,
     /// Votes the quorum disk contributes.
     pub votes: Setting<u32>,
     /// Minimum heuristic score (0 = derived).

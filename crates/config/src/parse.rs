@@ -766,6 +766,34 @@ impl<'a, 'i: 'a> P<'i> {
             keyfile: raw_totem.keyfile.or(cman.keyfile.clone()),
             interfaces: raw_totem.interfaces,
         };
+        if !two_node && !totem.consensus.default {
+            let c = u64::from(*totem.consensus.get());
+            if c * 5 < u64::from(t) * 6 {
+                let pos = self.attr_pos(totem_n.unwrap_or(root), "consensus");
+                self.d.warn(
+                    pos,
+                    format!("consensus {c} ms is less than 1.2 x token ({t} ms)"),
+                    format!("remove consensus (default token + 2000 = {} ms) or set it to at least {} ms", t.saturating_add(2000), u64::from(t) * 6 / 5),
+                );
+            }
+        }
+        if let Some(q) = &quorumd {
+            // qdisk.5: the token timeout must outlast a quorum-disk master election.
+            let cycles = u64::from(*q.tko.get())
+                + u64::from(*q.master_wait.get())
+                + u64::from(*q.upgrade_wait.get());
+            let need = u64::from(*q.interval.get())
+                .saturating_mul(cycles)
+                .saturating_mul(1000);
+            if u64::from(t) <= need {
+                let pos = self.attr_pos(totem_n.or(quorumd_n).unwrap_or(root), "token");
+                self.d.warn(
+                    pos,
+                    format!("totem token {t} ms does not exceed qdisk's interval*(tko+master_wait+upgrade_wait) = {need} ms; membership may change before the quorum disk settles"),
+                    format!("set <totem token=\"{}\"/> or more, or lower <quorumd> interval/tko", need + 4000),
+                );
+            }
+        }
         let config_version = config_version?;
         if nodes.is_empty() {
             return None;
@@ -1004,6 +1032,8 @@ impl<'a, 'i: 'a> P<'i> {
         let mut a = Attrs::new(n);
         let interval = self.u32a(&mut a, "interval", "seconds", 1);
         let tko = self.u32a(&mut a, "tko", "cycles", 10);
+        let master_wait = self.u32a(&mut a, "master_wait", "cycles", 5);
+        let upgrade_wait = self.u32a(&mut a, "upgrade_wait", "cycles", 2);
         let votes = self.u32a(&mut a, "votes", "votes", 1);
         let min_score = self.u32a(&mut a, "min_score", "", 1);
         let device = a.take("device");
@@ -1012,8 +1042,6 @@ impl<'a, 'i: 'a> P<'i> {
         let reboot = self.boolean(&mut a, "reboot");
         const IGNORED: &[&str] = &[
             "tko_up",
-            "master_wait",
-            "upgrade_wait",
             "allow_kill",
             "paranoid",
             "io_timeout",
@@ -1081,6 +1109,9 @@ impl<'a, 'i: 'a> P<'i> {
         Some(Quorumd {
             interval: Setting::or(interval, 1), // qdisk: one read/write cycle per second
             tko: Setting::or(tko, 10),          // qdisk: 10 missed cycles = dead
+            // qdisk: master_wait = floor(tko/2), upgrade_wait = 2 cycles.
+            master_wait: Setting::or(master_wait, tko.unwrap_or(10) / 2),
+            upgrade_wait: Setting::or(upgrade_wait, 2),
             votes: Setting::or(votes, (node_count as u32).saturating_sub(1).max(1)), // qdisk: nodes - 1
             min_score: Setting::or(min_score, 0), // qdisk: 0 = derived from the heuristics
             device,

@@ -102,6 +102,8 @@ pub fn render_text(c: &ClusterConf) -> String {
         let _ = writeln!(w, "  label                     {}", opt(&qd.label));
         let _ = writeln!(w, "  interval                  {}", u(&qd.interval, "s"));
         let _ = writeln!(w, "  tko                       {}", qd.tko);
+        let _ = writeln!(w, "  master_wait               {}", qd.master_wait);
+        let _ = writeln!(w, "  upgrade_wait              {}", qd.upgrade_wait);
         let _ = writeln!(w, "  votes                     {}", qd.votes);
         let _ = writeln!(w, "  min_score                 {}", qd.min_score);
         let _ = writeln!(

@@ -205,3 +205,35 @@ fn ring_warnings() {
         p.diagnostics
     );
 }
+
+#[test]
+fn timer_warnings() {
+    // A quorum disk with the RHCS default token: the token expires before a qdisk master settles.
+    let qd = "<cman expected_votes=\"3\"/>\n<quorumd label=\"qdisk\" interval=\"1\" tko=\"10\" votes=\"1\"/>";
+    let p = parse("c.conf", &conf(qd));
+    assert!(p.is_valid(), "{:#?}", p.diagnostics);
+    let w = p
+        .warnings()
+        .find(|d| d.message.contains("does not exceed qdisk"))
+        .expect("qdisk timing warning");
+    assert_eq!(w.line, 8);
+    assert!(w.message.contains("= 17000 ms"), "{w}");
+    assert!(w.hint.contains("token=\"21000\""), "{w}");
+    let c = p.config.unwrap();
+    let q = c.quorumd.as_ref().unwrap();
+    assert_eq!((*q.master_wait.get(), *q.upgrade_wait.get()), (5, 2));
+    assert_eq!(c.quorum.total_votes, 3);
+    assert_eq!(c.quorum.quorum, 2);
+    // The RHCS recipe (token 21000) is quiet.
+    let p = parse("c.conf", &conf(&format!("{qd}\n<totem token=\"21000\"/>")));
+    assert!(p.diagnostics.is_empty(), "{:#?}", p.diagnostics);
+
+    // consensus below 1.2 x token outside two_node.
+    let p = parse(
+        "c.conf",
+        &conf("<totem token=\"10000\" consensus=\"5000\"/>"),
+    );
+    assert!(p
+        .warnings()
+        .any(|d| d.line == 7 && d.message.contains("less than 1.2 x token")));
+}
