@@ -371,6 +371,18 @@ impl Guest {
         }))
     }
 
+    /// Adopt the guest when it already runs, start it otherwise; the flag says
+    /// whether it was adopted. What the resource manager calls on `start`.
+    pub async fn start_or_adopt(
+        def: GuestDef,
+        accel: AccelChoice,
+    ) -> Result<(Guest, bool), VmError> {
+        if let Some(g) = Self::adopt(def.clone(), accel.clone()).await? {
+            return Ok((g, true));
+        }
+        Ok((Self::start(def, accel).await?, false))
+    }
+
     /// Whether the QEMU process is alive.
     pub fn is_alive(&self) -> bool {
         proc::alive(self.pid, &self.def.pidfile)

@@ -71,9 +71,10 @@ async fn start_crash_restart_adopt_stop() {
 
     // Restart resumes from the counter on disk.
     let t1 = Instant::now();
-    let g2 = Guest::start(def.clone(), accel.clone())
+    let (g2, adopted) = Guest::start_or_adopt(def.clone(), accel.clone())
         .await
         .expect("restart");
+    assert!(!adopted);
     let after = wait_counter_above(&def.serial_log, before_crash, Duration::from_secs(60));
     eprintln!(
         "vm-measure: restart to counter {} ms",
