@@ -245,6 +245,78 @@ pub enum Event {
     PeerLost,
 }
 
+/// Resync progress for status output.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ResyncProgress {
+    /// This node sends.
+    pub source: bool,
+    /// Bytes done.
+    pub done_bytes: u64,
+    /// Bytes to do in total.
+    pub total_bytes: u64,
+    /// Average rate since the resync started.
+    pub bytes_per_sec: u64,
+    /// Estimated seconds left (unknown until progress is made).
+    pub eta_secs: Option<u64>,
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+impl std::fmt::Display for Status {
+    /// Human-readable status, as `quorate replica status` prints it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let peer_role = self
+            .peer_role
+            .map_or("Unknown".to_string(), |r| format!("{r:?}"));
+        writeln!(f, "role:        {:?}/{}", self.role, peer_role)?;
+        writeln!(
+            f,
+            "connection:  {:?} (protocol {:?})",
+            self.conn, self.protocol
+        )?;
+        writeln!(f, "disk:        {:?}/{:?}", self.disk, self.peer_disk)?;
+        if let Some(r) = &self.resync {
+            let pct = if r.total_bytes > 0 {
+                100.0 * r.done_bytes as f64 / r.total_bytes as f64
+            } else {
+                100.0
+            };
+            let filled = ((pct / 5.0) as usize).min(20);
+            let eta = r.eta_secs.map_or("unknown".to_string(), |s| {
+                format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+            });
+            writeln!(
+                f,
+                "resync:      [{}{}] {:.1}% {} {:.1}/{:.1} MiB at {:.1} MiB/s, ETA {}",
+                "#".repeat(filled),
+                ".".repeat(20 - filled),
+                pct,
+                if r.source { "sending" } else { "receiving" },
+                mib(r.done_bytes),
+                mib(r.total_bytes),
+                mib(r.bytes_per_sec),
+                eta
+            )?;
+        }
+        writeln!(f, "out of sync: {:.1} MiB", mib(self.out_of_sync_bytes))?;
+        if self.frozen {
+            writeln!(
+                f,
+                "I/O:         FROZEN until the peer is fenced or outdated"
+            )?;
+        }
+        match self.split_brain {
+            Some(d) => write!(
+                f,
+                "split brain: {d:?}: choose a victim (`--discard-my-data`) and reconnect"
+            ),
+            None => write!(f, "split brain: none"),
+        }
+    }
+}
+
 /// Snapshot for `quorate replica status`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Status {
@@ -260,8 +332,8 @@ pub struct Status {
     pub peer_disk: DiskState,
     /// Bytes marked out of sync.
     pub out_of_sync_bytes: u64,
-    /// Resync bytes done and total, when syncing.
-    pub resync: Option<(u64, u64)>,
+    /// Resync progress, when syncing.
+    pub resync: Option<ResyncProgress>,
     /// I/O frozen waiting for fencing.
     pub frozen: bool,
     /// Last split-brain decision, if the connection is refused because of it.
@@ -321,6 +393,8 @@ struct Sync {
     in_flight: BTreeMap<u64, u32>,
     total_bytes: u64,
     done_bytes: u64,
+    started: Instant,
+    last_progress: Instant,
 }
 
 #[derive(Debug)]
@@ -460,7 +534,22 @@ impl Replica {
                 .map(|h| h.disk)
                 .unwrap_or(DiskState::DUnknown),
             out_of_sync_bytes: self.meta.bitmap.dirty_bytes(),
-            resync: self.sync.as_ref().map(|s| (s.done_bytes, s.total_bytes)),
+            resync: self.sync.as_ref().map(|s| {
+                let secs = s.last_progress.saturating_since(s.started).0 as f64 / 1e9;
+                let rate = if secs > 0.0 {
+                    (s.done_bytes as f64 / secs) as u64
+                } else {
+                    0
+                };
+                let left = s.total_bytes.saturating_sub(s.done_bytes);
+                ResyncProgress {
+                    source: s.source,
+                    done_bytes: s.done_bytes,
+                    total_bytes: s.total_bytes,
+                    bytes_per_sec: rate,
+                    eta_secs: (rate > 0).then(|| left / rate),
+                }
+            }),
             frozen: self.frozen,
             split_brain: self.split_brain,
             protocol: self.cfg.protocol,
@@ -1187,6 +1276,8 @@ impl Replica {
                         in_flight: BTreeMap::new(),
                         total_bytes: self.meta.size,
                         done_bytes: 0,
+                        started: now,
+                        last_progress: now,
                     });
                     self.set_disk(DiskState::Inconsistent);
                     self.set_conn(ConnState::SyncTarget);
@@ -1429,6 +1520,8 @@ impl Replica {
             in_flight: BTreeMap::new(),
             total_bytes: bytes,
             done_bytes: 0,
+            started: now,
+            last_progress: now,
         });
         if source {
             if let Some(p) = &mut self.peer {
@@ -1562,6 +1655,7 @@ impl Replica {
             return;
         }
         s.done_bytes += len as u64;
+        s.last_progress = now;
         self.meta.bitmap.clear_range(offset, len as u64);
         // Writes that waited for this block can go now.
         let held: Vec<Held> = self.held.drain(..).collect();
@@ -1648,6 +1742,7 @@ impl Replica {
                 if ok {
                     if let Some(s) = &mut self.sync {
                         s.done_bytes += len as u64;
+                        s.last_progress = now;
                     }
                     // Received blocks need no resync if this one is interrupted.
                     self.meta.bitmap.clear_range(offset, len as u64);

@@ -14,7 +14,7 @@ pub use bitmap::Bitmap;
 pub use driver::{create_metadata, ReplicaBackend, Volume, VolumeConfig, VolumeEvent};
 pub use engine::{
     Action, ConnState, Event, FenceOutcome, Fencing, Replica, ReplicaConfig, ReplicaError, ReqId,
-    Status,
+    ResyncProgress, Status,
 };
 pub use gen::{
     resolve_split_brain, uuid_compare, AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, CrashFlags, Gen,

@@ -406,3 +406,30 @@ fn forcing_a_fresh_node_primary_overwrites_a_connected_peer() {
     assert!(w.disks_equal());
     assert_eq!(w.n[0].disk[0], 0);
 }
+
+#[test]
+fn status_shows_resync_progress_rate_and_eta() {
+    let (mut a, b) = (cfg(1), cfg(2));
+    a.resync_max_rate = 4 << 20;
+    a.resync_chunk = 64 << 10;
+    a.resync_in_flight = 2;
+    let mut w = World::new(a, b);
+    w.connect();
+    w.n[0].r.promote(w.now, true).unwrap();
+    w.advance(Duration::from_secs(2));
+    let s = w.n[0].r.status();
+    let r = s.resync.clone().expect("resync in progress");
+    assert!(r.source);
+    assert!(r.done_bytes > 0 && r.done_bytes < r.total_bytes);
+    let rate = r.bytes_per_sec as f64 / (4 << 20) as f64;
+    assert!(rate > 0.9 && rate < 1.2, "rate {rate} of the 4 MiB/s limit");
+    assert!(r.eta_secs.is_some_and(|e| (1..=3).contains(&e)), "{r:?}");
+    let text = s.to_string();
+    assert!(text.contains("connection:  SyncSource"), "{text}");
+    assert!(text.contains("% sending"), "{text}");
+    assert!(text.contains("MiB/s, ETA 0:00:0"), "{text}");
+    assert!(
+        text.contains("disk:        UpToDate/Inconsistent"),
+        "{text}"
+    );
+}
