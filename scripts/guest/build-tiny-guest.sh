@@ -44,7 +44,7 @@ command -v gzip >/dev/null 2>&1 || die "gzip is needed: apt-get install gzip"
 
 # ---- up to date? --------------------------------------------------------
 stamp="$out/guest.stamp"
-want="kernel=$kver script=$(cksum < "$0" | cut -d' ' -f1) busybox=$(cksum < "$busybox" | cut -d' ' -f1)"
+want="kernel=$kver $(stat -c '%s:%Y' "$kernel" "$moddir/modules.dep" | tr '\n' ' ')script=$(cksum < "$0" | cut -d' ' -f1) busybox=$(cksum < "$busybox" | cut -d' ' -f1)"
 if [ -z "${GUEST_FORCE:-}" ] && [ -f "$stamp" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ] \
    && [ "$(cat "$stamp")" = "$want" ]; then
     echo "$out"

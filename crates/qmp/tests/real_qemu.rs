@@ -101,6 +101,17 @@ async fn greeting_commands_errors_events_and_close() {
     }
 
     let mut events = c.events();
+    c.execute("stop", Value::Null).await.unwrap();
+    c.execute("cont", Value::Null).await.unwrap();
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        names.push(ev.name);
+    }
+    assert_eq!(names, ["STOP", "RESUME"]);
     c.execute("quit", Value::Null).await.unwrap();
     let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
         .await
