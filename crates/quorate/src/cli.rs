@@ -58,7 +58,7 @@ pub enum Command {
 pub enum ConfigCmd {
     /// Check a cluster.conf: exit 0 when valid (warnings are printed), 1 with the errors otherwise.
     Validate {
-        /// The file to check (default: --config).
+        /// The file to check (default: --config; `-` reads standard input).
         file: Option<PathBuf>,
         /// Print {file, valid, errors, warnings, diagnostics[]} as JSON.
         #[arg(long)]

@@ -322,3 +322,27 @@ fn local_node_finds_the_node_on_a_local_address() {
     assert!(e.contains("127.0.0.1"), "local addresses are listed: {e}");
     assert!(e.contains("192.0.2.250 -> 192.0.2.250"), "{e}");
 }
+
+#[test]
+fn validate_reads_standard_input() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args(["config", "validate", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"<cluster name=\"c\" config_version=\"1\">\n<clusternodes>\n<clusternode name=\"a\" nodeid=\"x\"/>\n</clusternodes></cluster>")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stdout).contains("<stdin>:3:23: error: nodeid=\"x\" is not a positive integer"),
+        "{}",
+        text(&o.stdout)
+    );
+}

@@ -20,6 +20,18 @@ pub fn run(config_path: &Path, cmd: ConfigCmd) -> u8 {
 }
 
 fn load(path: &Path) -> Result<Parsed, u8> {
+    if path == Path::new("-") {
+        use std::io::Read;
+        let mut text = String::new();
+        let limit = config::parse::MAX_FILE_BYTES as u64 + 1;
+        return match std::io::stdin().take(limit).read_to_string(&mut text) {
+            Ok(_) => Ok(config::parse("<stdin>", &text)),
+            Err(e) => {
+                err(&format!("quorate: error: cannot read standard input: {e}\n  hint: pipe UTF-8 cluster.conf text into it\n"));
+                Err(EXIT_IO)
+            }
+        };
+    }
     match config::load_file(path) {
         Ok(p) => {
             tracing::debug!(file = %path.display(), diagnostics = p.diagnostics.len(), "parsed");
@@ -66,6 +78,15 @@ struct ValidateReport<'a> {
     diagnostics: &'a [Diagnostic],
 }
 
+/// How a file is named in messages.
+fn shown(path: &Path) -> String {
+    if path == Path::new("-") {
+        "<stdin>".to_string()
+    } else {
+        path.display().to_string()
+    }
+}
+
 fn validate(path: &Path, json: bool) -> u8 {
     let p = match load(path) {
         Ok(p) => p,
@@ -74,7 +95,7 @@ fn validate(path: &Path, json: bool) -> u8 {
     let (errors, warnings) = (p.errors().count(), p.warnings().count());
     if json {
         let report = ValidateReport {
-            file: path.display().to_string(),
+            file: shown(path),
             valid: p.is_valid(),
             errors,
             warnings,
@@ -86,7 +107,7 @@ fn validate(path: &Path, json: bool) -> u8 {
         let verdict = if p.is_valid() { "valid" } else { "invalid" };
         out(&format!(
             "{}: {verdict} ({errors} error{}, {warnings} warning{})\n",
-            path.display(),
+            shown(path),
             if errors == 1 { "" } else { "s" },
             if warnings == 1 { "" } else { "s" },
         ));
