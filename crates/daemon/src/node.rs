@@ -39,9 +39,13 @@ use tokio::sync::mpsc;
 pub const TAG_QUORUM: u8 = 1;
 /// Layer tag of the fence domain's messages.
 pub const TAG_FENCE: u8 = 2;
+/// Layer tag of the resource manager's messages.
+pub const TAG_RM: u8 = 3;
 /// Process groups a node joins: one per service layer, so `status` can show
 /// which services run where (as clustat shows rgmanager per member).
 pub const GROUPS: [&str; 2] = ["cman", "fenced"];
+/// How long a leaving node waits for its services to move away.
+const LEAVE_WAIT_SECS: u64 = 120;
 /// How many log lines `status` keeps for "why is it like this".
 const EVENT_LOG: usize = 200;
 
@@ -263,6 +267,25 @@ struct AgentDone {
     result: Result<(), String>,
 }
 
+/// Carries out the resource manager's actions on this node (start, stop,
+/// check, migrate a service's resources). The daemon calls it on a task of
+/// its own and reports the outcome back through totem.
+pub trait ServiceRunner: Send + Sync + 'static {
+    /// Run `action`; `None` for a status check that passed (nothing to report).
+    fn run(
+        &self,
+        action: rm::Action,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<rm::Outcome>> + Send + 'static>>;
+}
+
+/// A finished resource action.
+#[derive(Debug)]
+struct ServiceDone {
+    service: String,
+    op: rm::OpId,
+    outcome: Option<rm::Outcome>,
+}
+
 /// A line of the node's event log.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LogLine {
@@ -292,8 +315,23 @@ pub struct Node {
     runner: agents::FenceAgentRunner,
     log: VecDeque<LogLine>,
     leaving: bool,
+    /// A clean leave was asked for: (remove, give up waiting for services at).
+    leave_requested: Option<(bool, Instant)>,
     qdisk: Option<qdisk::QdiskHandle>,
     self_fence: Option<String>,
+    rm: crate::rmglue::RmReplica,
+    services: std::sync::Arc<dyn ServiceRunner>,
+    service_tx: mpsc::Sender<ServiceDone>,
+    /// Services with an operation running here (one at a time per service).
+    running_ops: BTreeMap<String, rm::OpId>,
+    tick_sent_for: Option<Instant>,
+}
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn wall() -> f64 {
@@ -341,6 +379,28 @@ impl Node {
         self.totem.handle_timeout(now);
         self.quorum.handle_timeout(now);
         self.fence.handle_timeout(now);
+        let wall_now = Instant(wall_ns());
+        self.rm.scheduler().handle_timeout(wall_now);
+        // The lowest member asks every replica to re-check expired failures.
+        let due = self.rm.scheduler_ref().recheck_due();
+        if let Some(due) = due {
+            if due <= wall_now
+                && self.rm.scheduler_ref().tick_sender() == Some(self.plan.me)
+                && self.tick_sent_for != Some(due)
+            {
+                self.tick_sent_for = Some(due);
+                self.send_rm_input(rm::Input::Tick);
+            }
+        }
+    }
+
+    /// Multicast a resource-manager input, stamped with this node's clock.
+    fn send_rm_input(&mut self, input: rm::Input) {
+        let msg = crate::rmglue::RmMsg::Input {
+            at_ns: wall_ns(),
+            input,
+        };
+        self.multicast(TAG_RM, msg.encode());
     }
 
     fn on_datagram(&mut self, d: Datagram) {
@@ -398,11 +458,33 @@ impl Node {
             }
             while let Some(ev) = self.fence.poll_event() {
                 moved = true;
+                if let fence::Event::Fenced {
+                    victim,
+                    method,
+                    device,
+                    ..
+                } = &ev
+                {
+                    self.rm
+                        .handle_fenced(*victim, format!("{method} ({device})"));
+                }
                 let text = format!(
                     "fence: {}",
                     describe_fence_event(&ev, |id| self.name_of(id))
                 );
                 self.note(text);
+            }
+            for m in self.rm.drain_outbox() {
+                moved = true;
+                self.multicast(TAG_RM, m.encode());
+            }
+            while let Some(a) = self.rm.scheduler().poll_action() {
+                moved = true;
+                self.run_service_action(a);
+            }
+            while let Some(ev) = self.rm.scheduler().poll_event() {
+                moved = true;
+                self.note(format!("rm: {}", ev.message));
             }
             if !moved {
                 return;
@@ -451,10 +533,11 @@ impl Node {
                     q.set_membership(c.members.clone());
                 }
                 let votes = self.plan.quorum.nodes.clone();
+                let ring = (c.ring_id.seq << 16) ^ u64::from(c.ring_id.rep.0);
                 self.quorum.handle_membership(
                     now,
                     quorum::Membership {
-                        ring_id: (c.ring_id.seq << 16) ^ u64::from(c.ring_id.rep.0),
+                        ring_id: ring,
                         members: c
                             .members
                             .iter()
@@ -462,6 +545,10 @@ impl Node {
                             .collect(),
                     },
                 );
+                // The resource manager learns the membership with the quorum
+                // that holds at this point of the order.
+                let quorate = self.quorum.is_quorate();
+                self.rm.handle_membership(ring, c.members.clone(), quorate);
             }
             totem::Event::Deliver(d) => {
                 let (tag, body) = match d.payload.split_first() {
@@ -475,10 +562,16 @@ impl Node {
                             tracing::warn!(from = d.sender.0, error = %e, "dropping quorum message")
                         }
                     },
-                    TAG_FENCE => match serde_json::from_slice::<fence::FenceOutcome>(body) {
+                    TAG_FENCE => match fence::FenceOutcome::decode(body) {
                         Ok(o) => self.fence.handle_fence_outcome(now, o),
                         Err(e) => {
                             tracing::warn!(from = d.sender.0, error = %e, "dropping fence message")
+                        }
+                    },
+                    TAG_RM => match crate::rmglue::RmMsg::decode(body) {
+                        Ok(m) => self.rm.handle_message(d.sender, m),
+                        Err(e) => {
+                            tracing::warn!(from = d.sender.0, error = %e, "dropping rm message")
                         }
                     },
                     other => {
@@ -511,8 +604,14 @@ impl Node {
 
     fn on_quorum_event(&mut self, ev: quorum::QuorumEvent) {
         let text = match ev {
-            quorum::QuorumEvent::QuorumGained { reason, .. } => format!("quorum: gained: {reason}"),
-            quorum::QuorumEvent::QuorumLost { reason, .. } => format!("quorum: LOST: {reason}"),
+            quorum::QuorumEvent::QuorumGained { reason, .. } => {
+                self.rm.handle_quorum(true);
+                format!("quorum: gained: {reason}")
+            }
+            quorum::QuorumEvent::QuorumLost { reason, .. } => {
+                self.rm.handle_quorum(false);
+                format!("quorum: LOST: {reason}")
+            }
             quorum::QuorumEvent::ExpectedVotesChanged { from, to, reason } => {
                 format!("quorum: expected votes {from} -> {to}: {reason}")
             }
@@ -586,10 +685,191 @@ impl Node {
                 });
             }
             fence::Action::Broadcast(outcome) => {
-                let bytes = serde_json::to_vec(&outcome).unwrap_or_default();
-                self.multicast(TAG_FENCE, bytes);
+                self.multicast(TAG_FENCE, outcome.encode());
             }
         }
+    }
+
+    /// Start a clean leave: services move off first (rgmanager's shutdown),
+    /// then the node leaves the ring without being fenced.
+    fn begin_leave(&mut self, remove: bool) {
+        if self.leave_requested.is_some() {
+            return;
+        }
+        let wait = base::Duration::from_secs(LEAVE_WAIT_SECS);
+        self.leave_requested = Some((remove, self.now() + wait));
+        self.note(format!(
+            "leaving the cluster{}: moving this node's services away first (at most {LEAVE_WAIT_SECS} s)",
+            if remove { " (remove: expected votes lowered)" } else { "" }
+        ));
+        let me = self.plan.me;
+        self.send_rm_input(rm::Input::Leave { node: me });
+    }
+
+    /// Leave once nothing runs here any more (or the wait is over).
+    fn try_finish_leave(&mut self) {
+        let Some((remove, give_up)) = self.leave_requested else {
+            return;
+        };
+        let now = self.now();
+        let ready =
+            self.rm.scheduler_ref().ready_to_leave(self.plan.me) && self.running_ops.is_empty();
+        if !ready && now < give_up && self.quorum.is_quorate() {
+            return;
+        }
+        if !ready {
+            self.note(
+                "leaving with services still here: the wait is over or quorum is gone".to_string(),
+            );
+        }
+        self.quorum.leave(now, remove);
+        self.pump();
+        let _ = self.totem.handle_command(now, totem::Command::Leave);
+        self.leaving = true;
+        self.note("left the cluster".to_string());
+    }
+
+    fn run_service_action(&mut self, action: rm::Action) {
+        let service = action.service().to_string();
+        let op = match &action {
+            rm::Action::StartService { op, .. }
+            | rm::Action::StopService { op, .. }
+            | rm::Action::StatusCheck { op, .. }
+            | rm::Action::Migrate { op, .. } => *op,
+        };
+        if matches!(action, rm::Action::StatusCheck { .. })
+            && self.running_ops.contains_key(&service)
+        {
+            return; // a start/stop is running: the check would race it
+        }
+        let verb = match &action {
+            rm::Action::StartService { .. } => "starting",
+            rm::Action::StopService { .. } => "stopping",
+            rm::Action::StatusCheck { .. } => "checking",
+            rm::Action::Migrate { .. } => "migrating",
+        };
+        if !matches!(action, rm::Action::StatusCheck { .. }) {
+            self.note(format!("rm: {verb} {service} here (op {op})"));
+            self.running_ops.insert(service.clone(), op);
+        }
+        let runner = self.services.clone();
+        let tx = self.service_tx.clone();
+        tokio::spawn(async move {
+            let outcome = runner.run(action).await;
+            let _ = tx
+                .send(ServiceDone {
+                    service,
+                    op,
+                    outcome,
+                })
+                .await;
+        });
+    }
+
+    fn on_service_done(&mut self, d: ServiceDone) {
+        if self.running_ops.get(&d.service) == Some(&d.op) {
+            self.running_ops.remove(&d.service);
+        }
+        if let Some(outcome) = d.outcome {
+            self.note(format!(
+                "rm: {} op {} finished here: {outcome:?}",
+                d.service, d.op
+            ));
+            let report = rm::Report {
+                node: self.plan.me,
+                service: d.service,
+                op: d.op,
+                outcome,
+            };
+            self.send_rm_input(rm::Input::Result(report));
+        }
+    }
+
+    /// Check an operator request against a copy of the replica, so a refusal
+    /// comes back at once with its reason; accepted requests are multicast.
+    fn submit_request(&mut self, request: rm::Request) -> Response {
+        if self.rm.syncing() {
+            return Response::refused(
+                "the resource manager is synchronising after a membership change",
+                "retry in a moment",
+            );
+        }
+        let mut scratch = rm::Scheduler::from_snapshot(
+            self.plan.me,
+            self.rm.scheduler_ref().snapshot(),
+            self.rm.agreed(),
+        );
+        let at = Instant(wall_ns()).max(self.rm.agreed());
+        if let Err(e) = scratch.handle(
+            at,
+            rm::Input::Request {
+                from: self.plan.me,
+                request: request.clone(),
+            },
+        ) {
+            return Response::refused(e.to_string(), "see `quorate status` for why");
+        }
+        let service = request.service().to_string();
+        self.send_rm_input(rm::Input::Request {
+            from: self.plan.me,
+            request,
+        });
+        Response::ok(json!({"service": service, "submitted": true}))
+    }
+
+    fn svc_request(&mut self, req: &Request) -> Response {
+        let service = req
+            .args
+            .get("service")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let node = match req.args.get("node").and_then(|v| v.as_str()) {
+            None => None,
+            Some(_) => match self.node_id_arg(req) {
+                Ok(id) => Some(id),
+                Err(r) => return r,
+            },
+        };
+        let request = match req.cmd.as_str() {
+            "svc.enable" => rm::Request::Enable { service, node },
+            "svc.disable" => rm::Request::Disable { service },
+            "svc.relocate" => rm::Request::Relocate { service, node },
+            "svc.restart" => rm::Request::Restart { service },
+            "svc.stop" => rm::Request::Stop { service },
+            "svc.freeze" => rm::Request::Freeze { service },
+            "svc.unfreeze" => rm::Request::Unfreeze { service },
+            "svc.migrate" => match node {
+                Some(node) => rm::Request::Migrate { service, node },
+                None => {
+                    return Response::refused(
+                        "migrate needs a target node",
+                        "quorate svc migrate NAME -m NODE",
+                    )
+                }
+            },
+            other => {
+                return Response::refused(
+                    format!("unknown command {other:?}"),
+                    "see `quorate svc --help`",
+                )
+            }
+        };
+        self.submit_request(request)
+    }
+
+    fn services_json(&self) -> serde_json::Value {
+        let view = self.rm.view();
+        json!(view
+            .services
+            .iter()
+            .map(|s| {
+                let mut v = serde_json::to_value(s).unwrap_or_default();
+                v["owner_name"] = json!(s.owner.map(|n| self.name_of(n)));
+                v["last_owner_name"] = json!(s.last_owner.map(|n| self.name_of(n)));
+                v
+            })
+            .collect::<Vec<_>>())
     }
 
     fn on_agent_done(&mut self, d: AgentDone) {
@@ -658,7 +938,8 @@ impl Node {
             "quorum_reason": q.reason,
             "ring_id": self.ring_id.map(|r| format!("{}/{}", r.rep.0, r.seq)),
             "members": self.members_json(),
-            "services": [],
+            "services": self.services_json(),
+            "rm_syncing": self.rm.syncing(),
             "fence_blocked": self.fence.blocked().iter().map(|n| self.name_of(*n)).collect::<Vec<_>>(),
             "events": self.log.iter().rev().take(20).collect::<Vec<_>>(),
         })
@@ -720,14 +1001,8 @@ impl Node {
                     .get("remove")
                     .and_then(|v| v.as_bool())
                     .unwrap_or(false);
-                self.quorum.leave(now, remove);
-                let _ = self.totem.handle_command(now, totem::Command::Leave);
-                self.leaving = true;
-                self.note(format!(
-                    "leaving the cluster on request{}",
-                    if remove { " (remove)" } else { "" }
-                ));
-                Response::ok(json!({"left": true}))
+                self.begin_leave(remove);
+                Response::ok(json!({"leaving": true}))
             }
             "fence.status" => {
                 let mut v = serde_json::to_value(self.fence.status()).unwrap_or_default();
@@ -755,6 +1030,7 @@ impl Node {
                 }
             }
             "log" => Response::ok(json!(self.log)),
+            cmd if cmd.starts_with("svc.") => self.svc_request(req),
             other => {
                 Response::refused(format!("unknown command {other:?}"), "see `quorate --help`")
             }
@@ -784,6 +1060,28 @@ fn describe_fence_event(ev: &fence::Event, name: impl Fn(NodeId) -> String) -> S
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
+        fence::Event::Fenced {
+            victim,
+            method,
+            device,
+            by,
+            manual,
+            ..
+        } => {
+            if *manual {
+                format!(
+                    "{} acknowledged as fenced by an operator on {}",
+                    name(*victim),
+                    name(*by)
+                )
+            } else {
+                format!(
+                    "{} fenced by {} with method {method} (device {device})",
+                    name(*victim),
+                    name(*by)
+                )
+            }
+        }
         fence::Event::Rejoined { victim } => format!(
             "{} rejoined before fencing started; not fenced",
             name(*victim)
@@ -804,8 +1102,12 @@ fn describe_fence_event(ev: &fence::Event, name: impl Fn(NodeId) -> String) -> S
 }
 
 /// Run a node until `shutdown` resolves or an admin asks it to leave.
+///
+/// `services` carries out resource actions (start, stop, check, migrate).
+/// `shutdown` resolving starts a clean leave (services move away first).
 pub async fn run(
     opts: NodeOptions,
+    services: std::sync::Arc<dyn ServiceRunner>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let conf = load_config(&opts.config_path)?;
@@ -835,6 +1137,13 @@ pub async fn run(
     }
     let quorum = quorum::VoteQuorum::new(plan.me, plan.quorum.clone())?;
     let fence = fence::FenceDomain::new(plan.me, plan.fence.clone());
+    let rm = crate::rmglue::RmReplica::new(plan.me, crate::plan::rm_spec(&conf)).map_err(|e| {
+        NodeError::Invalid {
+            path: opts.config_path.display().to_string(),
+            errors: e.to_string(),
+        }
+    })?;
+    let (service_tx, mut service_rx) = mpsc::channel::<ServiceDone>(64);
 
     let ipc = IpcServer::bind(&opts.state_dir)?;
     let (ipc_tx, mut ipc_rx) = mpsc::channel::<Pending>(64);
@@ -868,8 +1177,14 @@ pub async fn run(
         runner: agents::FenceAgentRunner::default(),
         log: VecDeque::new(),
         leaving: false,
+        leave_requested: None,
         qdisk: None,
         self_fence: None,
+        rm,
+        services,
+        service_tx,
+        running_ops: BTreeMap::new(),
+        tick_sent_for: None,
     };
     if let Some((device, cfg)) = node.plan.qdisk.clone() {
         let handle = qdisk::QdiskHandle::spawn(
@@ -916,20 +1231,13 @@ pub async fn run(
                 let _ = p.reply.send(r);
             }
             Some(d) = agent_rx.recv() => node.on_agent_done(d),
+            Some(d) = service_rx.recv() => node.on_service_done(d),
             _ = qdisk_tick.tick(), if node.qdisk.is_some() => node.poll_qdisk(),
             _ = sleep => node.on_timeout(),
-            _ = &mut shutdown => {
-                node.note("shutting down: leaving the cluster cleanly".to_string());
-                let now = node.now();
-                node.quorum.leave(now, false);
-                let _ = node.totem.handle_command(now, totem::Command::Leave);
-                node.pump();
-                // Give the leave message a moment to reach the wire.
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                return Ok(());
-            }
+            _ = &mut shutdown, if node.leave_requested.is_none() => node.begin_leave(false),
         }
         node.pump();
+        node.try_finish_leave();
         if let Some(reason) = node.self_fence.take() {
             // Stop at once, without a clean leave: the others must see this
             // node fail. Under systemd, FailureAction=reboot completes the fence.
@@ -939,6 +1247,7 @@ pub async fn run(
             return Err(NodeError::SelfFenced(reason));
         }
         if node.leaving {
+            // Give the leave message a moment to reach the wire.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             return Ok(());
         }

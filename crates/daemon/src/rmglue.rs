@@ -99,6 +99,11 @@ impl RmReplica {
         &mut self.sched
     }
 
+    /// The scheduler, read-only.
+    pub fn scheduler_ref(&self) -> &rm::Scheduler {
+        &self.sched
+    }
+
     /// Read-only scheduler.
     pub fn view(&self) -> rm::View {
         self.sched.view()

@@ -3,9 +3,62 @@
 //! members leave.
 
 use daemon::ipc::{call, Request};
-use daemon::node::{run, NodeOptions};
+use daemon::node::{run, NodeOptions, ServiceRunner};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Runs services as marker files `<dir>/<service>@<node>`: what a node really
+/// runs is what exists on disk, independent of what any node believes.
+struct FileRunner {
+    dir: PathBuf,
+    node: String,
+}
+
+impl ServiceRunner for FileRunner {
+    fn run(
+        &self,
+        action: rm::Action,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<rm::Outcome>> + Send + 'static>>
+    {
+        let marker = self.dir.join(format!("{}@{}", action.service(), self.node));
+        Box::pin(async move {
+            match action {
+                rm::Action::StartService { .. } => {
+                    std::fs::write(&marker, b"running").ok()?;
+                    Some(rm::Outcome::StartOk)
+                }
+                rm::Action::StopService { .. } => {
+                    let _ = std::fs::remove_file(&marker);
+                    Some(rm::Outcome::StopOk)
+                }
+                rm::Action::StatusCheck { .. } => {
+                    (!marker.exists()).then_some(rm::Outcome::StatusFailed)
+                }
+                rm::Action::Migrate { .. } => Some(rm::Outcome::MigrateFailed),
+            }
+        })
+    }
+}
+
+fn runner(dir: &Path, node: usize) -> Arc<dyn ServiceRunner> {
+    Arc::new(FileRunner {
+        dir: dir.to_path_buf(),
+        node: format!("127.0.0.{node}"),
+    })
+}
+
+/// Where the service really runs, by marker files.
+fn running_on(dir: &Path, service: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter_map(|n| n.strip_prefix(&format!("{service}@")).map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
 
 fn conf(dir: &Path, port: u16) -> PathBuf {
     let text = format!(
@@ -52,6 +105,35 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// [`wait_for`], printing every node's status when it times out.
+fn wait_or_dump(states: &[PathBuf], what: &str, timeout: Duration, f: impl FnMut() -> bool) {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| wait_for(what, timeout, f)));
+    if let Err(e) = r {
+        dump(states);
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// On failure, what each node says (the test output is the post-mortem).
+fn dump(states: &[PathBuf]) {
+    for s in states {
+        if let Ok(r) = call(
+            s,
+            &Request {
+                cmd: "status".into(),
+                args: serde_json::Value::Null,
+            },
+            Duration::from_secs(2),
+        ) {
+            eprintln!(
+                "{}: {}",
+                s.display(),
+                serde_json::to_string_pretty(&r.data).unwrap()
+            );
+        }
+    }
+}
+
 #[test]
 fn three_nodes_form_a_ring_and_track_quorum_as_nodes_leave() {
     let dir = tempfile::tempdir().unwrap();
@@ -75,8 +157,9 @@ fn three_nodes_form_a_ring_and_track_quorum_as_nodes_leave() {
             node: Some(format!("127.0.0.{i}")),
             state_dir: state,
         };
+        let runner_for_node = runner(dir.path(), i);
         rt.spawn(async move {
-            if let Err(e) = run(opts, async move {
+            if let Err(e) = run(opts, runner_for_node, async move {
                 let _ = rx.await;
             })
             .await
@@ -193,8 +276,9 @@ fn two_nodes_with_a_quorum_disk_keep_quorum_when_one_leaves() {
             node: Some(format!("127.0.0.{i}")),
             state_dir: state,
         };
+        let runner_for_node = runner(dir.path(), i);
         rt.spawn(async move {
-            run(opts, async move {
+            run(opts, runner_for_node, async move {
                 let _ = rx.await;
             })
             .await
@@ -230,4 +314,123 @@ fn two_nodes_with_a_quorum_disk_keep_quorum_when_one_leaves() {
     );
     assert_eq!(ask(&states[0], "quorum")["quorate"], true);
     stops[0].take().unwrap().send(()).unwrap();
+}
+
+/// A node that dies (its task aborted: no leave message) is fenced by the
+/// lowest survivor through a real agent process, and only then does its
+/// service start on a survivor.
+#[test]
+fn a_dead_owner_is_fenced_and_its_service_recovered_on_a_survivor() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = 20000 + ((std::process::id() + 3571) % 20000) as u16;
+    let fence_log = dir.path().join("fence.log");
+    let agent = dir.path().join("fence_test");
+    std::fs::write(
+        &agent,
+        format!(
+            "#!/bin/sh\ncat >> {log}\necho --- >> {log}\nexit 0\n",
+            log = fence_log.display()
+        ),
+    )
+    .unwrap();
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&agent).unwrap().permissions(),
+        0o755,
+    );
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let markers = dir.path().join("markers");
+    std::fs::create_dir(&markers).unwrap();
+    let mut nodes = String::new();
+    for i in 1..=3 {
+        nodes.push_str(&format!(
+            r#"<clusternode name="127.0.0.{i}" nodeid="{i}"><fence><method name="1"><device name="test" port="{i}"/></method></fence></clusternode>"#
+        ));
+    }
+    let text = format!(
+        r#"<?xml version="1.0"?>
+<cluster name="fo" config_version="1">
+  <cman port="{port}"/>
+  <totem token="1000"/>
+  <fence_daemon clean_start="1"/>
+  <clusternodes>{nodes}</clusternodes>
+  <fencedevices><fencedevice name="test" agent="{agent}" passwd="not-in-logs"/></fencedevices>
+  <rm>
+    <failoverdomains>
+      <failoverdomain name="pref" ordered="1"><failoverdomainnode name="127.0.0.2" priority="1"/><failoverdomainnode name="127.0.0.3" priority="2"/><failoverdomainnode name="127.0.0.1" priority="3"/></failoverdomain>
+    </failoverdomains>
+    <service name="web" domain="pref" recovery="relocate"/>
+  </rm>
+</cluster>"#,
+        agent = agent.display()
+    );
+    let cfg = dir.path().join("cluster.conf");
+    std::fs::write(&cfg, text).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut tasks = Vec::new();
+    let mut states = Vec::new();
+    for i in 1..=3 {
+        let state = dir.path().join(format!("n{i}"));
+        states.push(state.clone());
+        let opts = NodeOptions {
+            config_path: cfg.clone(),
+            node: Some(format!("127.0.0.{i}")),
+            state_dir: state,
+        };
+        let r = runner(&markers, i);
+        tasks.push(rt.spawn(async move { run(opts, r, std::future::pending::<()>()).await }));
+    }
+    wait_or_dump(
+        &states,
+        "web started on its preferred node 127.0.0.2",
+        Duration::from_secs(30),
+        || {
+            running_on(&markers, "web") == ["127.0.0.2"]
+                && ask(&states[0], "status")["services"][0]["state"] == "Started"
+        },
+    );
+    // Power loss of node 2: its task ends without a word to the others.
+    tasks[1].abort();
+    let killed_at = Instant::now();
+    // What node 2 "ran" dies with it (the power is off).
+    let _ = std::fs::remove_file(markers.join("web@127.0.0.2"));
+    wait_for(
+        "web recovered on 127.0.0.3 after fencing",
+        Duration::from_secs(30),
+        || running_on(&markers, "web") == ["127.0.0.3"],
+    );
+    let took = killed_at.elapsed();
+    let log = std::fs::read_to_string(&fence_log).unwrap();
+    assert!(
+        log.contains("port=2"),
+        "the agent got node 2's port on stdin: {log}"
+    );
+    assert!(
+        log.contains("action=reboot") || log.contains("action=off"),
+        "{log}"
+    );
+    assert!(
+        log.contains("passwd=not-in-logs"),
+        "the password reaches the agent on stdin"
+    );
+    let status = ask(&states[0], "status");
+    let events = status["events"].to_string();
+    assert!(
+        events.contains("fenced"),
+        "the event log tells the fencing: {events}"
+    );
+    assert!(
+        !events.contains("not-in-logs"),
+        "the password never reaches the log"
+    );
+    let svc = &status["services"][0];
+    assert_eq!(svc["state"], "Started");
+    assert_eq!(svc["owner_name"], "127.0.0.3");
+    eprintln!("failover after power loss took {took:?} at token 1000 ms");
+    for t in tasks {
+        t.abort();
+    }
 }
