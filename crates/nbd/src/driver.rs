@@ -40,7 +40,16 @@ pub trait Backend: Send + Sync + 'static {
     fn can_trim(&self) -> bool {
         true
     }
+    /// Starts `op` and calls `done` with its result (the read bytes for a read). The default runs the
+    /// blocking methods on tokio's blocking pool; backends with their own event loop (the replicated
+    /// volume) override it to avoid that thread hop. Called from within the tokio runtime.
+    fn submit(self: Arc<Self>, op: BlockOp, done: Done) {
+        tokio::task::spawn_blocking(move || done(execute(&*self, &op)));
+    }
 }
+
+/// Completion callback of [`Backend::submit`].
+pub type Done = Box<dyn FnOnce(Result<Vec<u8>, Errno>) + Send>;
 
 /// A regular file or block device, accessed with pread/pwrite; FLUSH and FUA use fdatasync.
 #[derive(Debug)]
@@ -176,7 +185,7 @@ impl Backend for FileBackend {
 }
 
 /// Runs one validated operation on a backend (blocking).
-pub fn execute(backend: &dyn Backend, op: &BlockOp) -> Result<Vec<u8>, Errno> {
+pub fn execute<B: Backend + ?Sized>(backend: &B, op: &BlockOp) -> Result<Vec<u8>, Errno> {
     let io = |r: io::Result<()>| r.map_err(|e| Errno::from_io(&e));
     match &op.kind {
         OpKind::Read => {
@@ -341,10 +350,13 @@ impl Server {
                 let Some(i) = export else { break };
                 let backend = self.exports[i].backend.clone();
                 let dtx = dtx.clone();
-                tokio::task::spawn_blocking(move || {
-                    let r = execute(&*backend, &op);
-                    let _ = dtx.send((op.handle, r));
-                });
+                let h = op.handle;
+                backend.submit(
+                    op,
+                    Box::new(move |r| {
+                        let _ = dtx.send((h, r));
+                    }),
+                );
             }
             if !conn.has_output()
                 && (conn.is_finished() || (eof && conn.in_flight() == 0 && pos == filled))

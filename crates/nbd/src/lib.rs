@@ -12,7 +12,7 @@ pub mod proto;
 pub mod server;
 
 pub use client::{Client, Reply};
-pub use driver::{execute, serve, Backend, ConnSummary, Export, FileBackend, Server};
+pub use driver::{execute, serve, Backend, ConnSummary, Done, Export, FileBackend, Server};
 pub use server::{
     BlockOp, CloseReason, Errno, Event, ExportInfo, OpHandle, OpKind, ServerConfig, ServerConn,
     Stats,

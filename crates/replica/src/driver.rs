@@ -82,6 +82,20 @@ enum Cmd {
     Connect,
     Disconnect,
     Stop(oneshot::Sender<()>),
+    Submit(nbd::BlockOp, nbd::Done),
+}
+
+enum Waiter {
+    Ask(oneshot::Sender<Result<(), ReplicaError>>),
+    Nbd(nbd::Done),
+}
+
+fn nbd_errno(e: &ReplicaError) -> nbd::Errno {
+    match e {
+        ReplicaError::NotPrimary | ReplicaError::PeerIsPrimary => nbd::Errno::Perm,
+        ReplicaError::OutOfRange => nbd::Errno::NoSpc,
+        _ => nbd::Errno::Io,
+    }
 }
 
 /// Handle to a running volume.
@@ -127,7 +141,7 @@ impl Volume {
         }
         let size = meta.size;
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = Task::new(cfg, meta, Arc::new(disk), events);
+        let task = Task::new(cfg, meta, Arc::new(disk), events, tx.downgrade());
         tokio::spawn(task.run(rx, listen));
         Ok(Volume { tx, size })
     }
@@ -218,9 +232,10 @@ struct Task {
     events: mpsc::UnboundedSender<VolumeEvent>,
     start: std::time::Instant,
     next_req: u64,
-    waiting: BTreeMap<u64, oneshot::Sender<Result<(), ReplicaError>>>,
+    waiting: BTreeMap<u64, Waiter>,
     link: Option<Link>,
     next_link: u64,
+    self_tx: mpsc::WeakUnboundedSender<Cmd>,
 }
 
 impl Task {
@@ -229,6 +244,7 @@ impl Task {
         meta: Metadata,
         disk: Arc<File>,
         events: mpsc::UnboundedSender<VolumeEvent>,
+        self_tx: mpsc::WeakUnboundedSender<Cmd>,
     ) -> Self {
         let r = Replica::new(cfg.replica.clone(), meta, base::Instant(0), cfg.seed);
         Task {
@@ -241,6 +257,7 @@ impl Task {
             waiting: BTreeMap::new(),
             link: None,
             next_link: 1,
+            self_tx,
         }
     }
 
@@ -308,15 +325,16 @@ impl Task {
             Cmd::Write(offset, data, fua, reply) => {
                 let id = self.next_req;
                 self.next_req += 1;
-                self.waiting.insert(id, reply);
+                self.waiting.insert(id, Waiter::Ask(reply));
                 self.r.handle_write(now, ReqId(id), offset, data, fua);
             }
             Cmd::Flush(reply) => {
                 let id = self.next_req;
                 self.next_req += 1;
-                self.waiting.insert(id, reply);
+                self.waiting.insert(id, Waiter::Ask(reply));
                 self.r.handle_flush(now, ReqId(id));
             }
+            Cmd::Submit(op, done) => self.submit(now, op, done),
             Cmd::Read(offset, len, reply) => {
                 if let Err(e) = self.r.check_read(offset, len as u64) {
                     let _ = reply.send(Err(e));
@@ -350,6 +368,69 @@ impl Task {
             Cmd::Connect => self.r.connect(),
             Cmd::Disconnect => self.r.disconnect(now),
             Cmd::Stop(_) => {}
+        }
+    }
+
+    fn submit(&mut self, now: base::Instant, op: nbd::BlockOp, done: nbd::Done) {
+        use nbd::OpKind;
+        match op.kind {
+            OpKind::Write { data } => {
+                let id = self.next_req;
+                self.next_req += 1;
+                self.waiting.insert(id, Waiter::Nbd(done));
+                self.r.handle_write(now, ReqId(id), op.offset, data, op.fua);
+            }
+            OpKind::Flush => {
+                let id = self.next_req;
+                self.next_req += 1;
+                self.waiting.insert(id, Waiter::Nbd(done));
+                self.r.handle_flush(now, ReqId(id));
+            }
+            OpKind::Read => {
+                if let Err(e) = self.r.check_read(op.offset, op.len as u64) {
+                    done(Err(nbd_errno(&e)));
+                    return;
+                }
+                let disk = self.disk.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut v = vec![0u8; op.len as usize];
+                    let r = disk.read_exact_at(&mut v, op.offset);
+                    done(r.map(|_| v).map_err(|e| nbd::Errno::from_io(&e)));
+                });
+            }
+            // Advisory: keeping the data is a correct trim and keeps both sides identical.
+            OpKind::Trim => done(Ok(Vec::new())),
+            OpKind::WriteZeroes { .. } => self.zeroes(op.offset, op.len, op.fua, done),
+        }
+    }
+
+    /// Zeroes are replicated as data, one piece at a time (bounded memory).
+    fn zeroes(&self, offset: u64, len: u32, fua: bool, done: nbd::Done) {
+        {
+            let Some(tx) = self.self_tx.upgrade() else {
+                done(Err(nbd::Errno::Shutdown));
+                return;
+            };
+            let vol = Volume {
+                tx,
+                size: self.r.metadata().size,
+            };
+            tokio::spawn(async move {
+                let mut done_bytes = 0u64;
+                while done_bytes < len as u64 {
+                    let n = (len as u64 - done_bytes).min(1 << 20);
+                    let last = done_bytes + n == len as u64;
+                    if let Err(e) = vol
+                        .write(offset + done_bytes, vec![0u8; n as usize], fua && last)
+                        .await
+                    {
+                        done(Err(nbd_errno(&e)));
+                        return;
+                    }
+                    done_bytes += n;
+                }
+                done(Ok(Vec::new()));
+            });
         }
     }
 
@@ -486,11 +567,15 @@ impl Task {
                         tracing::error!(error = %e, "cannot persist replica metadata");
                     }
                 }
-                Action::Complete { req, result } => {
-                    if let Some(s) = self.waiting.remove(&req.0) {
+                Action::Complete { req, result } => match self.waiting.remove(&req.0) {
+                    Some(Waiter::Ask(s)) => {
                         let _ = s.send(result);
                     }
-                }
+                    Some(Waiter::Nbd(done)) => {
+                        done(result.map(|_| Vec::new()).map_err(|e| nbd_errno(&e)))
+                    }
+                    None => {}
+                },
                 Action::FencePeer => {
                     let _ = self.events.send(VolumeEvent::FencePeer);
                 }
@@ -580,5 +665,12 @@ impl nbd::Backend for ReplicaBackend {
     }
     fn can_trim(&self) -> bool {
         false
+    }
+    fn submit(self: Arc<Self>, op: nbd::BlockOp, done: nbd::Done) {
+        if let Err(mpsc::error::SendError(Cmd::Submit(_, done))) =
+            self.vol.tx.send(Cmd::Submit(op, done))
+        {
+            done(Err(nbd::Errno::Io));
+        }
     }
 }
