@@ -23,7 +23,7 @@ pub use def::{
     MigrationSettings, Network, OnPanic,
 };
 pub use driver::{Guest, GuestState, GuestStatus, MigrationProgress, MigrationStats, StopOutcome};
-pub use tiny::{blank_disk, serial_counters, serial_resumed, TinyGuest};
+pub use tiny::{blank_disk, serial_counters, serial_resumed, supports_direct_io, TinyGuest};
 
 /// Errors of guest definition, start, stop and migration.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::def::{DirectKernel, Disk, DiskSource, GuestDef};
+use crate::def::{CacheMode, DirectKernel, Disk, DiskSource, GuestDef};
 use crate::VmError;
 
 /// A built tiny guest: kernel, initramfs and kernel command line.
@@ -44,7 +44,8 @@ impl TinyGuest {
     }
 
     /// A 128 MiB, 1 vCPU definition booting this guest with `disk` as /dev/vda
-    /// and its socket, pidfile and serial log in `run_dir`.
+    /// and its socket, pidfile and serial log in `run_dir`. The disk uses
+    /// `cache=none` where its file system supports O_DIRECT (not tmpfs), else writeback.
     pub fn guest_def(&self, name: &str, run_dir: &Path, disk: &Path) -> GuestDef {
         let mut d = GuestDef::new(name, run_dir);
         d.memory_mib = 128;
@@ -56,11 +57,25 @@ impl TinyGuest {
         d.disks.push(Disk {
             source: DiskSource::File(disk.to_path_buf()),
             format: Default::default(),
-            cache: Default::default(),
+            cache: if supports_direct_io(disk) {
+                CacheMode::None
+            } else {
+                CacheMode::Writeback
+            },
         });
         d.stop_timeout_ms = 15_000;
         d
     }
+}
+
+/// Whether `path` can be opened with O_DIRECT (QEMU's `cache=none` needs it).
+pub fn supports_direct_io(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .is_ok()
 }
 
 /// Create (or reset) a blank 1 MiB raw disk for the tiny guest.
@@ -85,4 +100,26 @@ pub fn serial_counters(serial: &Path) -> Vec<u64> {
 /// Every `resumed from N` (one per boot) in the serial log.
 pub fn serial_resumed(serial: &Path) -> Vec<u64> {
     lines_with(serial, "resumed from ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_parsing_and_direct_io_probe() {
+        let dir = std::env::temp_dir().join(format!("vm-tiny-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("s.log");
+        std::fs::write(
+            &log,
+            "junk\r\nresumed from 7\r\ncounter 8\r\ncounter 9\r\ncounter x\r\ncounter 10",
+        )
+        .unwrap();
+        assert_eq!(serial_counters(&log), vec![8, 9, 10]);
+        assert_eq!(serial_resumed(&log), vec![7]);
+        assert!(serial_counters(&dir.join("missing")).is_empty());
+        assert!(!supports_direct_io(&dir.join("missing")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
