@@ -190,6 +190,35 @@ fn find(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
         .map(|p| p + from)
 }
 
+/// Levenshtein distance, for "did you mean" hints (inputs are short names).
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The closest candidate within a small edit distance, if any.
+fn suggest<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    if word.len() > 64 {
+        return None;
+    }
+    let limit = (word.chars().count() / 3).clamp(1, 3);
+    candidates
+        .iter()
+        .map(|c| (distance(word, c), *c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
 /// 1-based line and column (in characters) of byte offset `at`.
 fn text_pos(text: &str, at: usize) -> Pos {
     let at = at.min(text.len());
@@ -305,10 +334,14 @@ impl<'a, 'i: 'a> P<'i> {
         let el = elem_name(&a.node).to_string();
         for k in a.left.keys() {
             let pos = self.attr_pos(a.node, k);
+            let hint = match suggest(k, known) {
+                Some(m) => format!("did you mean {m}=? <{el}> knows: {}", known.join(", ")),
+                None => format!("check the spelling; <{el}> knows: {}", known.join(", ")),
+            };
             self.d.warn(
                 pos,
                 format!("unknown attribute `{k}` on <{el}>; quorate ignores it"),
-                format!("check the spelling; <{el}> knows: {}", known.join(", ")),
+                hint,
             );
         }
     }
@@ -321,10 +354,16 @@ impl<'a, 'i: 'a> P<'i> {
                 "unknown element <{}> inside <{parent}>; quorate ignores it",
                 elem_name(&n)
             ),
-            format!(
-                "check the spelling or remove it; <{parent}> may contain: {}",
-                known.join(", ")
-            ),
+            match suggest(elem_name(&n), known) {
+                Some(m) => format!(
+                    "did you mean <{m}>? <{parent}> may contain: {}",
+                    known.join(", ")
+                ),
+                None => format!(
+                    "check the spelling or remove it; <{parent}> may contain: {}",
+                    known.join(", ")
+                ),
+            },
         );
     }
 
@@ -346,7 +385,7 @@ impl<'a, 'i: 'a> P<'i> {
                     format!(
                         "<{}> {name}=\"{v}\" {what}{unit}",
                         elem_name(&a.node),
-                        unit = if unit.is_empty() {
+                        unit = if unit.is_empty() || negative {
                             String::new()
                         } else {
                             format!(" ({unit})")
@@ -625,12 +664,16 @@ impl<'a, 'i: 'a> P<'i> {
         let two_node = raw_cman.two_node.unwrap_or(false);
         if two_node && !nodes.is_empty() {
             let pos = self.attr_pos(cman_n.unwrap_or(root), "two_node");
-            if nodes.len() != 2 {
+            let count = nodes_n.map_or(0, |n| {
+                Self::elements(n)
+                    .filter(|c| elem_name(c) == "clusternode")
+                    .count()
+            });
+            if count != 2 {
                 self.d.error(
                     pos,
                     format!(
-                        "two_node=\"1\" needs exactly two <clusternode>s, but there are {}",
-                        nodes.len()
+                        "two_node=\"1\" needs exactly two <clusternode>s, but there are {count}"
                     ),
                     "set two_node=\"0\" (and drop expected_votes=\"1\") for a cluster of more than two nodes",
                 );
@@ -1651,7 +1694,10 @@ impl<'a, 'i: 'a> P<'i> {
             self.d.warn(
                 pos,
                 format!("unknown resource type <{kind}>; it is kept, but quorate has no agent for it yet"),
-                format!("check the spelling; known types: {}", KNOWN_TYPES.join(", ")),
+                match suggest(&kind, KNOWN_TYPES) {
+                    Some(m) => format!("did you mean <{m}>? (an agent resource is an element named after its agent)"),
+                    None => format!("check the spelling; known types: {}", KNOWN_TYPES.join(", ")),
+                },
             );
         }
         let mut attrs: BTreeMap<String, String> = c

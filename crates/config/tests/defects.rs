@@ -237,3 +237,22 @@ fn timer_warnings() {
         .warnings()
         .any(|d| d.line == 7 && d.message.contains("less than 1.2 x token")));
 }
+
+#[test]
+fn typos_get_a_did_you_mean() {
+    let text = conf("<totem tokn=\"5000\"/>\n<rm><service name=\"s\"><scirpt name=\"x\" file=\"/x\"/></service></rm>\n<fence_deamon/>");
+    let p = parse("c.conf", &text);
+    let hint = |line: u32| {
+        p.warnings()
+            .find(|d| d.line == line)
+            .map(|d| d.hint.clone())
+            .unwrap_or_default()
+    };
+    assert!(hint(7).starts_with("did you mean token=?"), "{}", hint(7));
+    assert!(hint(8).starts_with("did you mean <script>?"), "{}", hint(8));
+    assert!(
+        hint(9).starts_with("did you mean <fence_daemon>?"),
+        "{}",
+        hint(9)
+    );
+}
