@@ -118,3 +118,33 @@ fn qemu_img_convert_and_compare() {
         .arg(&out));
     assert!(std::fs::read(&out).unwrap() == data);
 }
+
+#[test]
+fn unix_socket_listener_serves_nbdinfo_and_nbdcopy() {
+    require("nbdcopy", "libnbd-bin");
+    let d = Scratch::new("unix");
+    let img = d.path("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let sock = d.path("nbd.sock");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = std::sync::Arc::new(nbd::FileBackend::open(&img, false).unwrap());
+    let server = nbd::Server::new(vec![nbd::Export::new("u", backend)]);
+    let l = rt
+        .block_on(async { tokio::net::UnixListener::bind(&sock) })
+        .unwrap();
+    let task = rt.spawn(server.clone().serve_unix(l));
+    let url = format!("nbd+unix:///u?socket={}", sock.display());
+    let info = run(Command::new("nbdinfo").arg("--size").arg(&url));
+    assert_eq!(info.trim(), (1u64 << 20).to_string());
+    let src = d.path("src.img");
+    let data = image_bytes(1 << 20, 3);
+    std::fs::write(&src, &data).unwrap();
+    run(Command::new("nbdcopy").arg(&src).arg(&url));
+    assert!(std::fs::read(&img).unwrap() == data);
+    server.shutdown();
+    rt.block_on(task).unwrap().unwrap();
+}
