@@ -1,0 +1,61 @@
+//! Resource executor (rgmanager's resource agents): runs a service's resources on the local node.
+//!
+//! The [`rm`] scheduler hands the local node [`rm::Action`]s; [`Executor::run`]
+//! carries one out with real agents and returns an [`ActionReport`]: what
+//! happened ([`ExecResult`], mapped to the [`rm::Outcome`] to report with
+//! [`ActionReport::outcome`]) and a log of every command run with its exit
+//! code (never a secret: parameters travel in the environment, and values of
+//! secret-looking keys are scrubbed from captured output).
+//!
+//! Semantics follow rgmanager:
+//! - start: each resource in the given order; on the first failure the ones
+//!   already started are stopped again (reverse order, best effort) and the
+//!   result is [`ExecResult::StartFailed`];
+//! - stop: each resource in the given (already reversed) order; a failure does
+//!   not stop the others from being stopped, and the result is
+//!   [`ExecResult::StopFailed`];
+//! - status: each resource; the first failure gives [`ExecResult::StatusFailed`],
+//!   success gives [`ExecResult::StatusOk`], which is not reported to the scheduler.
+//!
+//! Agents per resource type ([`rm::ResourceStep::rtype`]):
+//! - `script`: an LSB init script (`file`): start, stop, status (3 = stopped);
+//! - `ip`: a floating address (`address`, `monitor_link`) added to the interface
+//!   whose subnet contains it, with `ip addr`;
+//! - `fs`: a filesystem (`device`, `mountpoint`, `fstype`, `options`,
+//!   `force_fsck`, `force_unmount`) mounted with `mount`;
+//! - `vm`: handed to the [`VmHandler`] given with [`Executor::with_vm_handler`];
+//! - anything else: an OCF agent, `ocf:PROVIDER:TYPE` or a bare name looked up
+//!   under `<ocf_root>/resource.d/heartbeat`, then every other provider, then
+//!   rgmanager's `/usr/share/cluster/<name>.sh`.
+//!
+//! Timeouts: start 60 s, stop 60 s, status/monitor 20 s, overridden per
+//! resource with the attributes `__start_timeout`, `__stop_timeout` and
+//! `__status_timeout` (alias `__monitor_timeout`), in seconds or with a unit
+//! (`500ms`, `30s`, `2m`, `1h`). An agent that hangs past its timeout has its
+//! whole process group killed and counts as failed. Attributes starting with
+//! `__` are never passed to agents.
+//!
+//! Network namespaces: [`Executor::with_netns`] wraps every network-facing
+//! command (`ip`, `arping`, LSB scripts, OCF agents) in `ip netns exec NAME`.
+//! Filesystem commands (`mount`, `umount`, `fsck`, `fuser`) always run in the
+//! executor's own mount namespace, because `ip netns exec` gives its child a
+//! private mount namespace where a mount would vanish on exit.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod cmd;
+mod exec;
+pub mod fs;
+pub mod ip;
+mod ocf;
+mod script;
+mod timeout;
+
+pub use cmd::CmdLog;
+pub use exec::{
+    ActionReport, ExecResult, Executor, Op, StepError, StepLog, VmFuture, VmHandler, VmStatus,
+    DEFAULT_RGMANAGER_DIR,
+};
+pub use timeout::{
+    op_timeout, parse_duration, DEFAULT_START_TIMEOUT, DEFAULT_STATUS_TIMEOUT, DEFAULT_STOP_TIMEOUT,
+};
