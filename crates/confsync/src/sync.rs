@@ -283,7 +283,7 @@ pub struct Status {
     pub version: u64,
     /// Hash of the text in force.
     pub hash: ConfigHash,
-    /// The cluster's config_version as last decided.
+    /// The cluster's config_version as decided in this membership (None until decided).
     pub cluster_version: Option<u64>,
     /// True when this node runs the config the quorate cluster agreed on in this membership.
     pub in_sync: bool,
@@ -382,7 +382,9 @@ pub enum StartError {
     #[error("the config in force is not valid:\n{}", render(.0))]
     Invalid(Vec<Diagnostic>),
     /// Too big to distribute.
-    #[error("the config in force is {0} bytes; the cluster distributes at most {MAX_TEXT_BYTES} bytes")]
+    #[error(
+        "the config in force is {0} bytes; the cluster distributes at most {MAX_TEXT_BYTES} bytes"
+    )]
     TooLarge(usize),
 }
 
@@ -488,6 +490,7 @@ impl ConfigSync {
             .collect();
         self.assemblies.clear();
         self.transfer_from = None;
+        self.cluster = None;
         self.outbox.clear();
         if !self.members.contains_key(&self.me) {
             self.phase = Phase::Starting;
@@ -595,7 +598,10 @@ impl ConfigSync {
                 return;
             }
         }
-        let cluster_version = self.cluster.map(|c| c.0).unwrap_or(self.conf.config_version);
+        let cluster_version = self
+            .cluster
+            .map(|c| c.0)
+            .unwrap_or(self.conf.config_version);
         let message = match &parsed {
             Some(c) if c.config_version == cluster_version => format!(
                 "hand edit on {}: the on-disk file has config_version {} like the cluster's, \
@@ -883,13 +889,7 @@ impl ConfigSync {
         if !stale.is_empty() {
             self.transfer_from = Some(sender);
             if sender == self.me {
-                for c in split_text(
-                    ring,
-                    ChunkKind::Transfer,
-                    top,
-                    first,
-                    self.text.as_bytes(),
-                ) {
+                for c in split_text(ring, ChunkKind::Transfer, top, first, self.text.as_bytes()) {
                     self.send(ConfSyncMsg::Chunk(c));
                 }
             }
@@ -1141,7 +1141,8 @@ fn check_text(a: &Assembly, cluster_name: &str) -> Result<(String, ClusterConf),
         ));
     }
     let text = String::from_utf8(a.buf.clone()).map_err(|_| "the text is not UTF-8".to_string())?;
-    let conf = parse_checked(&text).map_err(|d| format!("the text is not valid: {}", render(&d)))?;
+    let conf =
+        parse_checked(&text).map_err(|d| format!("the text is not valid: {}", render(&d)))?;
     if conf.config_version != a.version {
         return Err(format!(
             "the text has config_version {} but was sent as {}",

@@ -324,8 +324,10 @@ impl ConfSyncMsg {
                 let data = r.take(len)?.to_vec();
                 let kind = if kind == KIND_PUSH {
                     ChunkKind::Push { ticket }
-                } else {
+                } else if ticket == 0 {
                     ChunkKind::Transfer
+                } else {
+                    return Err(DecodeError::BadChunk("a transfer carries no ticket"));
                 };
                 let c = TextChunk {
                     ring,
@@ -375,7 +377,10 @@ mod tests {
         for c in chunks {
             let bytes = ConfSyncMsg::Chunk(c.clone()).encode();
             assert!(bytes.len() <= MAX_MSG_BYTES);
-            assert!(bytes.len() < 60 * 1024, "must fit totem's payload with the tag");
+            assert!(
+                bytes.len() < 60 * 1024,
+                "must fit totem's payload with the tag"
+            );
             assert_eq!(ConfSyncMsg::decode(&bytes), Ok(ConfSyncMsg::Chunk(c)));
         }
     }
@@ -396,7 +401,10 @@ mod tests {
             Err(DecodeError::BadChunk(_))
         ));
         assert_eq!(ConfSyncMsg::decode(&[]), Err(DecodeError::Empty));
-        assert_eq!(ConfSyncMsg::decode(&[9]), Err(DecodeError::UnknownFormat(9)));
+        assert_eq!(
+            ConfSyncMsg::decode(&[9]),
+            Err(DecodeError::UnknownFormat(9))
+        );
         assert_eq!(ConfSyncMsg::decode(&[1, 1, 0]), Err(DecodeError::BadLength));
     }
 
