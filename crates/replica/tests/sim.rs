@@ -13,6 +13,8 @@ use world::*;
 
 const BLOCKS: u64 = 64;
 
+static SKIPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn payload(id: u64) -> Vec<u8> {
     let mut v = vec![(id % 251) as u8; 4096];
     v[..8].copy_from_slice(&id.to_le_bytes());
@@ -55,6 +57,22 @@ impl Oracle {
 
 fn chaos(w: &mut World, o: &mut Oracle, rng: &mut DetRng, primary: usize, steps: usize) {
     for _ in 0..steps {
+        if rng.chance(0.03) {
+            if w.linked {
+                // Partition: the primary freezes and fences; the handler outdates the live secondary.
+                w.unlink();
+                w.settle();
+                let now = w.now;
+                w.n[1 - primary].r.outdate().unwrap();
+                w.n[primary]
+                    .r
+                    .handle_fence_result(now, FenceOutcome::PeerOutdated);
+            } else {
+                w.reconnect();
+            }
+            w.settle();
+            continue;
+        }
         match rng.below(10) {
             0..=2 => {
                 let block = rng.below(BLOCKS);
@@ -129,6 +147,24 @@ fn run_seed(seed: u64) -> usize {
             w.settle();
         }
         let now = w.now;
+        if w.n[1].r.disk() != DiskState::UpToDate {
+            // Outdated or mid-resync: it must refuse, and the old primary's return heals it.
+            assert!(matches!(
+                w.n[1].r.promote(now, false),
+                Err(ReplicaError::DiskState(_))
+            ));
+            SKIPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            w.n[0].auto_io = true;
+            w.n[1].auto_io = true;
+            w.auto_net = true;
+            w.reconnect();
+            w.advance(Duration::from_millis(200));
+            assert!(
+                w.disks_equal(),
+                "seed {seed}: disks differ after the primary's return"
+            );
+            return o.acked.len();
+        }
         assert_eq!(w.n[1].r.promote(now, false), Err(ReplicaError::NeedFencing));
         w.n[1].r.handle_fence_result(now, FenceOutcome::PeerFenced);
         w.n[1].r.promote(now, false).unwrap();
@@ -161,9 +197,14 @@ fn run_seed(seed: u64) -> usize {
         o.check(&w.n[0].disk, "old primary after resync");
     } else {
         // The secondary dies; the primary freezes, fences it, resumes.
+        // Freezing happens when a replicating link is lost (not a handshake that never finished).
+        let was_linked = !matches!(
+            w.n[0].r.conn(),
+            ConnState::WfConnection | ConnState::WfReportParams | ConnState::StandAlone
+        );
         w.crash(1, proto_cfg(2), seed + 200);
         let now = w.now;
-        assert!(w.n[0].r.status().frozen);
+        assert_eq!(w.n[0].r.status().frozen, was_linked);
         w.n[0].r.handle_fence_result(now, FenceOutcome::PeerFenced);
         w.settle();
         while w.n[0].complete_io(w.now) {
