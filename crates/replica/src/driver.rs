@@ -463,12 +463,17 @@ impl Task {
                 let tx = net_tx.clone();
                 let reader = tokio::spawn(async move {
                     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+                    let mut start = 0usize;
                     let mut chunk = vec![0u8; 256 * 1024];
                     loop {
                         loop {
-                            match Msg::decode(&buf) {
+                            match Msg::decode(&buf[start..]) {
                                 Ok(Some((m, used))) => {
-                                    buf.drain(..used);
+                                    start += used;
+                                    if start == buf.len() {
+                                        buf.clear();
+                                        start = 0;
+                                    }
                                     if tx.send(Net::Msg(id, m)).is_err() {
                                         return;
                                     }
@@ -486,7 +491,14 @@ impl Task {
                                 let _ = tx.send(Net::Down(id));
                                 return;
                             }
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            Ok(n) => {
+                                if start > 0 {
+                                    // Drop consumed frames before growing (one move per read).
+                                    buf.drain(..start);
+                                    start = 0;
+                                }
+                                buf.extend_from_slice(&chunk[..n]);
+                            }
                         }
                     }
                 });
