@@ -76,6 +76,7 @@ enum Cmd {
     Promote(bool, oneshot::Sender<Result<(), ReplicaError>>),
     Demote(oneshot::Sender<Result<(), ReplicaError>>),
     Verify(oneshot::Sender<Result<(), ReplicaError>>),
+    Outdate(oneshot::Sender<Result<(), ReplicaError>>),
     Status(oneshot::Sender<Status>),
     Fence(FenceOutcome),
     DiscardMyData,
@@ -186,6 +187,10 @@ impl Volume {
     /// Start an online verify.
     pub async fn verify(&self) -> Result<(), ReplicaError> {
         self.ask(Cmd::Verify).await.unwrap_or(Err(gone()))
+    }
+    /// Mark the local disk Outdated (what the peer's fence handler asks of a live secondary).
+    pub async fn outdate(&self) -> Result<(), ReplicaError> {
+        self.ask(Cmd::Outdate).await.unwrap_or(Err(gone()))
     }
     /// Status snapshot (`None` if the volume task ended).
     pub async fn status(&self) -> Option<Status> {
@@ -359,6 +364,9 @@ impl Task {
             }
             Cmd::Verify(reply) => {
                 let _ = reply.send(self.r.start_verify(now));
+            }
+            Cmd::Outdate(reply) => {
+                let _ = reply.send(self.r.outdate());
             }
             Cmd::Status(reply) => {
                 let _ = reply.send(self.r.status());

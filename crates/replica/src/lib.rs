@@ -1,6 +1,20 @@
 //! Replicated block storage (DRBD's role) as a sans-IO state machine: roles, protocols A/B/C,
 //! metadata (generation identifiers, dirty bitmap, activity log), resync, online verify, split-brain
 //! detection and resolution, and the resource-and-stonith freeze.
+//!
+//! Layers:
+//! - [`engine::Replica`]: the sans-IO engine of one volume on one node (inputs `handle_*(now, ..)`,
+//!   outputs [`Action`]s and [`Event`]s, `poll_deadline`).
+//! - [`gen`], [`bitmap`], [`meta`], [`msg`]: generation identifiers and the handshake decision,
+//!   the dirty bitmap, on-disk metadata, and the wire codec.
+//! - [`driver::Volume`]: tokio driver (backing file, metadata file, TCP link to the peer; the lower
+//!   node id dials). [`driver::ReplicaBackend`] plugs a volume into the `nbd` server.
+//! - [`bench`]: `quorate bench replica`.
+//!
+//! Wiring for the `quorate` binary: `create_metadata` (`replica create-md`), `Volume::start` +
+//! `connect`, `promote`/`demote` (the rgmanager `replica` resource), `VolumeEvent::FencePeer` →
+//! run fencing → `Volume::fence_result`, `Volume::status()` (`Display` for humans, `Serialize` for
+//! `--json`), `discard_my_data` + `connect` (split-brain victim), `verify`.
 
 pub mod bench;
 pub mod bitmap;
