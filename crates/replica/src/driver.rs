@@ -43,16 +43,29 @@ pub fn create_metadata(path: &std::path::Path, size: u64, granularity: u32) -> i
     write_meta(path, &m)
 }
 
+/// Writes metadata atomically: a temporary file is synced and renamed over the old one, so a crash
+/// leaves either the old or the new metadata, never a torn mix.
 fn write_meta(path: &std::path::Path, m: &Metadata) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let f = OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(false)
-        .open(path)?;
-    let b = m.encode();
-    f.write_all_at(&b, 0)?;
-    f.set_len(b.len() as u64)?;
-    f.sync_data()
+        .truncate(true)
+        .open(&tmp)?;
+    f.write_all_at(&m.encode(), 0)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            dir
+        };
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// What the volume tells its owner.
