@@ -263,10 +263,12 @@ pub(crate) async fn run(r: &mut Runner<'_>, step: &ResourceStep, op: Op) -> Resu
                 match out.code {
                     Some(0) | Some(1) => {}
                     c => {
+                        let said = format!("{} {}", out.stdout.trim(), out.stderr.trim());
                         return Err(StepError::Failed(format!(
-                            "fs {name}: fsck -p {devs} exited {}: repair it by hand (fsck {devs})",
-                            c.unwrap_or(-1)
-                        )))
+                            "fs {name}: fsck -p {devs} exited {} ({}): repair it by hand (fsck {devs})",
+                            c.unwrap_or(-1),
+                            said.trim().lines().last().unwrap_or("")
+                        )));
                     }
                 }
             }

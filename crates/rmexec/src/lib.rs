@@ -31,7 +31,8 @@
 //! Timeouts: start 60 s, stop 60 s, status/monitor 20 s, overridden per
 //! resource with the attributes `__start_timeout`, `__stop_timeout` and
 //! `__status_timeout` (alias `__monitor_timeout`), in seconds or with a unit
-//! (`500ms`, `30s`, `2m`, `1h`). An agent that hangs past its timeout has its
+//! (`500ms`, `30s`, `2m`, `1h`); [`fold_action_timeouts`] turns rgmanager's
+//! `<action name timeout>` elements into these attributes. An agent that hangs past its timeout has its
 //! whole process group killed and counts as failed. Attributes starting with
 //! `__` are never passed to agents.
 //!
@@ -39,7 +40,11 @@
 //! command (`ip`, `arping`, LSB scripts, OCF agents) in `ip netns exec NAME`.
 //! Filesystem commands (`mount`, `umount`, `fsck`, `fuser`) always run in the
 //! executor's own mount namespace, because `ip netns exec` gives its child a
-//! private mount namespace where a mount would vanish on exit.
+//! private mount namespace where a mount would vanish on exit. That private
+//! copy also holds every filesystem mounted when it was made; where `/` is a
+//! shared mount (systemd's default) later unmounts propagate into it, but where
+//! `/` is private (some containers) a long-lived process started in the
+//! namespace keeps such a filesystem busy after its unmount.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -57,5 +62,6 @@ pub use exec::{
     DEFAULT_RGMANAGER_DIR,
 };
 pub use timeout::{
-    op_timeout, parse_duration, DEFAULT_START_TIMEOUT, DEFAULT_STATUS_TIMEOUT, DEFAULT_STOP_TIMEOUT,
+    fold_action_timeouts, op_timeout, parse_duration, DEFAULT_START_TIMEOUT,
+    DEFAULT_STATUS_TIMEOUT, DEFAULT_STOP_TIMEOUT,
 };

@@ -50,6 +50,42 @@ pub fn op_timeout(attrs: &BTreeMap<String, String>, op: Op) -> Result<Duration, 
     Ok(default)
 }
 
+/// Folds rgmanager `<action name="start|stop|status|monitor" timeout="..." [depth]/>`
+/// overrides (as the config crate keeps them, one attribute map per element) into
+/// the `__start_timeout`, `__stop_timeout` and `__status_timeout` attributes the
+/// executor reads. Attributes already set win; for status the depth-0 (or `*`,
+/// or undepthed) entry wins, since the executor checks at level 0.
+pub fn fold_action_timeouts(
+    attrs: &mut BTreeMap<String, String>,
+    actions: &[BTreeMap<String, String>],
+) {
+    let mut picked: BTreeMap<&str, (bool, &str)> = BTreeMap::new();
+    for a in actions {
+        let (Some(name), Some(t)) = (a.get("name"), a.get("timeout")) else {
+            continue;
+        };
+        let key = match name.as_str() {
+            "start" => "__start_timeout",
+            "stop" => "__stop_timeout",
+            "status" | "monitor" => "__status_timeout",
+            _ => continue,
+        };
+        let level0 = a.get("depth").is_none_or(|d| d == "0" || d == "*");
+        match picked.get(key) {
+            Some((true, _)) => {}
+            Some((false, _)) if !level0 => {}
+            _ => {
+                picked.insert(key, (level0, t.as_str()));
+            }
+        }
+    }
+    for (k, (_, t)) in picked {
+        if !(k == "__status_timeout" && attrs.contains_key("__monitor_timeout")) {
+            attrs.entry(k.to_string()).or_insert_with(|| t.to_string());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +118,29 @@ mod tests {
         a.insert("__start_timeout".to_string(), "soon".to_string());
         let e = op_timeout(&a, Op::Start).unwrap_err().to_string();
         assert!(e.contains("__start_timeout") && e.contains("500ms"), "{e}");
+    }
+
+    #[test]
+    fn folds_action_elements() {
+        let act = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let actions = vec![
+            act(&[("name", "status"), ("depth", "20"), ("timeout", "90")]),
+            act(&[("name", "status"), ("depth", "0"), ("timeout", "15")]),
+            act(&[("name", "start"), ("timeout", "2m")]),
+            act(&[("name", "stop"), ("timeout", "30")]),
+            act(&[("name", "migrate"), ("timeout", "600")]),
+            act(&[("name", "start")]),
+        ];
+        let mut a = BTreeMap::new();
+        a.insert("__stop_timeout".to_string(), "5".to_string());
+        fold_action_timeouts(&mut a, &actions);
+        assert_eq!(op_timeout(&a, Op::Start).unwrap(), Duration::from_secs(120));
+        assert_eq!(op_timeout(&a, Op::Stop).unwrap(), Duration::from_secs(5));
+        assert_eq!(op_timeout(&a, Op::Status).unwrap(), Duration::from_secs(15));
+        assert_eq!(a.len(), 3);
     }
 }
