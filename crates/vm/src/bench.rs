@@ -109,6 +109,7 @@ pub async fn run(
             downtime_limit_ms: 100,
             max_bandwidth: 1 << 30,
             timeout_ms: 60_000,
+            connect_timeout_ms: 0,
             mode: MigrationMode::Live,
         };
         let last = serial_counters(&src.def().serial_log)

@@ -159,6 +159,10 @@ pub struct MigrationSettings {
     pub max_bandwidth: u64,
     /// Give up (and keep the guest on the source) after this many ms.
     pub timeout_ms: u64,
+    /// How long the source keeps retrying while the target's port refuses
+    /// connections (the target is still starting its incoming QEMU), in ms.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
     /// Live or pause.
     pub mode: MigrationMode,
 }
@@ -171,9 +175,14 @@ impl Default for MigrationSettings {
             downtime_limit_ms: 300,
             max_bandwidth: 1 << 30,
             timeout_ms: 120_000,
+            connect_timeout_ms: default_connect_timeout_ms(),
             mode: MigrationMode::Live,
         }
     }
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    30_000
 }
 
 /// Everything needed to run one guest on one node.

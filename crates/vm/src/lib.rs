@@ -5,24 +5,31 @@
 //! * [`detect_accel`] / [`HostProbe`]: KVM only where it really works, TCG otherwise, with the reason.
 //! * [`Guest`]: a running QEMU process driven over QMP: start, adopt, status, stop,
 //!   live or paused migration ([`Guest::migrate_to`], [`Guest::start_incoming`]).
+//! * [`VmManager`] ([`resource`]): the `<vm>` resource handler the node daemon calls
+//!   (start/adopt, stop, status, prepare_incoming, migrate_out), fed with the `<vm>`
+//!   element's attributes ([`GuestDef::from_attrs`]).
 //! * [`TinyGuest`]: the counter-writing test guest of `scripts/guest/`; [`bench`] measures it.
 #![warn(missing_docs)]
 
 mod accel;
 mod argv;
+mod attrs;
 pub mod bench;
 mod def;
 mod driver;
 mod proc;
+pub mod resource;
 mod tiny;
 
 pub use accel::{detect_accel, Accel, AccelChoice, HostProbe};
 pub use argv::{build_argv, Launch, QEMU_BINARY};
+pub use attrs::ParsedVm;
 pub use def::{
     AccelMode, CacheMode, DirectKernel, Disk, DiskFormat, DiskSource, GuestDef, MigrationMode,
     MigrationSettings, Network, OnPanic,
 };
 pub use driver::{Guest, GuestState, GuestStatus, MigrationProgress, MigrationStats, StopOutcome};
+pub use resource::{StartOutcome, VmAttrs, VmManager};
 pub use tiny::{blank_disk, serial_counters, serial_resumed, supports_direct_io, TinyGuest};
 
 /// Errors of guest definition, start, stop and migration.

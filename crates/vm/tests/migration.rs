@@ -16,6 +16,7 @@ fn settings(mode: MigrationMode) -> MigrationSettings {
         downtime_limit_ms: 100,
         max_bandwidth: 1 << 30,
         timeout_ms: 120_000,
+        connect_timeout_ms: 0,
         mode,
     }
 }

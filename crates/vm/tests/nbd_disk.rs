@@ -76,6 +76,7 @@ async fn nbd_backed_guest_survives_crash_and_migrates() {
         downtime_limit_ms: 100,
         max_bandwidth: 1 << 30,
         timeout_ms: 60_000,
+        connect_timeout_ms: 0,
         mode: MigrationMode::Live,
     };
     let (mut dst, stats) = src

@@ -137,6 +137,7 @@ async fn live_migration_between_namespaces_with_a_bridged_nic() {
         downtime_limit_ms: 100,
         max_bandwidth: 1 << 30,
         timeout_ms: 60_000,
+        connect_timeout_ms: 0,
         mode: MigrationMode::Live,
     };
     let stats = src

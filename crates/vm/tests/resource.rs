@@ -1,0 +1,203 @@
+//! The `<vm>` resource handler (`VmManager`) with real QEMU and the tiny guest,
+//! driven by `<vm>`-style attribute maps as the node daemon passes them.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use vm::{GuestState, StartOutcome, StopOutcome, VmError, VmManager};
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// `<vm name=NAME memory="128" kernel=... initrd=... append=... disk=... .../>`
+fn vm_attrs(name: &str, disk: &Path, port: u16) -> BTreeMap<String, String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let t = vm::TinyGuest::build(
+        &repo.join("scripts/guest/build-tiny-guest.sh"),
+        &tiny_guest(),
+    )
+    .unwrap();
+    let cache = if vm::supports_direct_io(disk) {
+        "none"
+    } else {
+        "writeback"
+    };
+    [
+        ("name", name.to_string()),
+        ("memory", "128".into()),
+        ("vcpus", "1".into()),
+        ("kernel", t.kernel.display().to_string()),
+        ("initrd", t.initrd.display().to_string()),
+        ("append", t.cmdline.clone()),
+        ("disk", disk.display().to_string()),
+        ("disk_format", "raw".into()),
+        ("disk_cache", cache.into()),
+        ("network", "none".into()),
+        ("migration_port", port.to_string()),
+        ("downtime_ms", "100".into()),
+        ("bandwidth", "1G".into()),
+        ("stop_timeout", "15".into()),
+        // What rgmanager reads; the vm handler ignores it.
+        ("recovery", "relocate".into()),
+        ("domain", "d1".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+fn pid_of(m: &VmManager, attrs: &BTreeMap<String, String>) -> Option<i32> {
+    vm::Guest::running_pid(&m.guest_def(attrs).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_adopt_crash_restart_and_stop_through_the_manager() {
+    let dir = test_dir("res-life");
+    let disk = blank_disk(&dir);
+    let run = dir.join("run");
+    let attrs = vm_attrs("rg1", &disk, free_port());
+    let _reaper = Reaper(vec![run.join("rg1.pid")]);
+    let serial = run.join("rg1.serial");
+
+    let m = VmManager::new(&run);
+    assert!(m
+        .status(&attrs)
+        .await
+        .unwrap_err()
+        .contains("not running on this node"));
+    assert_eq!(m.stop(&attrs).await.unwrap(), StopOutcome::AlreadyDead);
+    assert_eq!(m.start(&attrs).await.unwrap(), StartOutcome::Started);
+    let st = m.status(&attrs).await.expect("running");
+    assert_eq!(st.state, GuestState::Running);
+    assert!(!st.accel.reason.is_empty());
+    eprintln!("vm-measure: manager guest runs on {}", st.accel.reason);
+    wait_counter_above(&serial, 2, Duration::from_secs(60));
+    assert_eq!(m.start(&attrs).await.unwrap(), StartOutcome::AlreadyRunning);
+    let pid = st.pid;
+
+    // A daemon restart: a new manager adopts the running QEMU, never starts a second.
+    drop(m);
+    let m = VmManager::new(&run);
+    assert_eq!(m.start(&attrs).await.unwrap(), StartOutcome::Adopted);
+    assert_eq!(pid_of(&m, &attrs), Some(pid));
+    drop(m);
+    let m = VmManager::new(&run);
+    assert_eq!(m.status(&attrs).await.expect("adopted by status").pid, pid);
+
+    // A crash is a failed resource; start brings the guest back with its disk.
+    let before = counters(&serial).last().copied().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t = Instant::now();
+    let err = loop {
+        match m.status(&attrs).await {
+            Err(e) => break e,
+            Ok(_) => assert!(t.elapsed() < Duration::from_secs(5), "kill not noticed"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(err.contains("gone"), "{err}");
+    assert_eq!(m.start(&attrs).await.unwrap(), StartOutcome::Started);
+    assert_ne!(pid_of(&m, &attrs), Some(pid));
+    wait_counter_above(&serial, before, Duration::from_secs(60));
+    assert!(resumed(&serial).last().copied().unwrap() >= 1);
+
+    assert_eq!(m.stop(&attrs).await.unwrap(), StopOutcome::PoweredOff);
+    assert!(pid_of(&m, &attrs).is_none());
+    assert!(m.status(&attrs).await.is_err());
+    assert_eq!(m.stop(&attrs).await.unwrap(), StopOutcome::AlreadyDead);
+
+    // A bad attribute is a clear error before anything starts.
+    let mut bad = attrs.clone();
+    bad.insert("memory".into(), "lots".into());
+    let e = m.start(&bad).await.unwrap_err().to_string();
+    assert!(e.contains("memory=\"lots\""), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_between_two_managers_and_to_an_unprepared_target() {
+    let dir = test_dir("res-mig");
+    let disk = blank_disk(&dir);
+    let (run_a, run_b) = (dir.join("a"), dir.join("b"));
+    let attrs = vm_attrs("rg2", &disk, free_port());
+    let _reaper = Reaper(vec![run_a.join("rg2.pid"), run_b.join("rg2.pid")]);
+    let (serial_a, serial_b) = (run_a.join("rg2.serial"), run_b.join("rg2.serial"));
+    let a = VmManager::new(&run_a);
+    let b = VmManager::new(&run_b);
+    assert_eq!(a.start(&attrs).await.unwrap(), StartOutcome::Started);
+    wait_counter_above(&serial_a, 3, Duration::from_secs(60));
+
+    // 1. Nobody prepares the target: retried until the connect timeout, then an
+    //    error that says the guest keeps running here.
+    let mut quick = attrs.clone();
+    quick.insert("migration_connect_timeout".into(), "1500ms".into());
+    let t = Instant::now();
+    let e = a.migrate_out(&quick, LOOPBACK, |_| {}).await.unwrap_err();
+    assert!(
+        t.elapsed() >= Duration::from_millis(1400),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(matches!(e, VmError::Migration { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("keeps running on the source") && msg.contains("prepare_incoming"),
+        "{msg}"
+    );
+    assert_eq!(a.status(&attrs).await.unwrap().state, GuestState::Running);
+    let c = counters(&serial_a).last().copied().unwrap();
+    wait_counter_above(&serial_a, c + 1, Duration::from_secs(20));
+
+    // 2. The target is prepared late (its daemon reacts after the source started):
+    //    the source retries until it listens; both prepares succeed (idempotent).
+    assert!(pid_of(&a, &attrs).is_some());
+    let mut polls = 0u32;
+    let prepare = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        b.prepare_incoming(&attrs, LOOPBACK).await.expect("prepare");
+        let st = b.status(&attrs).await.expect("incoming status ok");
+        assert_eq!(st.state, GuestState::Migrating);
+        b.prepare_incoming(&attrs, LOOPBACK)
+            .await
+            .expect("prepare again");
+    };
+    let (res, ()) = tokio::join!(a.migrate_out(&attrs, LOOPBACK, |_| polls += 1), prepare);
+    let stats = res.expect("migration");
+    eprintln!(
+        "vm-measure: manager migration total {} ms, downtime {} ms, wall incl. late prepare {} ms",
+        stats.total_time_ms, stats.downtime_ms, stats.wall_ms
+    );
+    assert!(polls >= 1 && stats.transferred_bytes > 0);
+    let last_a = counters(&serial_a).last().copied().unwrap_or(0);
+    let st = b
+        .wait_running(&attrs, Duration::from_secs(30))
+        .await
+        .expect("target runs");
+    assert_eq!(st.state, GuestState::Running);
+    assert!(pid_of(&a, &attrs).is_none(), "source QEMU must be gone");
+    assert!(a.status(&attrs).await.is_err());
+    wait_counter_above(&serial_b, last_a + 3, Duration::from_secs(30));
+    assert_eq!(b.status(&attrs).await.unwrap().state, GuestState::Running);
+
+    // The running node cannot also be a target; an idle incoming instance stops with quit.
+    let e = b
+        .prepare_incoming(&attrs, LOOPBACK)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already runs on this node"), "{e}");
+    let mut other_port = attrs.clone();
+    other_port.insert("migration_port".into(), free_port().to_string());
+    a.prepare_incoming(&other_port, LOOPBACK)
+        .await
+        .expect("prepare on a");
+    assert_eq!(a.stop(&other_port).await.unwrap(), StopOutcome::Quit);
+    assert!(pid_of(&a, &attrs).is_none());
+
+    assert_eq!(b.stop(&attrs).await.unwrap(), StopOutcome::PoweredOff);
+    let _ = std::fs::remove_dir_all(&dir);
+}
