@@ -3,7 +3,7 @@
 use crate::cmd::{CmdLog, Runner};
 use crate::{fs, ip, ocf, script};
 use base::NodeId;
-use rm::{Action, MigrateMode, Outcome, ResourceStep, ServiceKind};
+use rm::{Action, MigrateMode, OpId, Outcome, Report, ResourceStep, ServiceKind};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -144,6 +144,8 @@ impl ExecResult {
 pub struct ActionReport {
     /// The service.
     pub service: String,
+    /// The action's op id (quote it in the [`rm::Report`]).
+    pub op: OpId,
     /// The result.
     pub result: ExecResult,
     /// Each resource operation run (for a failed start: the failed one, then the rollback stops).
@@ -156,6 +158,17 @@ impl ActionReport {
     /// The outcome to report to the scheduler (`None` when a status check passed).
     pub fn outcome(&self) -> Option<Outcome> {
         self.result.outcome()
+    }
+
+    /// The [`rm::Report`] to send through totem for node `node` (this one), or
+    /// `None` when a status check passed.
+    pub fn report(&self, node: NodeId) -> Option<Report> {
+        Some(Report {
+            node,
+            service: self.service.clone(),
+            op: self.op,
+            outcome: self.outcome()?,
+        })
     }
 
     /// The first error, for a one-line reason.
@@ -285,6 +298,12 @@ impl Executor {
     pub async fn run(&self, action: &Action) -> ActionReport {
         let started = Instant::now();
         let service = action.service().to_string();
+        let op = match action {
+            Action::StartService { op, .. }
+            | Action::StopService { op, .. }
+            | Action::StatusCheck { op, .. }
+            | Action::Migrate { op, .. } => *op,
+        };
         let (result, steps) = match action {
             Action::StartService {
                 kind, resources, ..
@@ -308,6 +327,7 @@ impl Executor {
         };
         let report = ActionReport {
             service,
+            op,
             result,
             steps,
             elapsed_ms: started.elapsed().as_millis() as u64,
