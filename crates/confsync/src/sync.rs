@@ -361,7 +361,10 @@ pub struct ConfigSync {
     phase: Phase,
     members: BTreeMap<NodeId, Member>,
     cluster: Option<(u64, ConfigHash)>,
-    transfer_from: Option<NodeId>,
+    /// The transfer this membership expects: sender, version, hash (fixed once all announced).
+    transfer: Option<(NodeId, u64, ConfigHash)>,
+    /// A transfer that completed before this node's quorum view allowed a decision.
+    early: Option<(NodeId, Assembly, Checked)>,
     assemblies: BTreeMap<(NodeId, bool), Assembly>,
     next_ticket: u64,
     pending: Option<(PushTicket, u64)>,
@@ -387,6 +390,11 @@ pub enum StartError {
     )]
     TooLarge(usize),
 }
+
+/// A reassembled text after its checks: the text and its model, or why it was rejected.
+type Checked = Result<(String, ClusterConf), String>;
+/// The winning (version, hash) and its lowest-numbered holder.
+type Winner = (u64, ConfigHash, NodeId);
 
 fn parse_checked(text: &str) -> Result<ClusterConf, Vec<Diagnostic>> {
     let p = config::parse("cluster.conf", text);
@@ -421,7 +429,8 @@ impl ConfigSync {
             phase: Phase::Starting,
             members: BTreeMap::new(),
             cluster: None,
-            transfer_from: None,
+            transfer: None,
+            early: None,
             assemblies: BTreeMap::new(),
             next_ticket: 1,
             pending: None,
@@ -489,7 +498,8 @@ impl ConfigSync {
             })
             .collect();
         self.assemblies.clear();
-        self.transfer_from = None;
+        self.transfer = None;
+        self.early = None;
         self.cluster = None;
         self.outbox.clear();
         if !self.members.contains_key(&self.me) {
@@ -730,6 +740,7 @@ impl ConfigSync {
             Phase::Collecting => {
                 m.state = MemberState::Announced;
                 if self.members.values().all(|m| m.ann.is_some()) {
+                    self.transfer = self.plan_transfer();
                     if self.quorate {
                         self.decide(now);
                     } else {
@@ -757,8 +768,9 @@ impl ConfigSync {
         }
     }
 
-    /// All members announced and the partition is quorate: pick the cluster's config.
-    fn decide(&mut self, now: Instant) {
+    /// The winner among the announcements: Ok((version, hash, lowest holder)) or the
+    /// conflicting holders. A pure function of the ordered announcements.
+    fn winner(&self) -> Option<Result<Winner, Vec<(NodeId, ConfigHash)>>> {
         let anns: Vec<(NodeId, Announce)> = self
             .members
             .iter()
@@ -769,46 +781,77 @@ impl ConfigSync {
             .iter()
             .filter(|(_, a)| a.agreed || !any_agreed)
             .collect();
-        let Some(top) = candidates.iter().map(|(_, a)| a.version).max() else {
-            return;
-        };
+        let top = candidates.iter().map(|(_, a)| a.version).max()?;
         let holders: Vec<(NodeId, ConfigHash)> = candidates
             .iter()
             .filter(|(_, a)| a.version == top)
             .map(|(n, a)| (*n, a.hash))
             .collect();
-        let first = holders[0].1;
+        let (sender, first) = holders[0];
         if holders.iter().any(|(_, h)| *h != first) {
-            self.phase = Phase::Conflict;
-            for (n, _) in &holders {
-                if let Some(m) = self.members.get_mut(n) {
-                    m.state = MemberState::Conflict;
-                }
-            }
-            let list = holders
-                .iter()
-                .map(|(n, h)| format!("node {n} has {}", h.short()))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let message = format!(
-                "CONFIG CONFLICT: members hold different files under config_version {top} ({list}); \
-                 every node keeps running its own config and nothing is changed. Pick the right file, \
-                 set config_version to {} and push it with quorate config push from a quorate node",
-                top + 1
-            );
-            tracing::error!("{message}");
-            self.problem = Some(message.clone());
-            self.emit(Event::Conflict {
-                version: top,
-                holders,
-                message,
-            });
-            return;
+            return Some(Err(holders));
         }
+        Some(Ok((top, first, sender)))
+    }
+
+    /// Which transfer the members expect once all announced (whatever each one's quorum
+    /// view at that point: a joining node may learn quorum later than the old members,
+    /// and must not miss the text the sender sends meanwhile).
+    fn plan_transfer(&self) -> Option<(NodeId, u64, ConfigHash)> {
+        let (top, hash, sender) = self.winner()?.ok()?;
+        let any_stale = self
+            .members
+            .values()
+            .any(|m| m.ann.is_some_and(|a| a.version < top));
+        any_stale.then_some((sender, top, hash))
+    }
+
+    /// All members announced and the partition is quorate: pick the cluster's config.
+    fn decide(&mut self, now: Instant) {
+        let anns: Vec<(NodeId, Announce)> = self
+            .members
+            .iter()
+            .filter_map(|(n, m)| m.ann.map(|a| (*n, a)))
+            .collect();
+        let (top, first, sender) = match self.winner() {
+            None => return,
+            Some(Ok(w)) => w,
+            Some(Err(holders)) => {
+                let top = holders
+                    .first()
+                    .and_then(|(n, _)| self.members.get(n))
+                    .and_then(|m| m.ann)
+                    .map_or(0, |a| a.version);
+                self.phase = Phase::Conflict;
+                for (n, _) in &holders {
+                    if let Some(m) = self.members.get_mut(n) {
+                        m.state = MemberState::Conflict;
+                    }
+                }
+                let list = holders
+                    .iter()
+                    .map(|(n, h)| format!("node {n} has {}", h.short()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let message = format!(
+                    "CONFIG CONFLICT: members hold different files under config_version {top} ({list}); \
+                     every node keeps running its own config and nothing is changed. Pick the right file, \
+                     set config_version to {} and push it with quorate config push from a quorate node",
+                    top + 1
+                );
+                tracing::error!("{message}");
+                self.problem = Some(message.clone());
+                self.emit(Event::Conflict {
+                    version: top,
+                    holders,
+                    message,
+                });
+                return;
+            }
+        };
         let winner = (top, first);
         self.cluster = Some(winner);
         self.phase = Phase::Synced;
-        let sender = holders[0].0; // lowest id: members iterate in order
         let mut stale = Vec::new();
         let mut refused = Vec::new();
         let mut refusal_events = Vec::new();
@@ -886,15 +929,14 @@ impl ConfigSync {
             Some(MemberState::RefusedNewer | MemberState::RefusedConflict) => self.agreed = false,
             _ => {}
         }
-        if !stale.is_empty() {
-            self.transfer_from = Some(sender);
-            if sender == self.me {
-                for c in split_text(ring, ChunkKind::Transfer, top, first, self.text.as_bytes()) {
-                    self.send(ConfSyncMsg::Chunk(c));
-                }
+        if !stale.is_empty() && sender == self.me {
+            for c in split_text(ring, ChunkKind::Transfer, top, first, self.text.as_bytes()) {
+                self.send(ConfSyncMsg::Chunk(c));
             }
         }
-        let _ = now;
+        if let Some((from, a, checked)) = self.early.take() {
+            self.on_transfer(now, from, a, checked);
+        }
     }
 
     fn on_chunk(&mut self, now: Instant, from: NodeId, c: TextChunk) {
@@ -906,9 +948,8 @@ impl ConfigSync {
         }
         let is_push = matches!(c.kind, ChunkKind::Push { .. });
         if !is_push {
-            let expected = self.transfer_from == Some(from)
-                && self.cluster.map(|x| (x.0, x.1)) == Some((c.version, c.hash))
-                && self.phase == Phase::Synced;
+            let expected = self.transfer == Some((from, c.version, c.hash))
+                && matches!(self.phase, Phase::Synced | Phase::WaitingForQuorum);
             if !expected {
                 return self.ignore("transfer not expected", from);
             }
@@ -957,18 +998,15 @@ impl ConfigSync {
         let checked = check_text(&a, &self.conf.name);
         match c.kind {
             ChunkKind::Push { ticket } => self.on_push(now, from, PushTicket(ticket), a, checked),
+            ChunkKind::Transfer if self.phase == Phase::WaitingForQuorum => {
+                self.early = Some((from, a, checked));
+            }
             ChunkKind::Transfer => self.on_transfer(now, from, a, checked),
         }
     }
 
-    fn on_transfer(
-        &mut self,
-        now: Instant,
-        from: NodeId,
-        a: Assembly,
-        checked: Result<(String, ClusterConf), String>,
-    ) {
-        self.transfer_from = None;
+    fn on_transfer(&mut self, now: Instant, from: NodeId, a: Assembly, checked: Checked) {
+        self.transfer = None;
         let stale: Vec<NodeId> = self
             .members
             .iter()
@@ -1017,7 +1055,7 @@ impl ConfigSync {
         from: NodeId,
         ticket: PushTicket,
         a: Assembly,
-        checked: Result<(String, ClusterConf), String>,
+        checked: Checked,
     ) {
         let mine = from == self.me && self.pending.map(|p| p.0) == Some(ticket);
         if mine {
@@ -1055,7 +1093,8 @@ impl ConfigSync {
                 let ring = self.ring.unwrap_or(0);
                 self.cluster = Some((version, a.hash));
                 self.phase = Phase::Synced;
-                self.transfer_from = None;
+                self.transfer = None;
+                self.early = None;
                 self.assemblies.retain(|(_, push), _| *push);
                 for m in self.members.values_mut() {
                     m.ann = Some(Announce {
@@ -1128,7 +1167,7 @@ impl ConfigSync {
 }
 
 /// Verifies a reassembled text: length, hash, UTF-8, validity, version and cluster name.
-fn check_text(a: &Assembly, cluster_name: &str) -> Result<(String, ClusterConf), String> {
+fn check_text(a: &Assembly, cluster_name: &str) -> Checked {
     if a.buf.len() != a.total_len as usize {
         return Err("length does not match".into());
     }

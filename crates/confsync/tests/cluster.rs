@@ -55,6 +55,11 @@ struct Cluster {
     late_quorum: bool,
     /// Partitions (by index) whose quorum is still to be reported.
     quorum_pending: Vec<usize>,
+    /// With `late_quorum`, only these nodes learn quorum late (None: all), as a joining
+    /// node does when the driver feeds the quorum core's view during its sync phase.
+    late_only: Option<Vec<NodeId>>,
+    /// The delivery round at whose start late quorum is reported.
+    quorum_round: usize,
 }
 
 impl Cluster {
@@ -82,6 +87,8 @@ impl Cluster {
             drop_transfers: false,
             late_quorum: false,
             quorum_pending: Vec::new(),
+            late_only: None,
+            quorum_round: 1,
         }
     }
 
@@ -109,7 +116,9 @@ impl Cluster {
                 r.core.handle_membership(now, ring, &members, &[]);
                 // Quorum drops with the membership (as the quorum core reports it),
                 // and is regained when the quorum core's exchange completes, before our messages.
-                r.core.handle_quorum(now, quorate && !self.late_quorum);
+                let late =
+                    self.late_quorum && self.late_only.as_ref().is_none_or(|l| l.contains(m));
+                r.core.handle_quorum(now, quorate && !late);
             }
             if quorate && self.late_quorum {
                 self.quorum_pending.push(index);
@@ -124,7 +133,7 @@ impl Cluster {
         for round in 0..10_000 {
             let mut moved = false;
             for (index, p) in self.partitions.clone().into_iter().enumerate() {
-                if round > 0 && self.quorum_pending.contains(&index) {
+                if round >= self.quorum_round && self.quorum_pending.contains(&index) {
                     // The quorum core's exchange completes at this point of the order.
                     self.quorum_pending.retain(|i| *i != index);
                     let now = self.now();
@@ -291,6 +300,30 @@ fn stale_node_joining_receives_the_newer_text_in_chunks() {
         let st = c.node(n).core.status();
         assert!(st.members.iter().all(|m| m.state == MemberState::InSync));
     }
+}
+
+#[test]
+fn joiner_that_learns_quorum_after_the_transfer_still_gets_the_text() {
+    let v1 = conf(1, 3, "", 0);
+    let mut c = three([v1.clone(), v1.clone(), v1.clone()]);
+    c.split(&[&[1, 2], &[3]]);
+    c.flush();
+    let v2 = conf(2, 3, "", 100 * 1024);
+    let now = c.now();
+    c.node_mut(2).core.push(now, v2.clone()).unwrap();
+    c.flush();
+    c.late_quorum = true;
+    c.late_only = Some(vec![id(3)]);
+    c.quorum_round = 8; // after the three chunks
+    c.split(&[&[1, 2, 3]]);
+    // Round 0 delivers the announcements; nodes 1 and 2 decide and node 1 starts the
+    // transfer while node 3 still waits for its quorum view.
+    c.flush();
+    assert_eq!(c.node(3).disk, v2);
+    assert!(c.node(3).core.in_sync());
+    let tables: Vec<_> = (1..=3).map(|n| c.node(n).core.status().members).collect();
+    assert!(tables.iter().all(|t| t == &tables[0]));
+    assert!(tables[0].iter().all(|m| m.state == MemberState::InSync));
 }
 
 #[test]
@@ -699,8 +732,9 @@ mod prop {
 
     #[derive(Debug, Clone)]
     enum Op {
-        /// Partition assignment for nodes 1..=4 (value = partition index); quorum late?
-        Split([u8; 4], bool),
+        /// Partition assignment for nodes 1..=4 (value = partition index); who learns
+        /// quorum late (0 nobody, 1 everyone, 2 even node ids); the round it arrives.
+        Split([u8; 4], u8, usize),
         /// Node pushes the highest version it knows + bump.
         Push(u32, u64),
         /// Node restarts from its on-disk file (edited to `Some(bump)` newer by hand).
@@ -711,7 +745,7 @@ mod prop {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (any::<[u8; 4]>(), any::<bool>()).prop_map(|(a, late)| Op::Split(a.map(|x| x % 3), late)),
+            3 => (any::<[u8; 4]>(), 0u8..3, 1usize..8).prop_map(|(a, late, round)| Op::Split(a.map(|x| x % 3), late, round)),
             4 => (1u32..=4, 1u64..3).prop_map(|(n, b)| Op::Push(n, b)),
             1 => (1u32..=4, proptest::option::weighted(0.3, 1u64..3)).prop_map(|(n, e)| Op::Restart(n, e)),
             4 => Just(Op::Flush),
@@ -770,8 +804,10 @@ mod prop {
             let mut serial = 0u64;
             for op in ops {
                 match op {
-                    Op::Split(assign, late) => {
-                        c.late_quorum = late;
+                    Op::Split(assign, late, round) => {
+                        c.late_quorum = late > 0;
+                        c.late_only = (late == 2).then(|| vec![id(2), id(4)]);
+                        c.quorum_round = round;
                         let mut parts: Vec<Vec<u32>> = vec![vec![]; 3];
                         for (i, p) in assign.iter().enumerate() {
                             parts[usize::from(*p)].push(i as u32 + 1);
