@@ -16,6 +16,30 @@
 //! `depend` (hard/soft), live migration of vms as the move of choice, clean
 //! leave, quorum loss stops everything in the inquorate partition, and a lost
 //! node's services are recovered only after it is fenced.
+//!
+//! # Driver contract
+//! 1. Send every [`Input`] through totem; feed each delivered one to
+//!    [`Scheduler::handle`] with the message's agreed timestamp. A
+//!    configuration change is one [`Input::Membership`] carrying the quorum
+//!    computed for it; [`Input::Quorum`] is for quorum changes without one.
+//! 2. After each call, run [`Scheduler::drain_actions`] (only this node's
+//!    work) through the agents and send each outcome back as
+//!    [`Input::Result`] quoting the action's op id. A status check reports
+//!    only failures. Stopping a vm also kills an incoming migration instance.
+//! 3. Call [`Scheduler::handle_timeout`] at [`Scheduler::poll_deadline`]
+//!    (local clock: status checks).
+//! 4. On the node [`Scheduler::tick_sender`] names, send [`Input::Tick`] once
+//!    [`Scheduler::recheck_due`] has passed (failed starts expire).
+//! 5. A joining node gets a member's [`Scheduler::snapshot`], taken just
+//!    before that member handles the Membership input that adds the joiner;
+//!    the joiner builds [`Scheduler::from_snapshot`] and handles that
+//!    Membership and every later input.
+//! 6. Clean shutdown: send [`Input::Leave`], wait until
+//!    [`Scheduler::ready_to_leave`] is true for the local node, then leave
+//!    totem; the others do not fence it.
+//! 7. Show [`Scheduler::view`] (clustat) and [`Scheduler::poll_event`] (the
+//!    log: why each move happened); answer a submitted [`Request`] with the
+//!    `Result` that `handle` returned for it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

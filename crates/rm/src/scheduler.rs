@@ -660,7 +660,9 @@ impl Scheduler {
         self.status_due.values().map(|(t, _)| *t).min()
     }
 
-    /// Local timer: queue the status checks that are due (local clock).
+    /// Local timer: queue the status checks that are due (local clock). A
+    /// check still queued (not drained) is not queued twice, so the action
+    /// queue holds at most one action per service per input plus one check.
     pub fn handle_timeout(&mut self, now: Instant) {
         let due: Vec<String> = self
             .status_due
@@ -675,12 +677,18 @@ impl Scheduler {
             let Some((_, op)) = self.status_due.get(&name).copied() else {
                 continue;
             };
-            self.actions.push_back(Action::StatusCheck {
-                service: name.clone(),
-                op,
-                kind: svc.spec.kind,
-                resources: start_order(&svc.spec.resources),
-            });
+            let queued = self
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::StatusCheck { service, .. } if *service == name));
+            if !queued {
+                self.actions.push_back(Action::StatusCheck {
+                    service: name.clone(),
+                    op,
+                    kind: svc.spec.kind,
+                    resources: start_order(&svc.spec.resources),
+                });
+            }
             let next = now + svc.spec.status_interval;
             self.status_due.insert(name, (next, op));
         }
@@ -1387,16 +1395,23 @@ impl Scheduler {
                             node: self.node_name(owner),
                         });
                     }
-                    svc.avoid.clear();
+                    // An operator relocation forgets failed starts, but a
+                    // refused request must change nothing.
+                    let saved = std::mem::take(&mut svc.avoid);
                     let to = match node {
-                        Some(n) => {
-                            self.check_target(svc, *n)?;
-                            *n
-                        }
-                        None => *self
+                        Some(n) => self.check_target(svc, *n).map(|()| *n),
+                        None => self
                             .candidates(svc, Some(owner))
                             .first()
-                            .ok_or(RequestError::NoOtherNode(name))?,
+                            .copied()
+                            .ok_or(RequestError::NoOtherNode(name)),
+                    };
+                    let to = match to {
+                        Ok(to) => to,
+                        Err(e) => {
+                            svc.avoid = saved;
+                            return Err(e);
+                        }
                     };
                     self.move_to(now, svc, to, "relocated by operator".into());
                     Ok(())
@@ -1543,9 +1558,11 @@ impl Scheduler {
                 return Some(Unfit::NotInDomain);
             }
         }
-        for (oname, o) in &self.st.services {
-            if o.occupies(node) && (svc.spec.exclusive || o.spec.exclusive) {
-                return Some(Unfit::Exclusive(oname.clone()));
+        if svc.spec.exclusive || self.st.services.values().any(|o| o.spec.exclusive) {
+            for (oname, o) in &self.st.services {
+                if o.occupies(node) && (svc.spec.exclusive || o.spec.exclusive) {
+                    return Some(Unfit::Exclusive(oname.clone()));
+                }
             }
         }
         if use_avoid && svc.avoid.contains_key(&node) {
@@ -1813,18 +1830,34 @@ impl Scheduler {
                 return;
             }
         }
+        let known = self.st.config.nodes.iter().any(|n| n.id == owner);
+        let in_domain = match &svc.spec.domain {
+            Some(d) if d.restricted => d.member(owner).is_some(),
+            _ => true,
+        };
+        let leaving = self.st.leaving.contains(&owner);
+        let fenced = self.st.needs_rejoin.contains(&owner);
+        if known && in_domain && !leaving && !fenced && !self.failback_pass {
+            // The common case, kept cheap: nothing can make it move now.
+            return;
+        }
         let oname = self.node_name(owner);
-        let must_leave = if self.st.leaving.contains(&owner) {
+        let must_leave = if leaving {
             Some(format!("{oname} is leaving the cluster"))
-        } else if self.st.needs_rejoin.contains(&owner) {
+        } else if fenced {
             Some(format!("{oname} was fenced"))
-        } else if matches!(self.unfit(svc, owner, false), Some(Unfit::NotInDomain)) {
+        } else if !known {
+            Some(format!("{oname} was removed from the configuration"))
+        } else if !in_domain {
             Some(format!(
                 "{oname} is no longer in its restricted failover domain"
             ))
         } else {
             None
         };
+        if must_leave.is_none() && svc.spec.domain.is_none() {
+            return;
+        }
         let best = self.candidates(svc, Some(owner)).first().copied();
         if let Some(cause) = must_leave {
             match best {

@@ -1031,3 +1031,60 @@ fn failed_starts_expire_and_a_tick_retries() {
     assert_eq!(h.svc("web").state, State::Started);
     assert!(h.s[0].recheck_due().is_none());
 }
+
+#[test]
+fn isolated_node_stops_its_services_and_starts_nothing() {
+    // Regression found by the simulator: a partitioned node must never act on
+    // a shrunken membership while still believing it is quorate.
+    let mut a = web();
+    a.name = "a".into();
+    let mut b = web();
+    b.name = "b".into();
+    b.domain = Some(domain(true, false, false, &[(2, 1)]));
+    let h = started_cluster(3, vec![a, b]);
+    let mut lone = h.s.into_iter().next().unwrap(); // node 1's replica
+    assert_eq!(lone.service("a").unwrap().owner, Some(n(1)));
+    assert_eq!(lone.service("b").unwrap().owner, Some(n(2)));
+    lone.handle(
+        Instant(10_000_000_000),
+        Input::Membership {
+            members: vec![n(1)],
+            quorate: false,
+        },
+    )
+    .unwrap();
+    let acts = lone.drain_actions();
+    assert!(
+        matches!(&acts[..], [Action::StopService { service, .. }] if service == "a"),
+        "{acts:?}"
+    );
+    assert_eq!(lone.service("b").unwrap().state, State::Recovering);
+}
+
+#[test]
+fn leaving_node_with_restricted_only_service_stops_it_then_is_ready() {
+    let mut s = web();
+    s.domain = Some(domain(false, true, false, &[(1, 1)]));
+    let mut h = started_cluster(2, vec![s]);
+    assert_eq!(h.svc("web").owner, Some(n(1)));
+    h.feed(Input::Leave { node: n(1) }).unwrap();
+    h.settle();
+    let v = h.svc("web");
+    assert_eq!(v.state, State::Stopped);
+    assert!(h.s[0].ready_to_leave(n(1)));
+    assert!(v.reason.contains("restricted"), "{}", v.reason);
+}
+
+#[test]
+fn config_change_moves_service_out_of_a_shrunken_restricted_domain() {
+    let mut s = web();
+    s.domain = Some(domain(true, true, false, &[(1, 1), (2, 2)]));
+    let mut h = started_cluster(2, vec![s]);
+    assert_eq!(h.svc("web").owner, Some(n(1)));
+    let mut cfg = h.s[0].config().clone();
+    cfg.config_version = 2;
+    cfg.services[0].domain = Some(domain(true, true, false, &[(2, 1)]));
+    h.feed(Input::Config(cfg)).unwrap();
+    h.settle();
+    assert_eq!(h.svc("web").owner, Some(n(2)));
+}

@@ -17,7 +17,7 @@
 //! undoes what operators did (unfreeze, disable failed, re-enable), every
 //! service whose domain has a live node runs, exactly where its owner says.
 //!
-//! `RM_SIM_SEEDS=N` runs N seeds (default 200), `RM_SIM_SEED=S` one seed,
+//! `RM_SIM_SEEDS=N` runs N seeds (default 100), `RM_SIM_SEED=S` one seed,
 //! `RM_SIM_K=K` sets the cluster size (default: 3 and 5 alternating).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use base::{DetRng, Duration, Instant, NodeId};
 use rm::{
     Action, ClusterSpec, DomainNode, DomainSpec, Input, MigrateMode, NodeSpec, Outcome, Recovery,
-    Report, Request, ResourceSpec, Scheduler, ServiceKind, ServiceSpec, State, View,
+    Report, Request, ResourceSpec, Scheduler, ServiceKind, ServiceSpec, Snapshot, State, View,
 };
 
 const MS: u64 = 1_000_000;
@@ -709,6 +709,10 @@ impl Sim {
                                     .fail("a node joined with nobody to copy state from".into())
                             }
                         };
+                        // Through JSON, as a real state transfer would go over the wire.
+                        let wire = serde_json::to_vec(&snap).expect("snapshot serializes");
+                        let snap: Snapshot =
+                            serde_json::from_slice(&wire).expect("snapshot parses");
                         self.nodes.get_mut(id).expect("node").replica =
                             Some(Scheduler::from_snapshot(*id, snap, self.now));
                     }
@@ -1147,7 +1151,7 @@ fn randomized_cluster_keeps_every_invariant() {
     let seeds: u64 = std::env::var("RM_SIM_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(100);
     let t0 = std::time::Instant::now();
     let mut total = Stats::default();
     for seed in 0..seeds {
