@@ -133,6 +133,16 @@ fn nbd_over_replica_failover_and_resync() {
     run(Command::new("nbdcopy")
         .arg(&src)
         .arg(format!("nbd://127.0.0.1:{}/r0", n1.nbd_port)));
+    // QEMU's block layer reads the same data back through the replica (qemu-img from qemu-utils).
+    require("qemu-img", "qemu-utils");
+    let whole = dir.join("whole.img");
+    let mut padded = img.clone();
+    padded.resize(SIZE as usize, 0);
+    std::fs::write(&whole, &padded).unwrap();
+    run(Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "raw"])
+        .arg(&whole)
+        .arg(format!("nbd://127.0.0.1:{}/r0", n1.nbd_port)));
     // Protocol C: every acknowledged block is on the secondary's disk already.
     let b = std::fs::read(dir.join("n2.img")).unwrap();
     assert!(
