@@ -352,6 +352,7 @@ struct AppWrite {
     peer_recv: bool,
     peer_done: bool,
     completed: bool,
+    sent_at: Instant,
 }
 
 #[derive(Debug)]
@@ -577,11 +578,8 @@ impl Replica {
                     .max(self.last_tx.0)
                     .saturating_add(self.cfg.ping_interval.0),
             )));
-            if let Some(w) = self.writes.values().find(|w| w.replicated && !w.peer_done) {
-                let _ = w;
-                min(Instant(
-                    self.last_rx.0.saturating_add(self.cfg.ack_timeout.0),
-                ));
+            if let Some(t) = self.oldest_unacked() {
+                min(Instant(t.0.saturating_add(self.cfg.ack_timeout.0)));
             }
             if self.wants_pump() {
                 min(self.next_token_time());
@@ -591,6 +589,14 @@ impl Replica {
             min(t);
         }
         d
+    }
+
+    fn oldest_unacked(&self) -> Option<Instant> {
+        // Sequence order is submission order, so the first unacknowledged write is the oldest.
+        self.writes
+            .values()
+            .find(|w| w.replicated && !w.peer_done)
+            .map(|w| w.sent_at)
     }
 
     fn wants_pump(&self) -> bool {
@@ -876,6 +882,7 @@ impl Replica {
                 peer_recv: false,
                 peer_done: !replicated,
                 completed: false,
+                sent_at: now,
             },
         );
         let io = self.new_io(Io::App(seq));
@@ -1134,8 +1141,12 @@ impl Replica {
                 return;
             }
         }
-        let oldest_unacked = self.writes.values().any(|w| w.replicated && !w.peer_done);
-        if oldest_unacked && now.0 >= self.last_rx.0.saturating_add(self.cfg.ack_timeout.0) {
+        // A write the peer does not acknowledge in time expels the peer (DRBD's ko-count), even
+        // if it still answers pings (a hung disk).
+        if self
+            .oldest_unacked()
+            .is_some_and(|t| now.0 >= t.0.saturating_add(self.cfg.ack_timeout.0))
+        {
             self.peer_timeout(now);
             return;
         }

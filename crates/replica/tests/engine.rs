@@ -433,3 +433,29 @@ fn status_shows_resync_progress_rate_and_eta() {
         "{text}"
     );
 }
+
+#[test]
+fn a_peer_that_answers_pings_but_never_acks_writes_is_expelled() {
+    let mut c0 = cfg(1);
+    c0.fencing = Fencing::DontCare;
+    c0.ping_interval = Duration::from_secs(1);
+    let mut w = World::synced_pair(c0, cfg(2));
+    // The peer's disk hangs: its writes never complete, but its network side still answers.
+    w.n[1].auto_io = false;
+    w.write(0, 1, 0, 1, 4096, false);
+    assert!(w.n[0].result(1).is_none());
+    w.advance(Duration::from_secs(5));
+    assert_eq!(
+        w.n[0].r.conn(),
+        ConnState::Connected,
+        "pings keep the link up"
+    );
+    w.advance(Duration::from_secs(2));
+    assert_eq!(
+        w.n[0].r.conn(),
+        ConnState::WfConnection,
+        "expelled after the 6 s ack timeout"
+    );
+    assert_eq!(w.n[0].result(1), Some(&Ok(())));
+    assert_eq!(w.n[0].r.status().out_of_sync_bytes, 4096);
+}
