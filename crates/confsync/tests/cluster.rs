@@ -857,3 +857,33 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn largest_config_travels_in_chunks_to_every_member() {
+    let v1 = conf(1, 3, "", 0);
+    let mut c = three([v1.clone(), v1.clone(), v1.clone()]);
+    c.split(&[&[1, 2, 3]]);
+    c.flush();
+    let head = conf(2, 3, "", 1).len() - 1;
+    let v2 = conf(2, 3, "", confsync::wire::MAX_TEXT_BYTES - head);
+    assert!(v2.len() <= confsync::wire::MAX_TEXT_BYTES);
+    let started = std::time::Instant::now();
+    let now = c.now();
+    c.node_mut(3).core.push(now, v2.clone()).unwrap();
+    c.flush();
+    eprintln!(
+        "push of {} bytes ({} chunks) through 3 replicas: {:?}",
+        v2.len(),
+        confsync::wire::chunk_count(v2.len()),
+        started.elapsed()
+    );
+    for n in 1..=3 {
+        assert_eq!(c.node(n).disk, v2);
+    }
+    let now = c.now();
+    let too_big = conf(3, 3, "", confsync::wire::MAX_TEXT_BYTES);
+    assert!(matches!(
+        c.node_mut(1).core.push(now, too_big),
+        Err(PushError::TooLarge(_))
+    ));
+}
