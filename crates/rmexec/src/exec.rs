@@ -444,6 +444,36 @@ impl Executor {
         log
     }
 
+    /// An OCF (or rgmanager `.sh`) agent's meta-data: its parameters and advised timeouts.
+    pub async fn meta_data(&self, rtype: &str) -> Result<crate::meta::AgentMeta, StepError> {
+        let mut runner = Runner::new(None);
+        ocf::meta_data(&mut runner, &self.ocf_root, &self.rgmanager_dir, rtype).await
+    }
+
+    /// Checks a resource without running it, for configuration checks: the
+    /// attributes of `ip`, `fs` and `script` parse (and the script exists), an
+    /// agent exists and has every parameter its meta-data requires. Returns the
+    /// attributes the agent does not declare (passed anyway; likely typos).
+    pub async fn check_resource(&self, step: &ResourceStep) -> Result<Vec<String>, StepError> {
+        match step.rtype.as_str() {
+            "ip" => ip::IpSpec::parse(step).map(|_| Vec::new()),
+            "fs" => fs::check(step).map(|_| Vec::new()),
+            "script" => script::check(step).map(|_| Vec::new()),
+            "vm" => match self.vm {
+                Some(_) => Ok(Vec::new()),
+                None => Err(StepError::NoVmHandler(step.name.clone())),
+            },
+            rtype => {
+                crate::timeout::op_timeout(&step.attrs, Op::Start)?;
+                crate::timeout::op_timeout(&step.attrs, Op::Stop)?;
+                crate::timeout::op_timeout(&step.attrs, Op::Status)?;
+                self.meta_data(rtype)
+                    .await?
+                    .check(rtype, &step.name, &step.attrs)
+            }
+        }
+    }
+
     async fn vm_step(&self, step: &ResourceStep, op: Op) -> Result<(), StepError> {
         let h = self
             .vm

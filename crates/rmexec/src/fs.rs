@@ -103,6 +103,11 @@ struct FsSpec {
     force_fsck: bool,
 }
 
+/// Checks an `fs` resource's attributes without touching the system.
+pub(crate) fn check(step: &ResourceStep) -> Result<(), StepError> {
+    parse(step).map(|_| ())
+}
+
 fn parse(step: &ResourceStep) -> Result<FsSpec, StepError> {
     let get = |k: &str| {
         step.attrs

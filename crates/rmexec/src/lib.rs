@@ -52,6 +52,7 @@ mod cmd;
 mod exec;
 pub mod fs;
 pub mod ip;
+pub mod meta;
 mod ocf;
 mod script;
 mod timeout;

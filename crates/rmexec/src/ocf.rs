@@ -175,6 +175,40 @@ async fn call(
     }
 }
 
+/// Runs the agent's `meta-data` action and parses it.
+pub(crate) async fn meta_data(
+    r: &mut Runner<'_>,
+    root: &Path,
+    rgdir: &Path,
+    rtype: &str,
+) -> Result<crate::meta::AgentMeta, StepError> {
+    let a = locate(rtype, root, rgdir)?;
+    let mut cmd = Cmd::new(
+        &a.path.display().to_string(),
+        &["meta-data"],
+        Duration::from_secs(10),
+        "resource-agents",
+    );
+    cmd.env = vec![
+        ("OCF_ROOT".to_string(), root.display().to_string()),
+        (
+            "OCF_FUNCTIONS_DIR".to_string(),
+            root.join("lib/heartbeat").display().to_string(),
+        ),
+        ("OCF_RESOURCE_TYPE".to_string(), a.kind.clone()),
+        ("OCF_RESOURCE_PROVIDER".to_string(), a.provider.clone()),
+    ];
+    let out = r.run(cmd).await?;
+    if out.code != Some(0) {
+        return Err(StepError::Failed(format!(
+            "{rtype}: meta-data exited {:?}: {}",
+            out.code,
+            out.stderr.trim()
+        )));
+    }
+    crate::meta::AgentMeta::parse(&out.stdout)
+}
+
 pub(crate) async fn run(
     r: &mut Runner<'_>,
     root: &Path,

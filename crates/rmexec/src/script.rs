@@ -7,7 +7,8 @@ use agents::ocf::LsbStatus;
 use rm::ResourceStep;
 use std::path::Path;
 
-pub(crate) async fn run(r: &mut Runner<'_>, step: &ResourceStep, op: Op) -> Result<(), StepError> {
+/// Checks a `script` resource: `file` is an absolute path to an existing file. Returns it.
+pub(crate) fn check(step: &ResourceStep) -> Result<&str, StepError> {
     let file = step.attrs.get("file").map(String::as_str).unwrap_or("");
     if file.is_empty() {
         return Err(StepError::Config(format!(
@@ -28,6 +29,11 @@ pub(crate) async fn run(r: &mut Runner<'_>, step: &ResourceStep, op: Op) -> Resu
             step.name
         )));
     }
+    Ok(file)
+}
+
+pub(crate) async fn run(r: &mut Runner<'_>, step: &ResourceStep, op: Op) -> Result<(), StepError> {
+    let file = check(step)?;
     let timeout = op_timeout(&step.attrs, op)?;
     let out = r
         .run(Cmd::new(file, &[op.as_str()], timeout, "the script's package").netns())

@@ -396,3 +396,48 @@ async fn vm_goes_to_the_handler_or_fails_clearly() {
         ]
     );
 }
+
+#[tokio::test]
+async fn meta_data_and_configuration_check() {
+    require_root();
+    require(DUMMY, "resource-agents");
+    let ex = Executor::new();
+    let m = ex.meta_data("ocf:heartbeat:Dummy").await.unwrap();
+    assert_eq!(m.name, "Dummy");
+    assert!(m
+        .parameters
+        .iter()
+        .any(|p| p.name == "state" && !p.required));
+    assert_eq!(m.timeout("start"), Some(Duration::from_secs(20)));
+    let e = ex
+        .check_resource(&step("IPaddr2", "vip", &[("cidr_netmask", "24")]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing required parameter(s) ip"), "{e}");
+    let extra = ex
+        .check_resource(&step(
+            "IPaddr2",
+            "vip",
+            &[("ip", "10.0.0.5"), ("colour", "red")],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(extra, ["colour"]);
+    assert!(ex
+        .check_resource(&step("script", "s", &[("file", "/nonexistent/x")]))
+        .await
+        .is_err());
+    assert!(ex
+        .check_resource(&step("ip", "v", &[("address", "10.0.0.5/24")]))
+        .await
+        .is_ok());
+    assert!(ex
+        .check_resource(&step("Dummy", "d", &[("__start_timeout", "later")]))
+        .await
+        .is_err());
+    assert!(matches!(
+        ex.check_resource(&step("vm", "g", &[])).await,
+        Err(StepError::NoVmHandler(_))
+    ));
+}
