@@ -555,7 +555,11 @@ impl Task {
             match a {
                 Action::Send(m) => {
                     if let Some(l) = &self.link {
-                        let _ = l.tx.send(m.encode());
+                        let (head, payload) = m.encode_parts();
+                        let _ = l.tx.send(head);
+                        if !payload.is_empty() {
+                            let _ = l.tx.send(payload);
+                        }
                     }
                 }
                 Action::DiskWrite {

@@ -312,6 +312,41 @@ impl Msg {
         b
     }
 
+    /// Encodes one frame as a header and a payload, moving (not copying) the data of `Data` and
+    /// `ResyncData`; sending both back to back gives exactly [`Msg::encode`].
+    pub fn encode_parts(self) -> (Vec<u8>, Vec<u8>) {
+        match self {
+            Msg::Data {
+                seq,
+                offset,
+                fua,
+                data,
+            } => {
+                let mut h = Msg::Data {
+                    seq,
+                    offset,
+                    fua,
+                    data: Vec::new(),
+                }
+                .encode();
+                let len = (h.len() - FRAME_HEADER + data.len()) as u32;
+                h[8..12].copy_from_slice(&len.to_be_bytes());
+                (h, data)
+            }
+            Msg::ResyncData { offset, data } => {
+                let mut h = Msg::ResyncData {
+                    offset,
+                    data: Vec::new(),
+                }
+                .encode();
+                let len = (h.len() - FRAME_HEADER + data.len()) as u32;
+                h[8..12].copy_from_slice(&len.to_be_bytes());
+                (h, data)
+            }
+            other => (other.encode(), Vec::new()),
+        }
+    }
+
     /// Decodes one frame from the front of `buf`: `Ok(None)` if more bytes are needed, otherwise the
     /// message and the bytes it used. Errors mean the connection must be dropped.
     pub fn decode(buf: &[u8]) -> Result<Option<(Msg, usize)>, DecodeError> {

@@ -83,6 +83,8 @@ fn every_message_round_trips_and_streams() {
                 assert_eq!(Msg::decode(&b[..cut]).unwrap(), None);
             }
         }
+        let (h, p) = m.clone().encode_parts();
+        assert_eq!([h, p].concat(), b, "encode_parts of {m:?}");
         stream.extend_from_slice(&b);
     }
     let mut pos = 0;
