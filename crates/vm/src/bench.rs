@@ -1,58 +1,202 @@
-//! Measurements with the tiny guest on this host: boot, restart, live migration.
+//! `quorate bench vm`: the tiny guest on this host, driven exactly as the node
+//! daemon drives a `<vm>` resource (two [`VmManager`]s standing for two nodes,
+//! each with its own run directory, sharing the guest's disk, migrating over
+//! 127.0.0.1).
+//!
+//! Measured: boot (start to first counter line), live migrations (QEMU's own
+//! `total-time` and `downtime`), and crash to running: SIGKILL of the guest's
+//! QEMU on one "node", then `VmManager::start` on the other ("survivor") until
+//! the guest prints its first counter line there. The cluster's own failure
+//! detection and fencing (token timeout + fence agent) come on top of that
+//! figure in a real failover and are measured by the daemon's tests.
 
-use std::path::Path;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::accel::AccelChoice;
-use crate::def::{MigrationMode, MigrationSettings};
-use crate::driver::{Guest, MigrationStats};
+use crate::def::AccelMode;
+use crate::driver::MigrationStats;
+use crate::resource::{StartOutcome, VmAttrs, VmManager};
 use crate::tiny::{blank_disk, serial_counters, TinyGuest};
 use crate::VmError;
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchOptions {
+    /// Working directory (disk image, the two nodes' run directories).
+    pub dir: PathBuf,
+    /// Live migrations, alternating between the two nodes.
+    pub migrations: usize,
+    /// Crash-and-restart rounds.
+    pub crashes: usize,
+    /// First migration port; each migration uses the next one.
+    pub base_port: u16,
+    /// Accelerator request (`Auto`: what the host really supports).
+    pub accel: AccelMode,
+}
+
+impl BenchOptions {
+    /// 9 migrations, 3 crashes, ports from 49300, auto accelerator, in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            migrations: 9,
+            crashes: 3,
+            base_port: 49300,
+            accel: AccelMode::Auto,
+        }
+    }
+}
+
+/// One migration of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationRun {
+    /// Source node (1 or 2).
+    pub from: u8,
+    /// Target node.
+    pub to: u8,
+    /// What QEMU reported.
+    pub stats: MigrationStats,
+}
 
 /// What [`run`] measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
-    /// Accelerator used.
+    /// Accelerator used, and why.
     pub accel: AccelChoice,
-    /// `Guest::start` call to the first `counter` line, ms.
+    /// `VmManager::start` call to the first `counter` line, ms.
     pub boot_to_counter_ms: u64,
-    /// After SIGKILL: `Guest::start` call to the first new counter, ms.
-    pub restart_to_counter_ms: u64,
-    /// One entry per live migration (alternating between two QEMUs on loopback).
-    pub migrations: Vec<MigrationStats>,
+    /// Live migrations.
+    pub migrations: Vec<MigrationRun>,
+    /// SIGKILL of QEMU on one node to the first counter line of the guest
+    /// started by the other node's `VmManager::start`, ms, one per crash.
+    pub crash_to_running_ms: Vec<u64>,
+}
+
+fn p50(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 impl BenchReport {
-    fn p50(mut v: Vec<u64>) -> u64 {
-        v.sort_unstable();
-        v.get(v.len() / 2).copied().unwrap_or(0)
-    }
-
     /// Median QEMU-reported downtime, ms.
     pub fn downtime_p50_ms(&self) -> u64 {
-        Self::p50(self.migrations.iter().map(|m| m.downtime_ms).collect())
+        p50(self
+            .migrations
+            .iter()
+            .map(|m| m.stats.downtime_ms)
+            .collect())
     }
 
     /// Median QEMU-reported total migration time, ms.
     pub fn total_p50_ms(&self) -> u64 {
-        Self::p50(self.migrations.iter().map(|m| m.total_time_ms).collect())
+        p50(self
+            .migrations
+            .iter()
+            .map(|m| m.stats.total_time_ms)
+            .collect())
+    }
+
+    /// Median crash-to-running time, ms.
+    pub fn crash_to_running_p50_ms(&self) -> u64 {
+        p50(self.crash_to_running_ms.clone())
+    }
+
+    /// The summary line `vm: migration downtime p50 D ms, total p50 T ms; crash to running p50 S s`.
+    pub fn summary(&self) -> String {
+        format!(
+            "vm: migration downtime p50 {} ms, total p50 {} ms; crash to running p50 {:.1} s",
+            self.downtime_p50_ms(),
+            self.total_p50_ms(),
+            self.crash_to_running_p50_ms() as f64 / 1000.0
+        )
     }
 }
 
-async fn wait_counter_above(serial: &Path, n: u64, within: Duration) -> Result<u64, VmError> {
+impl fmt::Display for BenchReport {
+    /// The table, then [`summary`](Self::summary) as the last line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "tiny guest (128 MiB, 1 vCPU) on {}: {}",
+            self.accel.accel.as_str(),
+            self.accel.reason
+        )?;
+        writeln!(f, "boot to first counter: {} ms", self.boot_to_counter_ms)?;
+        writeln!(
+            f,
+            "{:<10} {:>6} {:>10} {:>12} {:>9} {:>9} {:>9} {:>7}",
+            "migration",
+            "route",
+            "total ms",
+            "downtime ms",
+            "setup ms",
+            "MiB sent",
+            "Mbit/s",
+            "passes"
+        )?;
+        for (i, m) in self.migrations.iter().enumerate() {
+            let s = &m.stats;
+            writeln!(
+                f,
+                "{:<10} {:>6} {:>10} {:>12} {:>9} {:>9.1} {:>9.0} {:>7}",
+                i + 1,
+                format!("{}->{}", m.from, m.to),
+                s.total_time_ms,
+                s.downtime_ms,
+                s.setup_time_ms,
+                s.transferred_bytes as f64 / (1 << 20) as f64,
+                s.mbps,
+                s.dirty_sync_count
+            )?;
+        }
+        writeln!(f, "{:<10} {:>6} {:>10}", "crash", "route", "running s")?;
+        for (i, ms) in self.crash_to_running_ms.iter().enumerate() {
+            let (from, to) = if i % 2 == 0 { (1, 2) } else { (2, 1) };
+            writeln!(
+                f,
+                "{:<10} {:>6} {:>10.2}",
+                i + 1,
+                format!("{from}->{to}"),
+                *ms as f64 / 1000.0
+            )?;
+        }
+        writeln!(
+            f,
+            "(crash to running = SIGKILL of QEMU -> VmManager::start on the survivor -> first counter line; \
+             cluster failure detection and fencing not included)"
+        )?;
+        write!(f, "{}", self.summary())
+    }
+}
+
+fn counter_lines(serial: &Path) -> usize {
+    serial_counters(serial).len()
+}
+
+/// Wait until `serial` has more than `n` counter lines whose last is above `above`.
+async fn wait_counter(
+    serial: &Path,
+    n: usize,
+    above: u64,
+    within: Duration,
+) -> Result<u64, VmError> {
     let start = Instant::now();
     loop {
-        if let Some(&c) = serial_counters(serial).last() {
-            if c > n {
-                return Ok(c);
+        let c = serial_counters(serial);
+        if c.len() > n {
+            if let Some(&last) = c.last().filter(|&&l| l > above) {
+                return Ok(last);
             }
         }
         if start.elapsed() >= within {
             return Err(VmError::Timeout {
                 guest: serial.display().to_string(),
-                what: format!("a counter above {n} on the serial log"),
+                what: format!("a new counter line above {above} on the serial log"),
                 ms: within.as_millis() as u64,
             });
         }
@@ -60,80 +204,148 @@ async fn wait_counter_above(serial: &Path, n: u64, within: Duration) -> Result<u
     }
 }
 
-/// Boot the tiny guest in `dir`, kill and restart it, then live-migrate it
-/// `runs` times between two QEMUs on 127.0.0.1 (ports `base_port`, `base_port+1`,
-/// ...), checking that the counter keeps rising after each. Stops the guest at the end.
-pub async fn run(
-    tiny: &TinyGuest,
-    dir: &Path,
-    accel: AccelChoice,
-    runs: usize,
-    base_port: u16,
-) -> Result<BenchReport, VmError> {
-    std::fs::create_dir_all(dir).map_err(|e| VmError::Invalid {
+fn io_err(what: &Path, e: std::io::Error) -> VmError {
+    VmError::Invalid {
         guest: "bench".into(),
-        message: format!("{}: {e}", dir.display()),
-    })?;
-    let disk = dir.join("bench-disk.img");
-    blank_disk(&disk).map_err(|e| VmError::Invalid {
-        guest: "bench".into(),
-        message: format!("{}: {e}", disk.display()),
-    })?;
-    let defs = [
-        tiny.guest_def("bench-a", dir, &disk),
-        tiny.guest_def("bench-b", dir, &disk),
-    ];
-    for d in &defs {
-        let _ = std::fs::remove_file(&d.serial_log);
+        message: format!("{}: {e}", what.display()),
     }
-    let t = Instant::now();
-    let g = Guest::start(defs[0].clone(), accel.clone()).await?;
-    wait_counter_above(&defs[0].serial_log, 0, Duration::from_secs(120)).await?;
-    let boot_to_counter_ms = t.elapsed().as_millis() as u64;
-    let before = serial_counters(&defs[0].serial_log)
-        .last()
-        .copied()
-        .unwrap_or(0);
-    g.kill().await;
-    let t = Instant::now();
-    let mut src = Guest::start(defs[0].clone(), accel.clone()).await?;
-    wait_counter_above(&defs[0].serial_log, before, Duration::from_secs(120)).await?;
-    let restart_to_counter_ms = t.elapsed().as_millis() as u64;
+}
 
+/// Run the benchmark with a built tiny guest; stops the guest at the end
+/// (also on error).
+pub async fn run(tiny: &TinyGuest, opts: &BenchOptions) -> Result<BenchReport, VmError> {
+    let dir = &opts.dir;
+    let runs = [dir.join("node1"), dir.join("node2")];
+    for d in &runs {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).map_err(|e| io_err(d, e))?;
+    }
+    let disk = dir.join("bench-disk.img");
+    blank_disk(&disk).map_err(|e| io_err(&disk, e))?;
+    let nodes = [VmManager::new(&runs[0]), VmManager::new(&runs[1])];
+    let mut attrs = tiny.vm_attrs("bench", &disk, opts.base_port);
+    attrs.insert("accel".into(), opts.accel_name().into());
+    let res = measure(opts, &nodes, &mut attrs).await;
+    for n in &nodes {
+        let _ = n.stop(&attrs).await;
+    }
+    res
+}
+
+impl BenchOptions {
+    fn accel_name(&self) -> &'static str {
+        match self.accel {
+            AccelMode::Auto => "auto",
+            AccelMode::Kvm => "kvm",
+            AccelMode::Tcg => "tcg",
+        }
+    }
+}
+
+async fn measure(
+    opts: &BenchOptions,
+    nodes: &[VmManager; 2],
+    attrs: &mut VmAttrs,
+) -> Result<BenchReport, VmError> {
+    let serial = |i: usize| nodes[i].run_dir().join("bench.serial");
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let long = Duration::from_secs(120);
+    let t = Instant::now();
+    nodes[0].start(attrs).await?;
+    wait_counter(&serial(0), 0, 0, long).await?;
+    let boot_to_counter_ms = t.elapsed().as_millis() as u64;
+    let accel = nodes[0]
+        .status(attrs)
+        .await
+        .map_err(|message| VmError::Invalid {
+            guest: "bench".into(),
+            message,
+        })?
+        .accel;
+
+    let mut cur = 0usize;
     let mut migrations = Vec::new();
-    for i in 0..runs {
-        let to = defs[(i + 1) % 2].clone();
-        let settings = MigrationSettings {
-            listen_address: "127.0.0.1".into(),
-            port: base_port.wrapping_add(i as u16),
-            downtime_limit_ms: 100,
-            max_bandwidth: 1 << 30,
-            timeout_ms: 60_000,
-            connect_timeout_ms: 0,
-            mode: MigrationMode::Live,
-        };
-        let last = serial_counters(&src.def().serial_log)
-            .last()
-            .copied()
-            .unwrap_or(0);
-        let res = src.migrate_to_local(to, &settings, |_| {}).await;
-        let (dst, stats) = match res {
-            Ok(x) => x,
+    for i in 0..opts.migrations {
+        let to = 1 - cur;
+        attrs.insert(
+            "migration_port".into(),
+            opts.base_port.wrapping_add(i as u16).to_string(),
+        );
+        nodes[to].prepare_incoming(attrs, lo).await?;
+        let stats = match nodes[cur].migrate_out(attrs, lo, |_| {}).await {
+            Ok(s) => s,
             Err(e) => {
-                src.stop().await;
+                let _ = nodes[to].stop(attrs).await;
                 return Err(e);
             }
         };
-        src.quit().await;
-        wait_counter_above(&dst.def().serial_log, last, Duration::from_secs(30)).await?;
-        migrations.push(stats);
-        src = dst;
+        nodes[to]
+            .wait_running(attrs, Duration::from_secs(30))
+            .await
+            .map_err(|message| VmError::Invalid {
+                guest: "bench".into(),
+                message,
+            })?;
+        let last = serial_counters(&serial(cur)).last().copied().unwrap_or(0);
+        let n = counter_lines(&serial(to));
+        wait_counter(&serial(to), n, last, Duration::from_secs(30)).await?;
+        migrations.push(MigrationRun {
+            from: cur as u8 + 1,
+            to: to as u8 + 1,
+            stats,
+        });
+        cur = to;
     }
-    src.stop().await;
+
+    let mut crash_to_running_ms = Vec::new();
+    for _ in 0..opts.crashes {
+        let survivor = 1 - cur;
+        let st = nodes[cur]
+            .status(attrs)
+            .await
+            .map_err(|message| VmError::Invalid {
+                guest: "bench".into(),
+                message,
+            })?;
+        let n = counter_lines(&serial(survivor));
+        let t = Instant::now();
+        crate::proc::signal(st.pid, libc::SIGKILL);
+        let outcome = nodes[survivor].start(attrs).await?;
+        if outcome != StartOutcome::Started {
+            return Err(VmError::Invalid {
+                guest: "bench".into(),
+                message: format!("the survivor found a QEMU already there ({outcome:?})"),
+            });
+        }
+        wait_counter(&serial(survivor), n, 0, long).await?;
+        crash_to_running_ms.push(t.elapsed().as_millis() as u64);
+        // The dead node notices and forgets its QEMU.
+        if nodes[cur].status(attrs).await.is_ok() {
+            return Err(VmError::Invalid {
+                guest: "bench".into(),
+                message: "a killed QEMU still reports healthy".into(),
+            });
+        }
+        cur = survivor;
+    }
     Ok(BenchReport {
         accel,
         boot_to_counter_ms,
-        restart_to_counter_ms,
         migrations,
+        crash_to_running_ms,
     })
+}
+
+/// `quorate bench vm`: build (or reuse) the tiny guest with `script`
+/// (scripts/guest/build-tiny-guest.sh) into `opts.dir/guest`, then [`run`].
+/// Print the result with `{}` (table, summary last).
+pub async fn run_with_script(script: &Path, opts: &BenchOptions) -> Result<BenchReport, VmError> {
+    let out = opts.dir.join("guest");
+    let script = script.to_path_buf();
+    let tiny = tokio::task::spawn_blocking(move || TinyGuest::build(&script, &out))
+        .await
+        .map_err(|e| VmError::TinyGuest {
+            message: e.to_string(),
+        })??;
+    run(&tiny, opts).await
 }

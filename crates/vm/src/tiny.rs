@@ -1,6 +1,7 @@
 //! The tiny test guest of `scripts/guest/` as a library: build it, define it,
 //! read its serial console.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::def::{CacheMode, DirectKernel, Disk, DiskSource, GuestDef};
@@ -65,6 +66,43 @@ impl TinyGuest {
         });
         d.stop_timeout_ms = 15_000;
         d
+    }
+}
+
+impl TinyGuest {
+    /// The same guest as `<vm>` attributes (what cluster.conf would say):
+    /// `name`, 128 MiB, 1 vCPU, kernel/initrd/append, `disk` (cache `none`
+    /// where O_DIRECT works, else `writeback`), no network, `migration_port`,
+    /// `downtime_ms="100"`, `stop_timeout="15"`.
+    pub fn vm_attrs(
+        &self,
+        name: &str,
+        disk: &Path,
+        migration_port: u16,
+    ) -> BTreeMap<String, String> {
+        let cache = if supports_direct_io(disk) {
+            "none"
+        } else {
+            "writeback"
+        };
+        [
+            ("name", name.to_string()),
+            ("memory", "128".into()),
+            ("vcpus", "1".into()),
+            ("kernel", self.kernel.display().to_string()),
+            ("initrd", self.initrd.display().to_string()),
+            ("append", self.cmdline.clone()),
+            ("disk", disk.display().to_string()),
+            ("disk_format", "raw".into()),
+            ("disk_cache", cache.into()),
+            ("network", "none".into()),
+            ("migration_port", migration_port.to_string()),
+            ("downtime_ms", "100".into()),
+            ("stop_timeout", "15".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
     }
 }
 

@@ -14,6 +14,7 @@ use vm::{GuestState, StartOutcome, StopOutcome, VmError, VmManager};
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// `<vm name=NAME memory="128" kernel=... initrd=... append=... disk=... .../>`
+/// plus attributes rgmanager reads, which the vm handler ignores.
 fn vm_attrs(name: &str, disk: &Path, port: u16) -> BTreeMap<String, String> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let t = vm::TinyGuest::build(
@@ -21,33 +22,11 @@ fn vm_attrs(name: &str, disk: &Path, port: u16) -> BTreeMap<String, String> {
         &tiny_guest(),
     )
     .unwrap();
-    let cache = if vm::supports_direct_io(disk) {
-        "none"
-    } else {
-        "writeback"
-    };
-    [
-        ("name", name.to_string()),
-        ("memory", "128".into()),
-        ("vcpus", "1".into()),
-        ("kernel", t.kernel.display().to_string()),
-        ("initrd", t.initrd.display().to_string()),
-        ("append", t.cmdline.clone()),
-        ("disk", disk.display().to_string()),
-        ("disk_format", "raw".into()),
-        ("disk_cache", cache.into()),
-        ("network", "none".into()),
-        ("migration_port", port.to_string()),
-        ("downtime_ms", "100".into()),
-        ("bandwidth", "1G".into()),
-        ("stop_timeout", "15".into()),
-        // What rgmanager reads; the vm handler ignores it.
-        ("recovery", "relocate".into()),
-        ("domain", "d1".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    let mut a = t.vm_attrs(name, disk, port);
+    a.insert("bandwidth".into(), "1G".into());
+    a.insert("recovery".into(), "relocate".into());
+    a.insert("domain".into(), "d1".into());
+    a
 }
 
 fn pid_of(m: &VmManager, attrs: &BTreeMap<String, String>) -> Option<i32> {
