@@ -126,6 +126,30 @@ async fn floating_ip_in_a_namespace() {
         "{r}"
     );
 
+    // IPv6: the prefix comes from the interface's /64, added without DAD.
+    lab.exec(
+        0,
+        &["ip", "addr", "add", "fd00:3::71/64", "dev", &ring, "nodad"],
+    )
+    .unwrap();
+    let v6 = vec![step("ip", "fd00:3::200", &[("address", "fd00:3::200")])];
+    let r = ex.run(&start("web", v6.clone())).await;
+    assert_eq!(r.result, ExecResult::Started, "{r}");
+    assert!(
+        addrs_in(&lab, &ring).contains("fd00:3::200/64"),
+        "{}",
+        addrs_in(&lab, &ring)
+    );
+    assert_eq!(
+        ex.run(&status("web", v6.clone())).await.result,
+        ExecResult::StatusOk
+    );
+    assert_eq!(
+        ex.run(&stop("web", v6.clone())).await.result,
+        ExecResult::Stopped
+    );
+    assert!(!addrs_in(&lab, &ring).contains("fd00:3::200"));
+
     // Debian's ocf:heartbeat:IPaddr2 runs inside the namespace too.
     require(
         "/usr/lib/ocf/resource.d/heartbeat/IPaddr2",

@@ -178,6 +178,7 @@ async fn service_starts_in_order_and_rolls_back_on_failure() {
     let r = ex.run(&start("web", all.clone())).await;
     assert_eq!(r.result, ExecResult::Started, "{r}");
     assert_eq!(ops(&r), ["start a", "start s", "start b"]);
+    eprintln!("{r}");
     let r = ex.run(&status("web", all.clone())).await;
     assert_eq!(r.result, ExecResult::StatusOk, "{r}");
     let rev: Vec<_> = all.iter().rev().cloned().collect();
