@@ -365,6 +365,8 @@ pub struct ConfigSync {
     transfer: Option<(NodeId, u64, ConfigHash)>,
     /// A transfer that completed before this node's quorum view allowed a decision.
     early: Option<(NodeId, Assembly, Checked)>,
+    /// Announcements that arrived after the set was complete, before this node decided.
+    late_anns: BTreeMap<NodeId, Announce>,
     assemblies: BTreeMap<(NodeId, bool), Assembly>,
     next_ticket: u64,
     pending: Option<(PushTicket, u64)>,
@@ -431,6 +433,7 @@ impl ConfigSync {
             cluster: None,
             transfer: None,
             early: None,
+            late_anns: BTreeMap::new(),
             assemblies: BTreeMap::new(),
             next_ticket: 1,
             pending: None,
@@ -500,6 +503,7 @@ impl ConfigSync {
         self.assemblies.clear();
         self.transfer = None;
         self.early = None;
+        self.late_anns.clear();
         self.cluster = None;
         self.outbox.clear();
         if !self.members.contains_key(&self.me) {
@@ -730,16 +734,15 @@ impl ConfigSync {
         if Some(a.ring) != self.ring {
             return self.ignore("announce for another ring", from);
         }
-        let phase = self.phase;
-        let cluster = self.cluster;
         let Some(m) = self.members.get_mut(&from) else {
             return self.ignore("announce from a non-member", from);
         };
-        m.ann = Some(a);
-        match phase {
-            Phase::Collecting => {
+        match self.phase {
+            Phase::Collecting | Phase::Starting => {
+                m.ann = Some(a);
                 m.state = MemberState::Announced;
-                if self.members.values().all(|m| m.ann.is_some()) {
+                if self.phase == Phase::Collecting && self.members.values().all(|m| m.ann.is_some())
+                {
                     self.transfer = self.plan_transfer();
                     if self.quorate {
                         self.decide(now);
@@ -748,23 +751,25 @@ impl ConfigSync {
                     }
                 }
             }
-            Phase::WaitingForQuorum | Phase::Conflict | Phase::Starting => {
-                m.state = MemberState::Announced;
+            // The announcements are frozen for the decision this node has yet to make
+            // (others may have made it already); apply the newcomer after it.
+            Phase::WaitingForQuorum => {
+                self.late_anns.insert(from, a);
             }
             // A late announcement (a refused node adopted the cluster's file).
-            Phase::Synced => {
-                if let Some((cv, ch)) = cluster {
-                    m.state = if (a.version, a.hash) == (cv, ch) {
-                        MemberState::InSync
-                    } else if a.version < cv {
-                        MemberState::Stale
-                    } else if a.version == cv {
-                        MemberState::RefusedConflict
-                    } else {
-                        MemberState::RefusedNewer
-                    };
-                }
-            }
+            Phase::Synced | Phase::Conflict => self.apply_late_announce(from, a),
+        }
+    }
+
+    /// Only "I now run the cluster's config" is news after the decision; anything else
+    /// was overtaken by a push every member has since adopted, and is ignored.
+    fn apply_late_announce(&mut self, from: NodeId, a: Announce) {
+        if self.cluster != Some((a.version, a.hash)) {
+            return self.ignore("late announcement overtaken", from);
+        }
+        if let Some(m) = self.members.get_mut(&from) {
+            m.ann = Some(a);
+            m.state = MemberState::InSync;
         }
     }
 
@@ -808,6 +813,13 @@ impl ConfigSync {
 
     /// All members announced and the partition is quorate: pick the cluster's config.
     fn decide(&mut self, now: Instant) {
+        self.decide_frozen(now);
+        for (from, a) in std::mem::take(&mut self.late_anns) {
+            self.apply_late_announce(from, a);
+        }
+    }
+
+    fn decide_frozen(&mut self, now: Instant) {
         let anns: Vec<(NodeId, Announce)> = self
             .members
             .iter()

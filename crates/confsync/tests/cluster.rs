@@ -739,6 +739,8 @@ mod prop {
         Push(u32, u64),
         /// Node restarts from its on-disk file (edited to `Some(bump)` newer by hand).
         Restart(u32, Option<u64>),
+        /// The administrator copies an in-sync member's file onto node n (drift poll).
+        CopyFile(u32),
         /// Deliver everything.
         Flush,
     }
@@ -748,6 +750,7 @@ mod prop {
             3 => (any::<[u8; 4]>(), 0u8..3, 1usize..8).prop_map(|(a, late, round)| Op::Split(a.map(|x| x % 3), late, round)),
             4 => (1u32..=4, 1u64..3).prop_map(|(n, b)| Op::Push(n, b)),
             1 => (1u32..=4, proptest::option::weighted(0.3, 1u64..3)).prop_map(|(n, e)| Op::Restart(n, e)),
+            1 => (1u32..=4).prop_map(Op::CopyFile),
             4 => Just(Op::Flush),
         ]
     }
@@ -839,6 +842,17 @@ mod prop {
                         let parts: Vec<Vec<u32>> = c.partitions.iter().map(|p| p.iter().map(|x| x.0).collect()).collect();
                         let refs: Vec<&[u32]> = parts.iter().map(|p| p.as_slice()).collect();
                         c.split(&refs);
+                    }
+                    Op::CopyFile(n) => {
+                        let part = c.partitions.iter().find(|p| p.contains(&id(n))).cloned().unwrap_or_default();
+                        let source = part.iter().find(|m| c.nodes[m].core.in_sync()).copied();
+                        if let Some(src) = source {
+                            let text = c.nodes[&src].core.text().to_string();
+                            let now = c.now();
+                            let r = c.node_mut(n);
+                            r.disk = text.clone();
+                            r.core.handle_local_file(now, &text);
+                        }
                     }
                     Op::Flush => {
                         let before: BTreeMap<NodeId, usize> = c.nodes.iter().map(|(n, r)| (*n, r.writes.len())).collect();
