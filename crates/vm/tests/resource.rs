@@ -98,7 +98,7 @@ async fn start_adopt_crash_restart_and_stop_through_the_manager() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migration_between_two_managers_and_to_an_unprepared_target() {
+async fn migration_between_two_managers_unprepared_aborted_late_and_pause() {
     let dir = test_dir("res-mig");
     let disk = blank_disk(&dir);
     let (run_a, run_b) = (dir.join("a"), dir.join("b"));
@@ -131,7 +131,36 @@ async fn migration_between_two_managers_and_to_an_unprepared_target() {
     let c = counters(&serial_a).last().copied().unwrap();
     wait_counter_above(&serial_a, c + 1, Duration::from_secs(20));
 
-    // 2. The target is prepared late (its daemon reacts after the source started):
+    // 2. The target's node stops its incoming QEMU mid-way (abort, or that node
+    //    leaves): the migration fails and the guest keeps running on the source.
+    let mut slow = attrs.clone();
+    slow.insert("bandwidth".into(), "64K".into());
+    b.prepare_incoming(&slow, LOOPBACK).await.expect("prepare");
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    let abort = async {
+        let t = Instant::now();
+        while sent.load(std::sync::atomic::Ordering::Relaxed) == 0
+            || t.elapsed() < Duration::from_millis(1000)
+        {
+            assert!(t.elapsed() < Duration::from_secs(30), "no progress");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        b.stop(&slow).await.expect("stop target")
+    };
+    let (res, stopped) = tokio::join!(
+        a.migrate_out(&slow, LOOPBACK, |p| sent
+            .store(p.transferred.max(1), std::sync::atomic::Ordering::Relaxed)),
+        abort
+    );
+    assert_eq!(stopped, StopOutcome::Quit);
+    let msg = res.expect_err("migration to a stopped target").to_string();
+    assert!(msg.contains("keeps running on the source"), "{msg}");
+    assert_eq!(a.status(&attrs).await.unwrap().state, GuestState::Running);
+    assert!(pid_of(&b, &attrs).is_none());
+    let c = counters(&serial_a).last().copied().unwrap();
+    wait_counter_above(&serial_a, c + 1, Duration::from_secs(20));
+
+    // 3. The target is prepared late (its daemon reacts after the source started):
     //    the source retries until it listens; both prepares succeed (idempotent).
     assert!(pid_of(&a, &attrs).is_some());
     let mut polls = 0u32;
@@ -144,11 +173,19 @@ async fn migration_between_two_managers_and_to_an_unprepared_target() {
             .await
             .expect("prepare again");
     };
+    let t = Instant::now();
     let (res, ()) = tokio::join!(a.migrate_out(&attrs, LOOPBACK, |_| polls += 1), prepare);
+    let wall = t.elapsed();
     let stats = res.expect("migration");
     eprintln!(
-        "vm-measure: manager migration total {} ms, downtime {} ms, wall incl. late prepare {} ms",
-        stats.total_time_ms, stats.downtime_ms, stats.wall_ms
+        "vm-measure: manager migration total {} ms, downtime {} ms, wall incl. 700 ms late prepare {} ms",
+        stats.total_time_ms,
+        stats.downtime_ms,
+        wall.as_millis()
+    );
+    assert!(
+        wall >= Duration::from_millis(700),
+        "the source waited for the late target"
     );
     assert!(polls >= 1 && stats.transferred_bytes > 0);
     let last_a = counters(&serial_a).last().copied().unwrap_or(0);
@@ -161,6 +198,38 @@ async fn migration_between_two_managers_and_to_an_unprepared_target() {
     assert!(a.status(&attrs).await.is_err());
     wait_counter_above(&serial_b, last_a + 3, Duration::from_secs(30));
     assert_eq!(b.status(&attrs).await.unwrap().state, GuestState::Running);
+
+    // 4. Back in pause mode: the target arrives paused and its status resumes it.
+    let mut pause = attrs.clone();
+    pause.insert("migrate".into(), "pause".into());
+    pause.insert("migration_port".into(), free_port().to_string());
+    a.prepare_incoming(&pause, LOOPBACK)
+        .await
+        .expect("prepare a");
+    let stats = b
+        .migrate_out(&pause, LOOPBACK, |_| {})
+        .await
+        .expect("pause migration");
+    eprintln!(
+        "vm-measure: manager pause migration total {} ms",
+        stats.total_time_ms
+    );
+    let last_b = counters(&serial_b).last().copied().unwrap_or(0);
+    a.wait_running(&pause, Duration::from_secs(30))
+        .await
+        .expect("a runs");
+    assert!(pid_of(&b, &attrs).is_none());
+    wait_counter_above(&serial_a, last_b + 2, Duration::from_secs(30));
+    // Back to b, live, so the rest of the test finds the guest there.
+    b.prepare_incoming(&attrs, LOOPBACK)
+        .await
+        .expect("prepare b");
+    a.migrate_out(&attrs, LOOPBACK, |_| {})
+        .await
+        .expect("live back to b");
+    b.wait_running(&attrs, Duration::from_secs(30))
+        .await
+        .expect("b runs");
 
     // The running node cannot also be a target; an idle incoming instance stops with quit.
     let e = b
