@@ -10,7 +10,11 @@ fn main() {
         .without_time()
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let get = |k: &str| args.iter().position(|a| a == k).map(|i| args[i + 1].parse::<u64>().expect("number"));
+    let get = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .map(|i| args[i + 1].parse::<u64>().expect("number"))
+    };
     if let Some(count) = get("--seeds") {
         let from = get("--from").unwrap_or(0);
         let nodes = get("--nodes").map(|n| n as usize);

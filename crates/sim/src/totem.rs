@@ -45,6 +45,8 @@ pub struct SimOptions {
     pub safety_time: Duration,
     /// Time allowed for the liveness phase.
     pub liveness_bound: Duration,
+    /// Token timeout to use instead of the profile's.
+    pub token: Option<Duration>,
     /// Deliberately broken core (delivers before order is agreed).
     #[cfg(any(test, feature = "broken-deliver-early"))]
     pub broken_deliver_early: bool,
@@ -61,6 +63,7 @@ impl SimOptions {
             faults: true,
             safety_time: Duration::from_secs(4),
             liveness_bound: Duration::from_secs(30),
+            token: None,
             #[cfg(any(test, feature = "broken-deliver-early"))]
             broken_deliver_early: false,
         }
@@ -116,8 +119,16 @@ impl Profile {
         };
         let token = Duration::from_millis([200, 300, 500, 1000][r.below(4) as usize]);
         Profile {
-            loss: if faults { [0.0, 0.0, 0.01, 0.05, 0.2][r.below(5) as usize] } else { 0.0 },
-            dup: if faults { [0.0, 0.01, 0.1][r.below(3) as usize] } else { 0.0 },
+            loss: if faults {
+                [0.0, 0.0, 0.01, 0.05, 0.2][r.below(5) as usize]
+            } else {
+                0.0
+            },
+            dup: if faults {
+                [0.0, 0.01, 0.1][r.below(3) as usize]
+            } else {
+                0.0
+            },
             delay_min: Duration::from_micros(r.range(300, 3000)),
             delay_tail: Duration::from_micros([0, 100, 1000, 5000][r.below(4) as usize]),
             partitions: pick(r, 0.4, 300, 2000),
@@ -129,7 +140,11 @@ impl Profile {
             ring_faults: pick(r, 0.7, 300, 1500),
             crypto: r.chance(0.25),
             token,
-            hold: if r.chance(0.5) { Duration::from_millis(5) } else { Duration::ZERO },
+            hold: if r.chance(0.5) {
+                Duration::from_millis(5)
+            } else {
+                Duration::ZERO
+            },
             safe_ratio: [0.0, 0.2, 0.5][r.below(3) as usize],
             op_interval: Duration::from_micros(r.range(500, 5000)),
         }
@@ -176,9 +191,17 @@ pub struct Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "totem simulation failed: seed {} nodes {} at {}", self.seed, self.nodes, self.at)?;
+        writeln!(
+            f,
+            "totem simulation failed: seed {} nodes {} at {}",
+            self.seed, self.nodes, self.at
+        )?;
         writeln!(f, "invariant: {}", self.invariant)?;
-        writeln!(f, "replay: quorate sim totem --seed {} --nodes {}", self.seed, self.nodes)?;
+        writeln!(
+            f,
+            "replay: quorate sim totem --seed {} --nodes {}",
+            self.seed, self.nodes
+        )?;
         writeln!(f, "trace tail:")?;
         for l in &self.tail {
             writeln!(f, "  {l}")?;
@@ -242,7 +265,10 @@ fn hash_bytes(b: &[u8]) -> u64 {
 impl Checker {
     fn config(&mut self, node: NodeId, inc: u32, c: &totem::ConfigChange) -> Result<(), String> {
         if !c.members.contains(&node) {
-            return Err(format!("{node:?} installed {:?} without itself: {:?}", c.ring_id, c.members));
+            return Err(format!(
+                "{node:?} installed {:?} without itself: {:?}",
+                c.ring_id, c.members
+            ));
         }
         let new = if c.transitional {
             Conf::Trans(c.ring_id, c.members.clone())
@@ -262,7 +288,10 @@ impl Checker {
             }
             if let Some(prev) = self.max_ring.get(&node) {
                 if *prev >= c.ring_id {
-                    return Err(format!("{node:?} ring id went from {prev:?} to {:?}", c.ring_id));
+                    return Err(format!(
+                        "{node:?} ring id went from {prev:?} to {:?}",
+                        c.ring_id
+                    ));
                 }
             }
             self.max_ring.insert(node, c.ring_id);
@@ -275,7 +304,8 @@ impl Checker {
             match self.transitions.get(&(old.clone(), new.clone())) {
                 Some((other, s)) if *s != set => {
                     let only_here: Vec<_> = set.iter().filter(|k| !s.contains(k)).take(3).collect();
-                    let only_there: Vec<_> = s.iter().filter(|k| !set.contains(k)).take(3).collect();
+                    let only_there: Vec<_> =
+                        s.iter().filter(|k| !set.contains(k)).take(3).collect();
                     return Err(format!(
                         "virtual synchrony: {node:?} and {other:?} both moved {old:?} -> {new:?} but delivered different messages in {old:?} (only {node:?}: {only_here:?}, only {other:?}: {only_there:?})"
                     ));
@@ -295,11 +325,15 @@ impl Checker {
         let key = (d.ring_id, d.seq);
         let h = self.hist.entry((node, inc)).or_default();
         let Some(conf) = h.conf.clone() else {
-            return Err(format!("{node:?} delivered {key:?} before any configuration"));
+            return Err(format!(
+                "{node:?} delivered {key:?} before any configuration"
+            ));
         };
         if let Some(last) = h.last {
             if key <= last {
-                return Err(format!("total order: {node:?} delivered {key:?} after {last:?}"));
+                return Err(format!(
+                    "total order: {node:?} delivered {key:?} after {last:?}"
+                ));
             }
         }
         h.last = Some(key);
@@ -307,7 +341,9 @@ impl Checker {
         let ph = hash_bytes(&d.payload);
         match self.content.get(&key) {
             Some((s, p)) if *s != d.sender || *p != ph => {
-                return Err(format!("total order: {node:?} delivered a different message at {key:?}"));
+                return Err(format!(
+                    "total order: {node:?} delivered a different message at {key:?}"
+                ));
             }
             Some(_) => {}
             None => {
@@ -319,7 +355,10 @@ impl Checker {
             let sinc = u32::from_be_bytes(d.payload[4..8].try_into().expect("4 bytes"));
             let ctr = u64::from_be_bytes(d.payload[8..16].try_into().expect("8 bytes"));
             if sender != d.sender.0 {
-                return Err(format!("{node:?} delivered {key:?} from {:?} but it was sent by n{sender}", d.sender));
+                return Err(format!(
+                    "{node:?} delivered {key:?} from {:?} but it was sent by n{sender}",
+                    d.sender
+                ));
             }
             if let Some(prev) = h.fifo.insert((sender, sinc), ctr) {
                 if ctr <= prev {
@@ -342,7 +381,9 @@ impl Checker {
                 *max = d.seq;
             }
             Conf::Reg(r) if *r < d.ring_id => {
-                return Err(format!("{node:?} delivered {key:?} of a ring it never installed (in {r:?})"));
+                return Err(format!(
+                    "{node:?} delivered {key:?} of a ring it never installed (in {r:?})"
+                ));
             }
             _ => {}
         }
@@ -350,7 +391,9 @@ impl Checker {
             // first delivery of this message anywhere: nobody may be past it
             for ((n, _), other) in &self.hist {
                 if other.reg_max.get(&d.ring_id).is_some_and(|m| *m > d.seq) {
-                    return Err(format!("gap: {n:?} delivered past {key:?} in its regular configuration without it"));
+                    return Err(format!(
+                        "gap: {n:?} delivered past {key:?} in its regular configuration without it"
+                    ));
                 }
             }
         }
@@ -362,15 +405,27 @@ impl Checker {
 
 #[derive(Debug)]
 enum Ev {
-    Packet { to: NodeId, ring: u8, from: NodeId, bytes: Arc<[u8]> },
-    Timer { node: NodeId, gen: u64 },
+    Packet {
+        to: NodeId,
+        ring: u8,
+        from: NodeId,
+        bytes: Arc<[u8]>,
+    },
+    Timer {
+        node: NodeId,
+        gen: u64,
+    },
     Workload,
     Partition,
     Crash,
     Pause,
     RingFault,
-    Restart { node: NodeId },
-    Resume { node: NodeId },
+    Restart {
+        node: NodeId,
+    },
+    Resume {
+        node: NodeId,
+    },
     Liveness,
 }
 
@@ -436,7 +491,10 @@ impl Sim {
     /// Builds the cluster for `opts` (nothing runs yet).
     pub fn new(opts: SimOptions) -> Sim {
         let mut rng = DetRng::new(opts.seed);
-        let profile = Profile::derive(&mut rng, opts.faults);
+        let mut profile = Profile::derive(&mut rng, opts.faults);
+        if let Some(t) = opts.token {
+            profile.token = t;
+        }
         let key = profile.crypto.then(|| {
             let mut k = [0u8; 64];
             for b in k.iter_mut() {
@@ -462,7 +520,10 @@ impl Sim {
                 paused: false,
                 inbox: VecDeque::new(),
                 gen: 0,
-                clock: Clock { offset: rng.below(1 << 40), ppm },
+                clock: Clock {
+                    offset: rng.below(1 << 40),
+                    ppm,
+                },
                 next_ctr: 0,
                 undelivered: BTreeSet::new(),
                 groups: BTreeSet::new(),
@@ -542,7 +603,8 @@ impl Sim {
         let cfg = self.config_for(i);
         let local = self.nodes[i].clock.local(self.now);
         #[allow(unused_mut)]
-        let mut node = TotemNode::new(cfg, local).map_err(|e| self.fail(format!("config rejected: {e}")))?;
+        let mut node =
+            TotemNode::new(cfg, local).map_err(|e| self.fail(format!("config rejected: {e}")))?;
         #[cfg(any(test, feature = "broken-deliver-early"))]
         node.set_broken_deliver_early(self.opts.broken_deliver_early);
         self.nodes[i].node = Some(node);
@@ -560,7 +622,9 @@ impl Sim {
         let mut evs = Vec::new();
         let deadline;
         {
-            let Some(node) = self.nodes[i].node.as_mut() else { return Ok(()) };
+            let Some(node) = self.nodes[i].node.as_mut() else {
+                return Ok(());
+            };
             while let Some(t) = node.poll_transmit() {
                 out.push(t);
             }
@@ -597,7 +661,10 @@ impl Sim {
                     self.log(format!("{id:?} cpg {group} members {members:?}"));
                 }
                 Event::Cpg(CpgEvent::Deliver { .. }) => {}
-                Event::Link(l) => self.log(format!("{id:?} link {:?} ring {} up={}", l.peer, l.ring, l.up)),
+                Event::Link(l) => self.log(format!(
+                    "{id:?} link {:?} ring {} up={}",
+                    l.peer, l.ring, l.up
+                )),
             }
         }
         for t in out {
@@ -625,11 +692,23 @@ impl Sim {
                 return;
             }
         }
-        let copies = if self.faults_on && self.rng.chance(self.profile.dup) { 2 } else { 1 };
+        let copies = if self.faults_on && self.rng.chance(self.profile.dup) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let tail = self.profile.delay_tail;
             let d = self.profile.delay_min + self.exp(tail);
-            self.at(self.now + d, Ev::Packet { to, ring, from, bytes: bytes.clone() });
+            self.at(
+                self.now + d,
+                Ev::Packet {
+                    to,
+                    ring,
+                    from,
+                    bytes: bytes.clone(),
+                },
+            );
         }
     }
 
@@ -655,7 +734,10 @@ impl Sim {
                     Command::CpgJoin { group: g }
                 }
             } else if joined {
-                Command::CpgSend { group: g, payload: vec![1, 2, 3] }
+                Command::CpgSend {
+                    group: g,
+                    payload: vec![1, 2, 3],
+                }
             } else {
                 return Ok(());
             }
@@ -682,7 +764,9 @@ impl Sim {
         let local = self.nodes[i].clock.local(self.now);
         let id = self.nodes[i].id;
         let desc = format!("{cmd:?}");
-        let Some(node) = self.nodes[i].node.as_mut() else { return Ok(()) };
+        let Some(node) = self.nodes[i].node.as_mut() else {
+            return Ok(());
+        };
         if let Err(e) = node.handle_command(local, cmd.clone()) {
             if let Command::Multicast { payload, .. } = &cmd {
                 let ctr = u64::from_be_bytes(payload[8..16].try_into().expect("8"));
@@ -711,20 +795,39 @@ impl Sim {
                 }
             }
         }
-        let a: Vec<_> = ids.iter().zip(&side).filter(|x| *x.1).map(|x| *x.0).collect();
-        self.log(format!("partition {a:?} | rest{}", if oneway { " (one-way)" } else { "" }));
+        let a: Vec<_> = ids
+            .iter()
+            .zip(&side)
+            .filter(|x| *x.1)
+            .map(|x| *x.0)
+            .collect();
+        self.log(format!(
+            "partition {a:?} | rest{}",
+            if oneway { " (one-way)" } else { "" }
+        ));
     }
 
-    fn step_node<F: FnOnce(&mut TotemNode, Instant)>(&mut self, i: usize, f: F) -> Result<(), Failure> {
+    fn step_node<F: FnOnce(&mut TotemNode, Instant)>(
+        &mut self,
+        i: usize,
+        f: F,
+    ) -> Result<(), Failure> {
         let local = self.nodes[i].clock.local(self.now);
-        let Some(node) = self.nodes[i].node.as_mut() else { return Ok(()) };
+        let Some(node) = self.nodes[i].node.as_mut() else {
+            return Ok(());
+        };
         f(node, local);
         self.after(i)
     }
 
     fn handle(&mut self, ev: Ev) -> Result<(), Failure> {
         match ev {
-            Ev::Packet { to, ring, from, bytes } => {
+            Ev::Packet {
+                to,
+                ring,
+                from,
+                bytes,
+            } => {
                 let i = self.idx(to);
                 if self.nodes[i].node.is_none() {
                     return Ok(());
@@ -790,7 +893,9 @@ impl Sim {
                 if self.nodes[i].node.is_some() && !self.nodes[i].paused {
                     self.nodes[i].paused = true;
                     let id = self.nodes[i].id;
-                    let d = Duration::from_millis(self.rng.range(50, 3 * self.profile.token.as_millis()));
+                    let d = Duration::from_millis(
+                        self.rng.range(50, 3 * self.profile.token.as_millis()),
+                    );
                     self.log(format!("{id:?} paused for {d}"));
                     self.at(self.now + d, Ev::Resume { node: id });
                 }
@@ -845,14 +950,21 @@ impl Sim {
         self.step_node(i, |n, t| n.handle_timeout(t))
     }
 
-    fn run_until(&mut self, end: Instant, mut stop: impl FnMut(&Sim) -> bool) -> Result<bool, Failure> {
+    fn run_until(
+        &mut self,
+        end: Instant,
+        mut stop: impl FnMut(&Sim) -> bool,
+    ) -> Result<bool, Failure> {
         while let Some(Reverse((t, s))) = self.queue.peek().copied() {
             if t > end {
                 self.now = end;
                 return Ok(false);
             }
             self.queue.pop();
-            let ev = self.events.remove(&s).expect("every queued seq has an event");
+            let ev = self
+                .events
+                .remove(&s)
+                .expect("every queued seq has an event");
             self.now = t;
             self.steps += 1;
             self.handle(ev)?;
@@ -906,16 +1018,56 @@ impl Sim {
         s
     }
 
-    /// Runs both phases and the final checks.
-    pub fn run(mut self) -> Result<Report, Failure> {
+    fn boot(&mut self) {
         let seed = self.opts.seed;
-        self.log(format!("seed {seed} nodes {} profile {:?}", self.opts.nodes, self.profile));
+        self.log(format!(
+            "seed {seed} nodes {} profile {:?}",
+            self.opts.nodes, self.profile
+        ));
         for i in 0..self.nodes.len() {
             // staggered starts
             let d = Duration::from_micros(self.rng.below(50_000));
             let id = self.nodes[i].id;
             self.at(Instant::ZERO + d, Ev::Restart { node: id });
         }
+    }
+
+    /// Scripted scenario: a calm cluster forms its ring, then the highest
+    /// node is killed; returns the time until every survivor has installed
+    /// a ring of exactly the survivors (failure detection + reformation).
+    pub fn detection_time(mut self) -> Result<Duration, Failure> {
+        self.faults_on = false;
+        self.boot();
+        let bound = Instant::ZERO + self.opts.liveness_bound;
+        if !self.run_until(bound, |s| s.converged())? {
+            return Err(self.fail(format!("no initial ring ({})", self.describe())));
+        }
+        // let the ring run a little, at a random phase of the token
+        let settle = self.now + Duration::from_millis(100 + self.rng.below(100));
+        self.run_until(settle, |_| false)?;
+        let victim = self.nodes.len() - 1;
+        self.nodes[victim].node = None;
+        let id = self.nodes[victim].id;
+        self.log(format!("{id:?} killed"));
+        let t0 = self.now;
+        let survivors: Vec<NodeId> = self.nodes[..victim].iter().map(|n| n.id).collect();
+        let done = |s: &Sim| {
+            s.nodes[..victim].iter().all(|n| {
+                n.node.as_ref().is_some_and(|t| {
+                    t.state() == State::Operational && t.members() == survivors.as_slice()
+                })
+            })
+        };
+        if !self.run_until(t0 + self.opts.liveness_bound, done)? {
+            return Err(self.fail(format!("survivors did not re-form ({})", self.describe())));
+        }
+        Ok(self.now - t0)
+    }
+
+    /// Runs both phases and the final checks.
+    pub fn run(mut self) -> Result<Report, Failure> {
+        let seed = self.opts.seed;
+        self.boot();
         self.at(Instant::ZERO, Ev::Workload);
         if self.opts.faults {
             let p = self.profile.clone();
@@ -951,7 +1103,11 @@ impl Sim {
             let truth: Vec<NodeId> = self
                 .nodes
                 .iter()
-                .filter(|n| n.node.as_ref().is_some_and(|t| t.cpg().local_groups().iter().any(|x| x == g)))
+                .filter(|n| {
+                    n.node
+                        .as_ref()
+                        .is_some_and(|t| t.cpg().local_groups().iter().any(|x| x == g))
+                })
                 .map(|n| n.id)
                 .collect();
             for n in &self.nodes {
@@ -972,7 +1128,9 @@ impl Sim {
         let before = self.checker.deliveries;
         let want = (self.nodes.len() * self.nodes.len()) as u64;
         let end = self.now + Duration::from_secs(5);
-        let ok = self.run_until(end, |s| s.checker.deliveries - before >= want && s.converged())?;
+        let ok = self.run_until(end, |s| {
+            s.checker.deliveries - before >= want && s.converged()
+        })?;
         if !ok {
             return Err(self.fail(format!(
                 "liveness: final messages not delivered everywhere ({} of {want}) ({})",
@@ -997,6 +1155,15 @@ impl Sim {
 /// Runs one seed. The error's `Display` carries the replay command.
 pub fn run(opts: SimOptions) -> Result<Report, Failure> {
     Sim::new(opts).run()
+}
+
+/// Failure detection time of a calm cluster of `nodes` when one is killed,
+/// with the given token timeout (see [`Sim::detection_time`]).
+pub fn detection_time(seed: u64, nodes: usize, token: Duration) -> Result<Duration, Failure> {
+    let mut o = SimOptions::from_seed(seed, Some(nodes));
+    o.faults = false;
+    o.token = Some(token);
+    Sim::new(o).detection_time()
 }
 
 /// Runs the same options twice and compares the trace hashes.
@@ -1051,9 +1218,16 @@ mod tests {
                 break;
             }
         }
-        let (seed, f) = caught.expect("the checker missed a core that delivers before the order is agreed");
+        let (seed, f) =
+            caught.expect("the checker missed a core that delivers before the order is agreed");
         let text = f.to_string();
-        assert!(text.contains(&format!("quorate sim totem --seed {seed} --nodes")), "{text}");
-        assert!(text.contains("total order") || text.contains("gap") || text.contains("FIFO"), "{text}");
+        assert!(
+            text.contains(&format!("quorate sim totem --seed {seed} --nodes")),
+            "{text}"
+        );
+        assert!(
+            text.contains("total order") || text.contains("gap") || text.contains("FIFO"),
+            "{text}"
+        );
     }
 }

@@ -1,7 +1,10 @@
 use sim::totem::{check_determinism, run, SimOptions};
 
 fn seeds() -> u64 {
-    std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200)
+    std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40)
 }
 
 #[test]
@@ -27,5 +30,30 @@ fn many_seeds_with_faults_keep_every_invariant() {
 fn same_seed_same_trace() {
     for seed in [1, 2, 3] {
         check_determinism(SimOptions::from_seed(seed, None)).unwrap();
+    }
+}
+
+#[test]
+fn a_killed_node_is_detected_within_token_plus_200ms() {
+    use base::Duration;
+    for (nodes, token) in [(2, 300), (3, 300), (5, 1000)] {
+        let mut times: Vec<u64> = (0..9)
+            .map(|seed| {
+                sim::totem::detection_time(seed, nodes, Duration::from_millis(token))
+                    .unwrap_or_else(|f| panic!("{f}"))
+                    .as_millis()
+            })
+            .collect();
+        times.sort();
+        let p50 = times[times.len() / 2];
+        eprintln!("detection, {nodes} nodes, token {token} ms: p50 {p50} ms, all {times:?}");
+        assert!(
+            p50 <= token + 200,
+            "{nodes} nodes token {token}: p50 {p50} ms ({times:?})"
+        );
+        assert!(
+            p50 >= token / 2,
+            "{nodes} nodes: detection {p50} ms is faster than the token timeout allows ({times:?})"
+        );
     }
 }

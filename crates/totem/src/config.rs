@@ -130,7 +130,9 @@ impl TotemConfig {
             return Err(ConfigError::BadNodes("node id 0 is reserved".into()));
         }
         if sorted.len() > MAX_NODES {
-            return Err(ConfigError::BadNodes(format!("more than {MAX_NODES} nodes")));
+            return Err(ConfigError::BadNodes(format!(
+                "more than {MAX_NODES} nodes"
+            )));
         }
         if !sorted.contains(&self.node_id) {
             return Err(ConfigError::SelfNotListed(self.node_id.0));
@@ -143,13 +145,20 @@ impl TotemConfig {
         }
         let ms = |d: Duration| d.as_millis();
         if self.token < Duration::from_millis(10) {
-            return Err(ConfigError::BadTimers(format!("token {} ms is below 10 ms", ms(self.token))));
+            return Err(ConfigError::BadTimers(format!(
+                "token {} ms is below 10 ms",
+                ms(self.token)
+            )));
         }
         if self.join.as_nanos() == 0 || self.merge.as_nanos() == 0 {
-            return Err(ConfigError::BadTimers("join and merge must be above 0".into()));
+            return Err(ConfigError::BadTimers(
+                "join and merge must be above 0".into(),
+            ));
         }
         if self.consensus < self.join.mul(2) {
-            return Err(ConfigError::BadTimers("consensus must be at least 2 x join".into()));
+            return Err(ConfigError::BadTimers(
+                "consensus must be at least 2 x join".into(),
+            ));
         }
         if self.hold.mul(2) > self.token_retransmit() {
             return Err(ConfigError::BadTimers(
@@ -164,7 +173,9 @@ impl TotemConfig {
             ));
         }
         if self.fail_recv_const == 0 {
-            return Err(ConfigError::BadTimers("fail_recv_const must be >= 1".into()));
+            return Err(ConfigError::BadTimers(
+                "fail_recv_const must be >= 1".into(),
+            ));
         }
         Ok(())
     }

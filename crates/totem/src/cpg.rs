@@ -139,7 +139,10 @@ pub struct Cpg {
 
 impl Cpg {
     pub(crate) fn new(me: NodeId) -> Cpg {
-        Cpg { me: Some(me), ..Cpg::default() }
+        Cpg {
+            me: Some(me),
+            ..Cpg::default()
+        }
     }
 
     fn me(&self) -> NodeId {
@@ -154,12 +157,19 @@ impl Cpg {
 
     /// The current view of a group (sorted).
     pub fn view(&self, group: &str) -> Vec<NodeId> {
-        self.views.get(group).map(|s| s.iter().copied().collect()).unwrap_or_default()
+        self.views
+            .get(group)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Every group with a non-empty view.
     pub fn groups(&self) -> Vec<GroupName> {
-        self.views.iter().filter(|(_, v)| !v.is_empty()).map(|(g, _)| g.clone()).collect()
+        self.views
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(g, _)| g.clone())
+            .collect()
     }
 
     /// Groups this node is in, as of the delivered order.
@@ -193,13 +203,21 @@ impl Cpg {
 
     /// A regular configuration was installed: drop departed nodes from every
     /// view and return the join-list payload to multicast first.
-    pub(crate) fn on_regular_config(&mut self, members: &[NodeId], out: &mut Vec<CpgEvent>) -> Vec<u8> {
+    pub(crate) fn on_regular_config(
+        &mut self,
+        members: &[NodeId],
+        out: &mut Vec<CpgEvent>,
+    ) -> Vec<u8> {
         self.ring_members = members.iter().copied().collect();
         self.joinlists.clear();
         let groups: Vec<GroupName> = self.views.keys().cloned().collect();
         for g in groups {
             let view = self.views.get_mut(&g).expect("key from keys()");
-            let left: Vec<NodeId> = view.iter().filter(|n| !members.contains(n)).copied().collect();
+            let left: Vec<NodeId> = view
+                .iter()
+                .filter(|n| !members.contains(n))
+                .copied()
+                .collect();
             if left.is_empty() {
                 continue;
             }
@@ -234,7 +252,9 @@ impl Cpg {
                 if sender == me {
                     self.local.insert(g.clone());
                 }
-                if self.views.entry(g.clone()).or_default().insert(sender) && self.local.contains(&g) {
+                if self.views.entry(g.clone()).or_default().insert(sender)
+                    && self.local.contains(&g)
+                {
                     self.emit(&g, vec![sender], vec![], out);
                 }
             }
@@ -249,7 +269,11 @@ impl Cpg {
             }
             Msg::Send(g, d) => {
                 if self.local.contains(&g) {
-                    out.push(CpgEvent::Deliver { group: g, sender, data: Arc::from(d) });
+                    out.push(CpgEvent::Deliver {
+                        group: g,
+                        sender,
+                        data: Arc::from(d),
+                    });
                 }
             }
             Msg::JoinList(list) => {
@@ -259,11 +283,23 @@ impl Cpg {
                 self.joinlists.insert(sender);
                 let listed: BTreeSet<String> = list.into_iter().collect();
                 let mut touched: BTreeSet<String> = listed.clone();
-                touched.extend(self.views.iter().filter(|(_, v)| v.contains(&sender)).map(|(g, _)| g.clone()));
+                touched.extend(
+                    self.views
+                        .iter()
+                        .filter(|(_, v)| v.contains(&sender))
+                        .map(|(g, _)| g.clone()),
+                );
                 for g in touched {
                     let view = self.views.entry(g.clone()).or_default();
                     let (joined, left) = if listed.contains(&g) {
-                        (if view.insert(sender) { vec![sender] } else { vec![] }, vec![])
+                        (
+                            if view.insert(sender) {
+                                vec![sender]
+                            } else {
+                                vec![]
+                            },
+                            vec![],
+                        )
                     } else {
                         view.remove(&sender);
                         (vec![], vec![sender])

@@ -79,7 +79,9 @@ impl ClusterKey {
         let mut h = Sha256::new();
         h.update(b"quorate-totem-v1\0");
         h.update(bytes);
-        Ok(ClusterKey { key: h.finalize().into() })
+        Ok(ClusterKey {
+            key: h.finalize().into(),
+        })
     }
 }
 
@@ -126,7 +128,11 @@ impl Window {
             return false;
         }
         if epoch > self.epoch {
-            *self = Window { epoch, top: ctr, bits: 1 };
+            *self = Window {
+                epoch,
+                top: ctr,
+                bits: 1,
+            };
             return true;
         }
         if ctr > self.top {
@@ -203,7 +209,13 @@ impl Codec {
                 let body = msg.encode();
                 let n = nonce(self.me, self.epoch, self.counter);
                 let ct = c
-                    .encrypt(&n, AeadPayload { msg: &body, aad: &out[..HEADER_LEN] })
+                    .encrypt(
+                        &n,
+                        AeadPayload {
+                            msg: &body,
+                            aad: &out[..HEADER_LEN],
+                        },
+                    )
                     .expect("XChaCha20-Poly1305 encryption of a bounded buffer cannot fail");
                 out.extend_from_slice(&ct);
             }
@@ -226,7 +238,10 @@ impl Codec {
             return Err(FrameError::Malformed(format!("bad magic {magic:#06x}")));
         }
         if frame[2] != VERSION {
-            return Err(FrameError::Malformed(format!("unsupported version {}", frame[2])));
+            return Err(FrameError::Malformed(format!(
+                "unsupported version {}",
+                frame[2]
+            )));
         }
         let flags = frame[3];
         if flags > 1 {
@@ -256,11 +271,18 @@ impl Codec {
                 let pt = c
                     .decrypt(
                         &nonce(sender, epoch, ctr),
-                        AeadPayload { msg: body, aad: &frame[..HEADER_LEN] },
+                        AeadPayload {
+                            msg: body,
+                            aad: &frame[..HEADER_LEN],
+                        },
                     )
                     .map_err(|_| FrameError::Auth)?;
                 let msg = Message::decode(&pt)?;
-                let w = self.windows.entry(sender).or_insert(Window { epoch, top: 0, bits: 0 });
+                let w = self.windows.entry(sender).or_insert(Window {
+                    epoch,
+                    top: 0,
+                    bits: 0,
+                });
                 if !w.accept(epoch, ctr) {
                     return Err(FrameError::Replay);
                 }
@@ -306,15 +328,25 @@ mod tests {
         assert!(b.open(&f2, known).is_ok());
         // plaintext is refused when a key is configured
         let mut p = Codec::new(NodeId(1), 4, None);
-        assert_eq!(b.open(&p.seal(&Message::Heartbeat), known), Err(FrameError::Auth));
+        assert_eq!(
+            b.open(&p.seal(&Message::Heartbeat), known),
+            Err(FrameError::Auth)
+        );
         // unknown sender
         let mut x = Codec::new(NodeId(9), 1, Some(&k));
-        assert_eq!(b.open(&x.seal(&Message::Heartbeat), known), Err(FrameError::UnknownSender(9)));
+        assert_eq!(
+            b.open(&x.seal(&Message::Heartbeat), known),
+            Err(FrameError::UnknownSender(9))
+        );
     }
 
     #[test]
     fn replay_window_accepts_reordering_within_window_and_new_epochs() {
-        let mut w = Window { epoch: 1, top: 0, bits: 0 };
+        let mut w = Window {
+            epoch: 1,
+            top: 0,
+            bits: 0,
+        };
         assert!(w.accept(1, 5));
         assert!(w.accept(1, 3));
         assert!(!w.accept(1, 3));
@@ -328,8 +360,14 @@ mod tests {
 
     #[test]
     fn key_file_length_and_randomness_are_checked() {
-        assert_eq!(ClusterKey::from_authkey(&[1; 8]).unwrap_err(), KeyError::BadLength(8));
-        assert_eq!(ClusterKey::from_authkey(&[7; 64]).unwrap_err(), KeyError::NotRandom);
+        assert_eq!(
+            ClusterKey::from_authkey(&[1; 8]).unwrap_err(),
+            KeyError::BadLength(8)
+        );
+        assert_eq!(
+            ClusterKey::from_authkey(&[7; 64]).unwrap_err(),
+            KeyError::NotRandom
+        );
         let k = generate_authkey([5; AUTHKEY_LEN]);
         assert_eq!(k.len(), AUTHKEY_LEN);
         assert!(format!("{:?}", key(3)).contains("redacted"));

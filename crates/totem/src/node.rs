@@ -277,7 +277,13 @@ struct RingLog {
 
 impl RingLog {
     fn new() -> RingLog {
-        RingLog { msgs: BTreeMap::new(), my_aru: 0, high_seq: 0, delivered: 0, safe_upto: 0 }
+        RingLog {
+            msgs: BTreeMap::new(),
+            my_aru: 0,
+            high_seq: 0,
+            delivered: 0,
+            safe_upto: 0,
+        }
     }
     fn insert(&mut self, seq: u64, s: Stored) -> bool {
         if seq <= self.my_aru || self.msgs.contains_key(&seq) {
@@ -405,7 +411,13 @@ impl TotemNode {
         if cfg.rings > 1 {
             for n in cfg.nodes.iter().filter(|n| **n != me) {
                 for r in 0..cfg.rings {
-                    links.insert((*n, r), Link { last_heard: now, up: true });
+                    links.insert(
+                        (*n, r),
+                        Link {
+                            last_heard: now,
+                            up: true,
+                        },
+                    );
                 }
             }
         }
@@ -576,7 +588,11 @@ impl TotemNode {
         if self.cfg.rings == 1 {
             return 0;
         }
-        let rr = if token { &mut self.rr_token } else { &mut self.rr_other };
+        let rr = if token {
+            &mut self.rr_token
+        } else {
+            &mut self.rr_other
+        };
         for _ in 0..self.cfg.rings {
             *rr = (*rr + 1) % self.cfg.rings;
             let r = *rr;
@@ -599,7 +615,11 @@ impl TotemNode {
                 continue;
             }
             let ring = self.pick_ring(n, token);
-            self.push_transmit(Transmit { ring, to: n, bytes: bytes.clone() });
+            self.push_transmit(Transmit {
+                ring,
+                to: n,
+                bytes: bytes.clone(),
+            });
         }
     }
 
@@ -613,11 +633,20 @@ impl TotemNode {
     }
 
     fn others(&self) -> Vec<NodeId> {
-        self.cfg.nodes.iter().filter(|n| **n != self.me).copied().collect()
+        self.cfg
+            .nodes
+            .iter()
+            .filter(|n| **n != self.me)
+            .copied()
+            .collect()
     }
 
     fn ring_others(&self) -> Vec<NodeId> {
-        self.members.iter().filter(|n| **n != self.me).copied().collect()
+        self.members
+            .iter()
+            .filter(|n| **n != self.me)
+            .copied()
+            .collect()
     }
 
     fn next_member(&self) -> NodeId {
@@ -649,7 +678,12 @@ impl TotemNode {
                 if payload.len() > MAX_PAYLOAD {
                     return Err(CommandError::TooLarge(payload.len()));
                 }
-                Payload { origin: self.me, safe, channel: 0, data: Arc::from(payload) }
+                Payload {
+                    origin: self.me,
+                    safe,
+                    channel: 0,
+                    data: Arc::from(payload),
+                }
             }
             Command::CpgJoin { group } => {
                 if !cpg::check_name(&group) {
@@ -663,7 +697,12 @@ impl TotemNode {
                     return Err(CommandError::QueueFull(self.pending.len()));
                 }
                 let data = cpg::encode_member_op(true, &group);
-                Payload { origin: self.me, safe: false, channel: 1, data: Arc::from(data) }
+                Payload {
+                    origin: self.me,
+                    safe: false,
+                    channel: 1,
+                    data: Arc::from(data),
+                }
             }
             Command::CpgLeave { group } => {
                 if !self.cpg.intends(&group) {
@@ -672,7 +711,12 @@ impl TotemNode {
                 self.check_queue()?;
                 self.cpg.set_intent(&group, false);
                 let data = cpg::encode_member_op(false, &group);
-                Payload { origin: self.me, safe: false, channel: 1, data: Arc::from(data) }
+                Payload {
+                    origin: self.me,
+                    safe: false,
+                    channel: 1,
+                    data: Arc::from(data),
+                }
             }
             Command::CpgSend { group, payload } => {
                 if !self.cpg.intends(&group) {
@@ -682,7 +726,12 @@ impl TotemNode {
                     return Err(CommandError::TooLarge(payload.len()));
                 }
                 let data = cpg::encode_send(&group, &payload);
-                Payload { origin: self.me, safe: false, channel: 1, data: Arc::from(data) }
+                Payload {
+                    origin: self.me,
+                    safe: false,
+                    channel: 1,
+                    data: Arc::from(data),
+                }
             }
             Command::Leave => {
                 self.join_seq += 1;
@@ -753,7 +802,11 @@ impl TotemNode {
             l.last_heard = now;
             if !l.up {
                 l.up = true;
-                self.push_event(Event::Link(LinkStatus { peer: sender, ring, up: true }));
+                self.push_event(Event::Link(LinkStatus {
+                    peer: sender,
+                    ring,
+                    up: true,
+                }));
             }
         }
         match msg {
@@ -815,11 +868,19 @@ impl TotemNode {
         let mut changes = Vec::new();
         for p in peers {
             for r in 0..self.cfg.rings {
-                self.push_transmit(Transmit { ring: r, to: p, bytes: bytes.clone() });
+                self.push_transmit(Transmit {
+                    ring: r,
+                    to: p,
+                    bytes: bytes.clone(),
+                });
                 if let Some(l) = self.links.get_mut(&(p, r)) {
                     if l.up && now.saturating_since(l.last_heard) >= timeout {
                         l.up = false;
-                        changes.push(LinkStatus { peer: p, ring: r, up: false });
+                        changes.push(LinkStatus {
+                            peer: p,
+                            ring: r,
+                            up: false,
+                        });
                     }
                 }
             }
@@ -874,7 +935,10 @@ impl TotemNode {
             self.cur.msgs.pop_first();
         }
         // a node that keeps the ring's aru down is failing to receive
-        if incoming_aru_id == self.me && tok.prev_aru == self.last_prev_aru && tok.seq > tok.prev_aru {
+        if incoming_aru_id == self.me
+            && tok.prev_aru == self.last_prev_aru
+            && tok.seq > tok.prev_aru
+        {
             self.fail_recv_count += 1;
             if self.fail_recv_count > self.cfg.fail_recv_const {
                 tracing::warn!(node = %self.me, "failed to receive; re-forming the ring");
@@ -887,7 +951,10 @@ impl TotemNode {
         }
         self.last_prev_aru = tok.prev_aru;
 
-        let mut budget = self.cfg.max_messages.min(self.cfg.window_size.saturating_sub(tok.fcc));
+        let mut budget = self
+            .cfg
+            .max_messages
+            .min(self.cfg.window_size.saturating_sub(tok.fcc));
         let mut sent: u32 = 0;
         // serve retransmission requests
         let mut rtr = Vec::with_capacity(tok.rtr.len());
@@ -919,7 +986,9 @@ impl TotemNode {
                 let old = self.old.as_ref();
                 let mut out = Vec::new();
                 while budget > 0 && room(&tok) {
-                    let Some(os) = rec.to_send.pop_front() else { break };
+                    let Some(os) = rec.to_send.pop_front() else {
+                        break;
+                    };
                     let Some(m) = old.and_then(|o| o.log.msgs.get(&os).map(|m| (o.id, m))) else {
                         continue;
                     };
@@ -947,8 +1016,19 @@ impl TotemNode {
                 }
                 for (seq, oring, oseq, payload) in out {
                     let recovered = Some((oring, oseq));
-                    self.cur.insert(seq, Stored { payload: payload.clone(), recovered });
-                    let msg = Message::Mcast(Mcast { ring: self.ring, seq, recovered, payload });
+                    self.cur.insert(
+                        seq,
+                        Stored {
+                            payload: payload.clone(),
+                            recovered,
+                        },
+                    );
+                    let msg = Message::Mcast(Mcast {
+                        ring: self.ring,
+                        seq,
+                        recovered,
+                        payload,
+                    });
                     let to = self.ring_others();
                     self.send_to(&to, &msg);
                 }
@@ -956,15 +1036,29 @@ impl TotemNode {
         } else {
             // new messages, with the backlog share rule
             if tok.backlog > self.cfg.window_size && !self.pending.is_empty() {
-                let share = (u64::from(budget) * self.pending.len() as u64 / u64::from(tok.backlog)) as u32;
+                let share =
+                    (u64::from(budget) * self.pending.len() as u64 / u64::from(tok.backlog)) as u32;
                 budget = budget.min(share.max(1));
             }
             while budget > 0 && room(&tok) {
-                let Some(p) = self.pending.pop_front() else { break };
+                let Some(p) = self.pending.pop_front() else {
+                    break;
+                };
                 tok.seq += 1;
                 let seq = tok.seq;
-                self.cur.insert(seq, Stored { payload: p.clone(), recovered: None });
-                let msg = Message::Mcast(Mcast { ring: self.ring, seq, recovered: None, payload: p });
+                self.cur.insert(
+                    seq,
+                    Stored {
+                        payload: p.clone(),
+                        recovered: None,
+                    },
+                );
+                let msg = Message::Mcast(Mcast {
+                    ring: self.ring,
+                    seq,
+                    recovered: None,
+                    payload: p,
+                });
                 let to = self.ring_others();
                 self.send_to(&to, &msg);
                 self.stats.mcasts_sent += 1;
@@ -979,7 +1073,10 @@ impl TotemNode {
         tok.fcc = tok.fcc.saturating_sub(self.my_fcc).saturating_add(sent);
         self.my_fcc = sent;
         let backlog = self.pending.len() as u32;
-        tok.backlog = tok.backlog.saturating_sub(self.my_backlog).saturating_add(backlog);
+        tok.backlog = tok
+            .backlog
+            .saturating_sub(self.my_backlog)
+            .saturating_add(backlog);
         self.my_backlog = backlog;
         // ask for what we miss (messages that had a whole rotation to arrive)
         let upto = self.last_visit_seq.min(tok.seq);
@@ -1013,7 +1110,13 @@ impl TotemNode {
             } else {
                 Duration::from_nanos(self.cfg.token_retransmit().as_nanos() / 2)
             };
-            self.hold_until = Some(now + if idle || self.state != State::Operational { wait } else { Duration::ZERO });
+            self.hold_until = Some(
+                now + if idle || self.state != State::Operational {
+                    wait
+                } else {
+                    Duration::ZERO
+                },
+            );
             self.token_loss_at = None;
         } else if rep && self.state == State::Operational && idle && self.cfg.hold.as_nanos() > 0 {
             self.held = Some(tok);
@@ -1066,14 +1169,20 @@ impl TotemNode {
             self.stats.malformed += 1;
             return;
         }
-        let stored = Stored { payload: m.payload, recovered: m.recovered };
+        let stored = Stored {
+            payload: m.payload,
+            recovered: m.recovered,
+        };
         if !self.cur.insert(m.seq, stored.clone()) {
             self.stats.duplicates += 1;
             return;
         }
         if let (Some((oring, oseq)), Some(old)) = (m.recovered, self.old.as_mut()) {
             if oring == old.id && oseq > old.log.delivered {
-                let s = Stored { payload: stored.payload.clone(), recovered: None };
+                let s = Stored {
+                    payload: stored.payload.clone(),
+                    recovered: None,
+                };
                 old.log.insert(oseq, s);
             }
         }
@@ -1094,7 +1203,9 @@ impl TotemNode {
         }
         loop {
             let s = self.cur.delivered + 1;
-            let Some(m) = self.cur.msgs.get(&s) else { break };
+            let Some(m) = self.cur.msgs.get(&s) else {
+                break;
+            };
             if m.recovered.is_some() {
                 self.cur.delivered = s;
                 continue;
@@ -1116,7 +1227,8 @@ impl TotemNode {
         self.stats.delivered += 1;
         if m.payload.channel == 1 {
             let mut out = Vec::new();
-            self.cpg.on_deliver(m.payload.origin, &m.payload.data, &mut out);
+            self.cpg
+                .on_deliver(m.payload.origin, &m.payload.data, &mut out);
             for e in out {
                 self.push_event(Event::Cpg(e));
             }
@@ -1132,7 +1244,9 @@ impl TotemNode {
     }
 
     fn foreign(&mut self, now: Instant, sender: NodeId, ring: RingId) {
-        if self.state == State::Operational && (!self.members.contains(&sender) || ring.seq > self.ring.seq) {
+        if self.state == State::Operational
+            && (!self.members.contains(&sender) || ring.seq > self.ring.seq)
+        {
             tracing::info!(node = %self.me, %sender, foreign = %ring, "foreign ring seen; merging");
             self.enter_gather(now, "foreign ring");
         }
@@ -1156,7 +1270,11 @@ impl TotemNode {
         proc_set.insert(self.me);
         if self.state == State::Operational {
             let log = std::mem::replace(&mut self.cur, RingLog::new());
-            self.old = Some(OldRing { id: self.ring, members: self.members.clone(), log });
+            self.old = Some(OldRing {
+                id: self.ring,
+                members: self.members.clone(),
+                log,
+            });
         }
         if let Some(old) = &self.old {
             proc_set.extend(old.members.iter().copied());
@@ -1213,7 +1331,9 @@ impl TotemNode {
     }
 
     fn gather_timers(&mut self, now: Instant) {
-        let Some(g) = self.gather.as_mut() else { return };
+        let Some(g) = self.gather.as_mut() else {
+            return;
+        };
         let mut changed = false;
         if g.consensus_at <= now {
             let silent: Vec<NodeId> = g
@@ -1269,7 +1389,10 @@ impl TotemNode {
         self.join_keys.insert(sender, key);
         if j.leaving {
             let involved = self.members.contains(&sender)
-                || self.gather.as_ref().is_some_and(|g| g.proc_set.contains(&sender));
+                || self
+                    .gather
+                    .as_ref()
+                    .is_some_and(|g| g.proc_set.contains(&sender));
             if !involved {
                 return;
             }
@@ -1309,7 +1432,9 @@ impl TotemNode {
         self.max_ring_seq = j.ring_seq;
         let me = self.me;
         let nodes = &self.cfg.nodes;
-        let Some(g) = self.gather.as_mut() else { return };
+        let Some(g) = self.gather.as_mut() else {
+            return;
+        };
         g.max_seq = g.max_seq.max(j.ring_seq);
         let mut changed = raised;
         if j.fail_set.contains(&me) {
@@ -1348,7 +1473,11 @@ impl TotemNode {
     }
 
     fn active_set(g: &Gather) -> Vec<NodeId> {
-        g.proc_set.iter().filter(|n| !g.fail_set.contains(n)).copied().collect()
+        g.proc_set
+            .iter()
+            .filter(|n| !g.fail_set.contains(n))
+            .copied()
+            .collect()
     }
 
     fn check_consensus(&mut self, now: Instant) {
@@ -1388,13 +1517,20 @@ impl TotemNode {
                 high_delivered: o.log.delivered,
                 high_seq: o.log.high_seq,
             },
-            None => CommitEntry { old_ring: RingId::ZERO, aru: 0, high_delivered: 0, high_seq: 0 },
+            None => CommitEntry {
+                old_ring: RingId::ZERO,
+                aru: 0,
+                high_delivered: 0,
+                high_seq: 0,
+            },
         }
     }
 
     /// First rotation: fill our entry, enter COMMIT, pass it on.
     fn accept_commit(&mut self, now: Instant, mut c: Commit) {
-        let Some(i) = c.members.iter().position(|n| *n == self.me) else { return };
+        let Some(i) = c.members.iter().position(|n| *n == self.me) else {
+            return;
+        };
         c.entries[i] = Some(self.my_entry());
         self.state = State::Commit;
         self.gather = None;
@@ -1493,7 +1629,13 @@ impl TotemNode {
             _ => VecDeque::new(),
         };
         tracing::debug!(node = %self.me, ring = %c.ring, ?trans, split, resend = to_send.len(), "recovery");
-        self.rec = Some(Recovery { trans, split, to_send, clean: 0, rep_visits: 0 });
+        self.rec = Some(Recovery {
+            trans,
+            split,
+            to_send,
+            clean: 0,
+            rep_visits: 0,
+        });
         self.cur = RingLog::new();
         self.last_token_seq = 0;
         self.my_fcc = 0;
@@ -1522,7 +1664,13 @@ impl TotemNode {
     }
 
     fn enter_operational(&mut self, now: Instant, install_seq: u64) {
-        let rec = self.rec.take().unwrap_or(Recovery { trans: vec![self.me], split: 0, to_send: VecDeque::new(), clean: 0, rep_visits: 0 });
+        let rec = self.rec.take().unwrap_or(Recovery {
+            trans: vec![self.me],
+            split: 0,
+            to_send: VecDeque::new(),
+            clean: 0,
+            rep_visits: 0,
+        });
         self.state = State::Operational;
         let mut left = Vec::new();
         if let Some(mut old) = self.old.take() {
@@ -1566,7 +1714,12 @@ impl TotemNode {
         for e in out {
             self.push_event(Event::Cpg(e));
         }
-        self.pending.push_front(Payload { origin: self.me, safe: false, channel: 1, data: Arc::from(jl) });
+        self.pending.push_front(Payload {
+            origin: self.me,
+            safe: false,
+            channel: 1,
+            data: Arc::from(jl),
+        });
         self.cur.delivered = self.cur.delivered.max(install_seq);
         self.cur.safe_upto = self.cur.safe_upto.max(install_seq);
         self.merge_at = Some(now + self.cfg.merge);

@@ -22,7 +22,10 @@ pub struct RingId {
 
 impl RingId {
     /// "No ring yet".
-    pub const ZERO: RingId = RingId { seq: 0, rep: NodeId(0) };
+    pub const ZERO: RingId = RingId {
+        seq: 0,
+        rep: NodeId(0),
+    };
 }
 
 impl fmt::Debug for RingId {
@@ -237,7 +240,10 @@ impl<'a> Reader<'a> {
     fn node_set(&mut self) -> Result<Vec<NodeId>, DecodeError> {
         let n = self.u16()? as usize;
         if n > MAX_NODES {
-            return Err(DecodeError::TooLarge { what: "node list", n: n as u64 });
+            return Err(DecodeError::TooLarge {
+                what: "node list",
+                n: n as u64,
+            });
         }
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
@@ -386,7 +392,10 @@ impl Message {
                 let install_seq = r.u64()?;
                 let n = r.u16()? as usize;
                 if n > MAX_RTR {
-                    return Err(DecodeError::TooLarge { what: "retransmit list", n: n as u64 });
+                    return Err(DecodeError::TooLarge {
+                        what: "retransmit list",
+                        n: n as u64,
+                    });
                 }
                 let mut rtr = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -431,7 +440,10 @@ impl Message {
                 };
                 let n = r.u32()? as usize;
                 if n > MAX_PAYLOAD {
-                    return Err(DecodeError::TooLarge { what: "payload", n: n as u64 });
+                    return Err(DecodeError::TooLarge {
+                        what: "payload",
+                        n: n as u64,
+                    });
                 }
                 let data: Arc<[u8]> = Arc::from(r.take(n)?);
                 if seq == 0 {
@@ -441,7 +453,12 @@ impl Message {
                     ring,
                     seq,
                     recovered,
-                    payload: Payload { origin, safe: flags & 1 != 0, channel, data },
+                    payload: Payload {
+                        origin,
+                        safe: flags & 1 != 0,
+                        channel,
+                        data,
+                    },
                 })
             }
             T_MERGE => Message::MergeDetect { ring: r.ring()? },
@@ -452,7 +469,14 @@ impl Message {
                 let epoch = r.u64()?;
                 let join_seq = r.u64()?;
                 let leaving = r.bool()?;
-                Message::Join(Join { proc_set, fail_set, ring_seq, epoch, join_seq, leaving })
+                Message::Join(Join {
+                    proc_set,
+                    fail_set,
+                    ring_seq,
+                    epoch,
+                    join_seq,
+                    leaving,
+                })
             }
             T_COMMIT => {
                 let token_seq = r.u64()?;
@@ -474,7 +498,12 @@ impl Message {
                         None
                     });
                 }
-                Message::Commit(Commit { token_seq, ring, members, entries })
+                Message::Commit(Commit {
+                    token_seq,
+                    ring,
+                    members,
+                    entries,
+                })
             }
             T_HEARTBEAT => Message::Heartbeat,
             t => return Err(DecodeError::UnknownType(t)),
@@ -503,7 +532,10 @@ mod tests {
     use super::*;
 
     fn samples() -> Vec<Message> {
-        let ring = RingId { seq: 8, rep: NodeId(1) };
+        let ring = RingId {
+            seq: 8,
+            rep: NodeId(1),
+        };
         vec![
             Message::Token(Token {
                 ring,
@@ -522,8 +554,19 @@ mod tests {
             Message::Mcast(Mcast {
                 ring,
                 seq: 3,
-                recovered: Some((RingId { seq: 4, rep: NodeId(2) }, 7)),
-                payload: Payload { origin: NodeId(3), safe: true, channel: 1, data: Arc::from(&b"hi"[..]) },
+                recovered: Some((
+                    RingId {
+                        seq: 4,
+                        rep: NodeId(2),
+                    },
+                    7,
+                )),
+                payload: Payload {
+                    origin: NodeId(3),
+                    safe: true,
+                    channel: 1,
+                    data: Arc::from(&b"hi"[..]),
+                },
             }),
             Message::MergeDetect { ring },
             Message::Join(Join {
@@ -539,7 +582,12 @@ mod tests {
                 ring,
                 members: vec![NodeId(1), NodeId(4)],
                 entries: vec![
-                    Some(CommitEntry { old_ring: ring, aru: 1, high_delivered: 1, high_seq: 2 }),
+                    Some(CommitEntry {
+                        old_ring: ring,
+                        aru: 1,
+                        high_delivered: 1,
+                        high_seq: 2,
+                    }),
                     None,
                 ],
             }),
@@ -560,7 +608,11 @@ mod tests {
         for m in samples() {
             let b = m.encode();
             for n in 0..b.len() {
-                assert!(Message::decode(&b[..n]).is_err(), "{} truncated to {n}", m.kind());
+                assert!(
+                    Message::decode(&b[..n]).is_err(),
+                    "{} truncated to {n}",
+                    m.kind()
+                );
             }
             let mut longer = b.clone();
             longer.push(0);
@@ -578,6 +630,9 @@ mod tests {
             join_seq: 0,
             leaving: false,
         });
-        assert!(matches!(Message::decode(&j.encode()), Err(DecodeError::Invalid(_))));
+        assert!(matches!(
+            Message::decode(&j.encode()),
+            Err(DecodeError::Invalid(_))
+        ));
     }
 }
