@@ -2,10 +2,13 @@
 
 use crate::exec::StepError;
 use agents::process::default_search_path;
-use agents::{find_program, run_process, ProcessError, ProcessOutput, ProcessSpec};
+use agents::{find_program, ProcessError, ProcessOutput};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// One command the executor ran. The command line never carries secrets.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -144,12 +147,8 @@ impl<'a> Runner<'a> {
                 (program, cmd.args.clone(), shown)
             }
         };
-        let mut spec = ProcessSpec::new(path, cmd.timeout);
-        spec.args = args;
-        spec.env = cmd.env;
-        spec.scrub = cmd.scrub;
         let started = std::time::Instant::now();
-        let res = run_process(&spec).await;
+        let res = run_agent(&path, &args, &cmd.env, cmd.timeout, &cmd.scrub).await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match res {
             Ok(out) => {
@@ -222,4 +221,133 @@ impl<'a> Runner<'a> {
 /// True when `name` can be found on the search path.
 pub(crate) fn have_program(name: &str) -> bool {
     find_program(name, &default_search_path()).is_some()
+}
+
+/// Keep at most this much of stdout and of stderr.
+const OUTPUT_LIMIT: usize = 64 * 1024;
+/// After the agent exits, wait this long for its output pipes to close.
+const PIPE_GRACE: Duration = Duration::from_millis(50);
+
+fn scrub(text: &[u8], secrets: &[String]) -> String {
+    let mut t = String::from_utf8_lossy(text).into_owned();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        t = t.replace(s.as_str(), "***");
+    }
+    t
+}
+
+async fn read_into<R: AsyncRead + Unpin>(mut r: R, buf: Arc<Mutex<Vec<u8>>>) {
+    let mut chunk = [0u8; 8192];
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let mut b = buf.lock().unwrap_or_else(|e| e.into_inner());
+                let room = OUTPUT_LIMIT.saturating_sub(b.len());
+                b.extend_from_slice(&chunk[..n.min(room)]);
+            }
+        }
+    }
+}
+
+fn kill_group(pgid: Option<u32>) {
+    use nix::sys::signal::{killpg, Signal};
+    if let Some(p) = pgid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = killpg(nix::unistd::Pid::from_raw(p), Signal::SIGKILL);
+    }
+}
+
+/// Runs an agent in its own process group with a timeout, as a cluster
+/// resource manager must: on timeout the whole group is killed; after a normal
+/// exit nothing is killed and the output pipes are closed after a short grace,
+/// so a daemon the agent started (even with a bare `&`, keeping its stdout)
+/// keeps running. (agents::run_process kills such leftovers: right for fence
+/// agents, wrong for init scripts that start services.)
+async fn run_agent(
+    path: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+    secrets: &[String],
+) -> Result<ProcessOutput, ProcessError> {
+    let started = std::time::Instant::now();
+    let mut child = tokio::process::Command::new(path)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            let program = path.to_path_buf();
+            match e.kind() {
+                std::io::ErrorKind::NotFound => ProcessError::NotFound { program },
+                std::io::ErrorKind::PermissionDenied => ProcessError::PermissionDenied { program },
+                _ if e.raw_os_error() == Some(nix::libc::ENOEXEC) => {
+                    ProcessError::ExecFormat { program }
+                }
+                _ => ProcessError::Io { program, source: e },
+            }
+        })?;
+    let pgid = child.id();
+    let out_buf = Arc::new(Mutex::new(Vec::new()));
+    let err_buf = Arc::new(Mutex::new(Vec::new()));
+    let mut readers = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        readers.push(tokio::spawn(read_into(o, out_buf.clone())));
+    }
+    if let Some(e) = child.stderr.take() {
+        readers.push(tokio::spawn(read_into(e, err_buf.clone())));
+    }
+    let take =
+        |b: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *b.lock().unwrap_or_else(|e| e.into_inner()));
+    let status = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            kill_group(pgid);
+            readers.iter().for_each(|r| r.abort());
+            return Err(ProcessError::Io {
+                program: path.to_path_buf(),
+                source: e,
+            });
+        }
+        Err(_) => {
+            kill_group(pgid);
+            let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+            let _ = tokio::time::timeout(PIPE_GRACE, async {
+                for r in &mut readers {
+                    let _ = r.await;
+                }
+            })
+            .await;
+            readers.iter().for_each(|r| r.abort());
+            return Err(ProcessError::Timeout {
+                program: path.to_path_buf(),
+                timeout,
+                stderr: scrub(&take(&err_buf), secrets),
+            });
+        }
+    };
+    let elapsed = started.elapsed();
+    // Usually the pipes close with the agent; a daemon it left behind may hold
+    // them: stop reading (it gets EPIPE if it ever writes) but let it live.
+    let _ = tokio::time::timeout(PIPE_GRACE, async {
+        for r in &mut readers {
+            let _ = r.await;
+        }
+    })
+    .await;
+    readers.iter().for_each(|r| r.abort());
+    use std::os::unix::process::ExitStatusExt;
+    let (o, e) = (take(&out_buf), take(&err_buf));
+    Ok(ProcessOutput {
+        code: status.code(),
+        signal: status.signal(),
+        truncated: o.len() >= OUTPUT_LIMIT || e.len() >= OUTPUT_LIMIT,
+        stdout: scrub(&o, secrets),
+        stderr: scrub(&e, secrets),
+        elapsed,
+    })
 }

@@ -33,8 +33,10 @@
 //! `__status_timeout` (alias `__monitor_timeout`), in seconds or with a unit
 //! (`500ms`, `30s`, `2m`, `1h`); [`fold_action_timeouts`] turns rgmanager's
 //! `<action name timeout>` elements into these attributes. An agent that hangs past its timeout has its
-//! whole process group killed and counts as failed. Attributes starting with
-//! `__` are never passed to agents.
+//! whole process group killed and counts as failed. An agent that exits
+//! normally leaves its children alone: a daemon an init script starts with a
+//! bare `&` keeps running (its output pipes are closed after 50 ms). Attributes
+//! starting with `__` are never passed to agents.
 //!
 //! Network namespaces: [`Executor::with_netns`] wraps every network-facing
 //! command (`ip`, `arping`, LSB scripts, OCF agents) in `ip netns exec NAME`.

@@ -442,3 +442,52 @@ async fn meta_data_and_configuration_check() {
         Err(StepError::NoVmHandler(_))
     ));
 }
+
+#[tokio::test]
+async fn naive_script_daemon_survives_its_start() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let pidf = d.path().join("naive.pid");
+    let script = d.path().join("naive");
+    // A daemon started with a bare `&`: same process group, inherits stdout and stderr.
+    write_script(
+        &script,
+        &format!(
+            "#!/bin/sh\ncase $1 in\nstart) sleep 1000 & echo $! > {p}; echo started; exit 0;;\nstop) kill $(cat {p}); exit 0;;\nstatus) kill -0 $(cat {p}) 2>/dev/null && exit 0; exit 3;;\nesac\n",
+            p = pidf.display()
+        ),
+    );
+    let ex = Executor::new();
+    let res = vec![step(
+        "script",
+        "naive",
+        &[("file", script.to_str().unwrap())],
+    )];
+    let t0 = Instant::now();
+    let r = ex.run(&start("n", res.clone())).await;
+    let took = t0.elapsed();
+    assert_eq!(r.result, ExecResult::Started, "{r}");
+    assert!(
+        took < Duration::from_millis(250),
+        "start waited for the daemon: {took:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = read_pid(&pidf);
+    assert!(
+        alive(pid),
+        "the daemon {pid} was killed after its script exited"
+    );
+    assert_eq!(
+        ex.run(&status("n", res.clone())).await.result,
+        ExecResult::StatusOk
+    );
+    assert_eq!(
+        ex.run(&stop("n", res.clone())).await.result,
+        ExecResult::Stopped
+    );
+    let t0 = Instant::now();
+    while alive(pid) && t0.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(pid));
+}
