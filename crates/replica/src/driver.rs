@@ -130,6 +130,15 @@ impl Volume {
         listen: TcpListener,
         events: mpsc::UnboundedSender<VolumeEvent>,
     ) -> io::Result<Volume> {
+        if cfg.replica.node_id == cfg.peer_node_id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "node id {} is also the peer's id: give the two nodes different ids",
+                    cfg.peer_node_id
+                ),
+            ));
+        }
         let meta_bytes = std::fs::read(&cfg.meta).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -286,7 +295,7 @@ impl Task {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, listen: TcpListener) {
         let (net_tx, mut net_rx) = mpsc::unbounded_channel::<Net>();
         let (io_tx, mut io_rx) = mpsc::unbounded_channel::<(u64, Result<Vec<u8>, ()>)>();
-        let active = self.cfg.replica.node_id <= self.cfg.peer_node_id;
+        let active = self.cfg.replica.node_id < self.cfg.peer_node_id;
         let mut retry = tokio::time::interval(std::time::Duration::from_millis(500));
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
