@@ -48,6 +48,25 @@ pub struct GuestStatus {
     pub accel: AccelChoice,
 }
 
+impl std::fmt::Display for GuestStatus {
+    /// `running (run state running, pid 1234, tcg: why)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            GuestState::Running => "running".to_string(),
+            GuestState::Paused => "paused".to_string(),
+            GuestState::Migrating => "migrating".to_string(),
+            GuestState::Shutdown => "shut down".to_string(),
+            GuestState::Failed(why) => format!("failed: {why}"),
+            GuestState::Dead => "dead".to_string(),
+        };
+        write!(f, "{state} (")?;
+        if let Some(rs) = &self.run_state {
+            write!(f, "run state {rs}, ")?;
+        }
+        write!(f, "pid {}, {})", self.pid, self.accel.reason)
+    }
+}
+
 /// How `stop` ended the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -493,3 +493,65 @@ impl VmManager {
         Ok(stats)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// The daemon shares one manager between tasks and spawns its calls.
+    #[allow(dead_code)]
+    fn futures_are_send_and_the_manager_is_shared(m: &VmManager, a: &VmAttrs) {
+        fn send<T: Send>(_: &T) {}
+        fn shared<T: Send + Sync>() {}
+        shared::<VmManager>();
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        send(&m.start(a));
+        send(&m.stop(a));
+        send(&m.status(a));
+        send(&m.wait_running(a, Duration::ZERO));
+        send(&m.prepare_incoming(a, ip));
+        send(&m.migrate_out(a, ip, |_| {}));
+    }
+
+    #[test]
+    fn connect_failures_are_recognised() {
+        assert!(is_connect_failure(
+            "Failed to connect socket: Connection refused"
+        ));
+        assert!(is_connect_failure("error: connection refused"));
+        assert!(!is_connect_failure(
+            "Unable to write to socket: Broken pipe"
+        ));
+    }
+
+    #[tokio::test]
+    async fn bad_attributes_fail_every_call_before_qemu() {
+        let dir = std::env::temp_dir().join(format!("vm-res-{}", std::process::id()));
+        let m = VmManager::new(&dir);
+        let a: VmAttrs = [("name", "g"), ("vcpus", "many")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert!(m.start(&a).await.unwrap_err().to_string().contains("vcpus"));
+        assert!(m.stop(&a).await.unwrap_err().to_string().contains("vcpus"));
+        assert!(m.status(&a).await.unwrap_err().contains("vcpus"));
+        assert!(m.prepare_incoming(&a, ip).await.is_err());
+        assert!(m.migrate_out(&a, ip, |_| {}).await.is_err());
+        // A valid guest that does not run: status says so, stop is a no-op.
+        let ok: VmAttrs = [("name".to_string(), "g".to_string())].into();
+        assert!(m
+            .status(&ok)
+            .await
+            .unwrap_err()
+            .contains("not running on this node"));
+        assert_eq!(m.stop(&ok).await.unwrap(), StopOutcome::AlreadyDead);
+        let e = m
+            .migrate_out(&ok, ip, |_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not run on this node"), "{e}");
+    }
+}

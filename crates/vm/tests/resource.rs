@@ -53,7 +53,12 @@ async fn start_adopt_crash_restart_and_stop_through_the_manager() {
     let st = m.status(&attrs).await.expect("running");
     assert_eq!(st.state, GuestState::Running);
     assert!(!st.accel.reason.is_empty());
-    eprintln!("vm-measure: manager guest runs on {}", st.accel.reason);
+    assert!(
+        st.to_string()
+            .starts_with(&format!("running (run state running, pid {}, ", st.pid)),
+        "{st}"
+    );
+    eprintln!("vm-measure: manager guest: {st}");
     wait_counter_above(&serial, 2, Duration::from_secs(60));
     assert_eq!(m.start(&attrs).await.unwrap(), StartOutcome::AlreadyRunning);
     let pid = st.pid;
