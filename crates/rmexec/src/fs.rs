@@ -166,14 +166,28 @@ fn parse(step: &ResourceStep) -> Result<FsSpec, StepError> {
     })
 }
 
-/// The device path: `LABEL=`/`UUID=` through /dev/disk/by-*, symlinks resolved.
+/// The device path: `LABEL=`/`UUID=` through /dev/disk/by-* (udev) or else
+/// `findfs` (util-linux, reads the superblocks), symlinks resolved.
 fn device_path(dev: &str) -> PathBuf {
-    let p = if let Some(l) = dev.strip_prefix("LABEL=") {
-        Path::new("/dev/disk/by-label").join(l)
-    } else if let Some(u) = dev.strip_prefix("UUID=") {
-        Path::new("/dev/disk/by-uuid").join(u.to_ascii_lowercase())
+    let by = if let Some(l) = dev.strip_prefix("LABEL=") {
+        Some(Path::new("/dev/disk/by-label").join(l))
     } else {
-        PathBuf::from(dev)
+        dev.strip_prefix("UUID=")
+            .map(|u| Path::new("/dev/disk/by-uuid").join(u.to_ascii_lowercase()))
+    };
+    let p = match by {
+        None => PathBuf::from(dev),
+        Some(p) if p.exists() => p,
+        Some(p) => std::process::Command::new("findfs")
+            .arg(dev)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .filter(|p| p.is_absolute())
+            .unwrap_or(p),
     };
     std::fs::canonicalize(&p).unwrap_or(p)
 }

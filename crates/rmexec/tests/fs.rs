@@ -159,6 +159,30 @@ async fn filesystem_on_a_loop_device() {
     let log = ex.run_step(&fs("0")[0], Op::Stop).await;
     assert!(log.ok(), "{log:?}");
 
+    // The device named by UUID= (found with findfs when udev has no /dev/disk/by-uuid).
+    let out = Command::new("blkid")
+        .args(["-s", "UUID", "-o", "value", &lp.dev])
+        .output()
+        .unwrap();
+    let uuid = format!("UUID={}", String::from_utf8_lossy(&out.stdout).trim());
+    let by_uuid = vec![step(
+        "fs",
+        "data",
+        &[("device", uuid.as_str()), ("mountpoint", mnt)],
+    )];
+    let r = ex.run(&start("db", by_uuid.clone())).await;
+    assert_eq!(r.result, ExecResult::Started, "{r}");
+    assert!(mounted(&lp.mnt));
+    assert_eq!(
+        ex.run(&status("db", by_uuid.clone())).await.result,
+        ExecResult::StatusOk
+    );
+    assert_eq!(
+        ex.run(&stop("db", by_uuid.clone())).await.result,
+        ExecResult::Stopped
+    );
+    assert!(!mounted(&lp.mnt));
+
     // A device that does not exist is a clear error.
     let r = ex
         .run(&start(
