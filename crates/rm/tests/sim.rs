@@ -5,8 +5,8 @@
 //! token timeout, fencing after a random delay, reboots and rejoins (with state
 //! transfer by snapshot), quorum flaps, operator requests, clean leaves, and
 //! simulated owner processes that start, stop, migrate and fail with random
-//! latency. An isolated node is its own inquorate partition with its own
-//! stream. Ground truth is the set of simulated processes, not what replicas
+//! latency. Isolated nodes (one, or two at once when K=5) form their own
+//! inquorate partition with its own ordered stream until they are fenced. Ground truth is the set of simulated processes, not what replicas
 //! believe.
 //!
 //! Checked after every step: replicas of the same partition have identical
@@ -49,7 +49,8 @@ enum Life {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Group {
     Majority,
-    Alone(NodeId, u32),
+    /// An inquorate minority partition (one or more isolated nodes).
+    Part(u64),
 }
 
 #[derive(Debug)]
@@ -80,6 +81,9 @@ enum Ev {
     Heal,
     Admin,
     Tick,
+    PartForm {
+        part: u64,
+    },
 }
 
 struct SimNode {
@@ -91,6 +95,7 @@ struct SimNode {
     /// totem delivers nothing of it until the new ring exists.
     held: Vec<Input>,
     alone_live: bool,
+    part: u64,
 }
 
 struct Sim {
@@ -113,6 +118,7 @@ struct Sim {
     faults: bool,
     op_stopped: BTreeSet<String>,
     tick_at: Option<Instant>,
+    next_part: u64,
     log: Vec<String>,
     stats: Stats,
 }
@@ -121,12 +127,13 @@ struct Sim {
 struct Stats {
     deliveries: u64,
     starts: u64,
-    moves: u64,
     faults: u64,
     fences: u64,
     requests_ok: u64,
     requests_refused: u64,
     migrations: u64,
+    partitions: u64,
+    multi_node_partitions: u64,
 }
 
 fn n(i: u32) -> NodeId {
@@ -214,6 +221,7 @@ impl Sim {
                     leaving: false,
                     held: Vec::new(),
                     alone_live: false,
+                    part: 0,
                 },
             );
         }
@@ -234,6 +242,7 @@ impl Sim {
             faults: true,
             op_stopped: BTreeSet::new(),
             tick_at: None,
+            next_part: 1,
             log: Vec::new(),
             stats: Stats::default(),
         };
@@ -380,35 +389,51 @@ impl Sim {
                 {
                     return Ok(());
                 }
-                let isolated = sn.life == Life::Isolated;
                 self.note(format!("majority detects loss of {node:?}"));
                 self.maj.remove(&node);
                 self.send_membership();
-                if isolated {
-                    let g = Group::Alone(node, inc);
-                    self.send(
-                        g,
-                        None,
-                        Input::Membership {
-                            members: vec![node],
-                            quorate: false,
-                        },
-                    );
-                    let sn = self.nodes.get_mut(&node).expect("node");
-                    sn.alone_live = true;
-                    let held = std::mem::take(&mut sn.held);
-                    for i in held {
-                        self.send(g, Some((node, inc)), i);
-                    }
-                }
                 let d = self.rng.range(200, 3000);
                 self.at(d, Ev::Fence { node, inc });
+                Ok(())
+            }
+            Ev::PartForm { part } => {
+                // The cut-off nodes form their own (inquorate) ring.
+                let members = self.part_members(part);
+                if members.is_empty() {
+                    return Ok(());
+                }
+                self.note(format!("partition {part} forms: {members:?}"));
+                self.stats.partitions += 1;
+                if members.len() > 1 {
+                    self.stats.multi_node_partitions += 1;
+                }
+                let g = Group::Part(part);
+                self.send(
+                    g,
+                    None,
+                    Input::Membership {
+                        members: members.clone(),
+                        quorate: false,
+                    },
+                );
+                for m in members {
+                    let sn = self.nodes.get_mut(&m).expect("node");
+                    sn.alone_live = true;
+                    let inc = sn.inc;
+                    let held = std::mem::take(&mut sn.held);
+                    for i in held {
+                        self.send(g, Some((m, inc)), i);
+                    }
+                }
                 Ok(())
             }
             Ev::Fence { node, inc } => {
                 if self.nodes[&node].inc != inc {
                     return Ok(());
                 }
+                let part = (self.nodes[&node].life == Life::Isolated
+                    && self.nodes[&node].alone_live)
+                    .then_some(self.nodes[&node].part);
                 if !self.majority_quorate() {
                     // fenced only acts with quorum; try again later
                     self.at(1000, Ev::Fence { node, inc });
@@ -422,6 +447,19 @@ impl Sim {
                 sn.inc += 1;
                 sn.replica = None;
                 sn.leaving = false;
+                if let Some(p) = part {
+                    let rest = self.part_members(p);
+                    if !rest.is_empty() {
+                        self.send(
+                            Group::Part(p),
+                            None,
+                            Input::Membership {
+                                members: rest,
+                                quorate: false,
+                            },
+                        );
+                    }
+                }
                 self.send(
                     Group::Majority,
                     None,
@@ -495,6 +533,14 @@ impl Sim {
         }
     }
 
+    fn part_members(&self, part: u64) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, sn)| sn.life == Life::Isolated && sn.part == part)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     fn kill(&mut self, node: NodeId) {
         for m in self.procs.values_mut() {
             m.remove(&node);
@@ -545,16 +591,31 @@ impl Sim {
                 self.at(1000, Ev::Detect { node: x, inc });
             }
             16..=21 if can_lose => {
-                let Some(x) = self.pick_up_node() else {
-                    return Ok(());
+                // One node, or (K=5) sometimes two nodes cut off together.
+                let size = if (not_up + 2) * 2 < self.k && self.rng.chance(0.5) {
+                    2
+                } else {
+                    1
                 };
-                self.note(format!("ISOLATE {x:?} (network partition)"));
-                let sn = self.nodes.get_mut(&x).expect("node");
-                sn.life = Life::Isolated;
-                sn.alone_live = false;
-                sn.held.clear();
-                let inc = sn.inc;
-                self.at(1000, Ev::Detect { node: x, inc });
+                let part = self.next_part;
+                self.next_part += 1;
+                for _ in 0..size {
+                    let Some(x) = self.pick_up_node() else {
+                        break;
+                    };
+                    if self.nodes[&x].life != Life::Up {
+                        continue;
+                    }
+                    self.note(format!("ISOLATE {x:?} into partition {part}"));
+                    let sn = self.nodes.get_mut(&x).expect("node");
+                    sn.life = Life::Isolated;
+                    sn.alone_live = false;
+                    sn.held.clear();
+                    sn.part = part;
+                    let inc = sn.inc;
+                    self.at(1000, Ev::Detect { node: x, inc });
+                }
+                self.at(1000, Ev::PartForm { part });
             }
             22..=25 if !self.flap => {
                 self.note("QUORUM FLAP".into());
@@ -672,7 +733,7 @@ impl Sim {
             let ok = sn.inc == inc
                 && match group {
                     Group::Majority => sn.life == Life::Up,
-                    Group::Alone(..) => sn.life == Life::Isolated,
+                    Group::Part(p) => sn.life == Life::Isolated && sn.part == p,
                 };
             if !ok {
                 return Ok(());
@@ -685,13 +746,7 @@ impl Sim {
                 .filter(|(_, sn)| sn.life == Life::Up)
                 .map(|(id, _)| *id)
                 .collect(),
-            Group::Alone(x, inc) => {
-                let sn = &self.nodes[&x];
-                if sn.life != Life::Isolated || sn.inc != inc {
-                    return Ok(());
-                }
-                vec![x]
-            }
+            Group::Part(p) => self.part_members(p),
         };
         if let Input::Membership { members, .. } = &input {
             // State transfer: joiners get a member's snapshot at this point of the stream.
@@ -1009,7 +1064,8 @@ impl Sim {
         if sn.life == Life::Up {
             self.send(Group::Majority, Some((node, inc)), report);
         } else if sn.alone_live {
-            self.send(Group::Alone(node, inc), Some((node, inc)), report);
+            let g = Group::Part(sn.part);
+            self.send(g, Some((node, inc)), report);
         } else {
             sn.held.push(report);
         }
@@ -1165,7 +1221,8 @@ fn randomized_cluster_keeps_every_invariant() {
                 total.requests_ok += st.requests_ok;
                 total.requests_refused += st.requests_refused;
                 total.migrations += st.migrations;
-                total.moves += st.moves;
+                total.partitions += st.partitions;
+                total.multi_node_partitions += st.multi_node_partitions;
             }
             Err(e) => panic!(
                 "{e}\nreproduce: RM_SIM_SEED={seed} RM_SIM_K={k} cargo test -p rm --test sim"
@@ -1173,11 +1230,13 @@ fn randomized_cluster_keeps_every_invariant() {
         }
     }
     eprintln!(
-        "rm sim: {seeds} seeds passed in {:.2?} ({} ordered deliveries, {} faults, {} fences, {} starts, {} migrations, {} requests accepted, {} refused)",
+        "rm sim: {seeds} seeds passed in {:.2?} ({} ordered deliveries, {} faults, {} fences, {} partitions ({} of 2 nodes), {} starts, {} migrations, {} requests accepted, {} refused)",
         t0.elapsed(),
         total.deliveries,
         total.faults,
         total.fences,
+        total.partitions,
+        total.multi_node_partitions,
         total.starts,
         total.migrations,
         total.requests_ok,
