@@ -405,8 +405,9 @@ impl Server {
     }
 }
 
-/// Serves one backend as `export_name` on a TCP listener until the returned server is shut down.
-/// Convenience for `Server::new(vec![Export::new(..)])` + `serve_tcp`.
+/// Serves one backend as `export_name` on a TCP listener until accepting fails (drop the future
+/// to stop). Convenience for `Server::new(vec![Export::new(..)])` + `serve_tcp`; use [`Server`]
+/// directly for several exports or a graceful shutdown.
 pub async fn serve(
     listener: TcpListener,
     export_name: &str,
