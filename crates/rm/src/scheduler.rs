@@ -426,6 +426,8 @@ struct Svc {
     no_migrate: bool,
     /// Removed from the configuration: stop, then forget.
     removed: bool,
+    /// A planned stop waiting for hard dependents to stop first (its cause).
+    deferred: Option<String>,
     reason: String,
 }
 
@@ -463,6 +465,7 @@ impl Svc {
             plan: Plan::default(),
             no_migrate: false,
             removed: false,
+            deferred: None,
             reason,
         }
     }
@@ -877,6 +880,7 @@ impl Scheduler {
                 }
                 self.event(now, Some(&name), svc.reason.clone());
             } else if svc.occupies(n) {
+                svc.deferred = None;
                 svc.fence_wait.insert(n);
                 svc.last_owner = Some(n);
                 svc.owner = None;
@@ -1035,7 +1039,11 @@ impl Scheduler {
                             ..Plan::default()
                         };
                         svc.spec = spec.clone();
-                        self.stop_on(now, &mut svc, "resource tree changed; restarting".into());
+                        self.stop_planned(
+                            now,
+                            &mut svc,
+                            "resource tree changed; restarting".into(),
+                        );
                     } else {
                         svc.spec = spec.clone();
                     }
@@ -1424,7 +1432,7 @@ impl Scheduler {
                         cause: "restarted by operator".into(),
                         ..Plan::default()
                     };
-                    self.stop_on(now, svc, "restart requested by operator".into());
+                    self.stop_planned(now, svc, "restart requested by operator".into());
                     Ok(())
                 }
                 State::Starting | State::Stopping | State::Migrating => Err(busy(svc)),
@@ -1533,10 +1541,9 @@ impl Scheduler {
     // ----- policy -------------------------------------------------------
 
     fn dep_running(&self, dep: &str) -> bool {
-        self.st
-            .services
-            .get(dep)
-            .is_some_and(|d| matches!(d.state, State::Started | State::Migrating))
+        self.st.services.get(dep).is_some_and(|d| {
+            matches!(d.state, State::Started | State::Migrating) && d.deferred.is_none()
+        })
     }
 
     /// Why `node` cannot take `svc` (which is not in the service map right now).
@@ -1627,7 +1634,41 @@ impl Scheduler {
         }
     }
 
+    /// Hard dependents of `name` that still hold resources.
+    fn active_dependents(&self, name: &str) -> Vec<String> {
+        self.st
+            .services
+            .values()
+            .filter(|o| {
+                o.spec.depend.as_deref() == Some(name)
+                    && o.spec.depend_mode == DependMode::Hard
+                    && matches!(
+                        o.state,
+                        State::Starting | State::Started | State::Stopping | State::Migrating
+                    )
+            })
+            .map(|o| o.spec.name.clone())
+            .collect()
+    }
+
+    /// A stop that is not forced by a failure: services that depend on this
+    /// one (hard) are stopped first, then this one.
+    fn stop_planned(&mut self, now: Instant, svc: &mut Svc, cause: String) {
+        let deps = self.active_dependents(&svc.spec.name);
+        if deps.is_empty() {
+            self.stop_on(now, svc, cause);
+            return;
+        }
+        let why = format!("stopping {} first: {cause}", deps.join(", "));
+        if svc.reason != why {
+            svc.reason = why;
+            self.event(now, Some(&svc.spec.name), svc.reason.clone());
+        }
+        svc.deferred = Some(cause);
+    }
+
     fn stop_on(&mut self, now: Instant, svc: &mut Svc, cause: String) {
+        svc.deferred = None;
         let Some(owner) = svc.owner else {
             svc.state = State::Stopped;
             return;
@@ -1681,7 +1722,7 @@ impl Scheduler {
                 restart_disable: false,
                 cause: cause.clone(),
             };
-            self.stop_on(
+            self.stop_planned(
                 now,
                 svc,
                 format!("{cause}; moving to {}", self.node_name(to)),
@@ -1786,9 +1827,15 @@ impl Scheduler {
             svc.state = State::Stopped;
             return;
         };
+        if let Some(cause) = svc.deferred.clone() {
+            if self.active_dependents(&svc.spec.name).is_empty() {
+                self.stop_on(now, svc, cause);
+            }
+            return;
+        }
         if !self.st.quorate {
             svc.plan = Plan::default();
-            self.stop_on(
+            self.stop_planned(
                 now,
                 svc,
                 "quorum lost: a node without quorum stops its services".into(),
@@ -1803,12 +1850,12 @@ impl Scheduler {
                     "disabled"
                 };
                 svc.plan = Plan::default();
-                self.stop_on(now, svc, c.into());
+                self.stop_planned(now, svc, c.into());
                 return;
             }
             Want::Held => {
                 svc.plan = Plan::default();
-                self.stop_on(now, svc, "stopped by operator".into());
+                self.stop_planned(now, svc, "stopped by operator".into());
                 return;
             }
             Want::Running => {}
@@ -1822,7 +1869,7 @@ impl Scheduler {
                     cause: format!("{dep} runs again"),
                     ..Plan::default()
                 };
-                self.stop_on(
+                self.stop_planned(
                     now,
                     svc,
                     format!("{dep}, which it depends on (hard), is not running"),
@@ -1867,7 +1914,7 @@ impl Scheduler {
                         cause: cause.clone(),
                         ..Plan::default()
                     };
-                    self.stop_on(
+                    self.stop_planned(
                         now,
                         svc,
                         format!("{cause} and no other allowed node can take it"),

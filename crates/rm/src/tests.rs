@@ -1088,3 +1088,55 @@ fn config_change_moves_service_out_of_a_shrunken_restricted_domain() {
     h.settle();
     assert_eq!(h.svc("web").owner, Some(n(2)));
 }
+
+#[test]
+fn planned_stop_of_a_dependency_stops_hard_dependents_first() {
+    let mut db = web();
+    db.name = "db".into();
+    let mut app = web();
+    app.name = "app".into();
+    app.depend = Some("db".into());
+    let mut h = started_cluster(2, vec![db, app]);
+    h.req(Request::Disable {
+        service: "db".into(),
+    })
+    .unwrap();
+    let acts = h.actions();
+    assert!(
+        matches!(&acts[..], [(_, Action::StopService { service, .. })] if service == "app"),
+        "only the dependent stops first: {acts:?}"
+    );
+    assert_eq!(h.svc("db").state, State::Started);
+    assert!(
+        h.svc("db").reason.contains("stopping app first"),
+        "{}",
+        h.svc("db").reason
+    );
+    h.report(acts[0].0, &acts[0].1, true);
+    let acts = h.actions();
+    assert!(
+        matches!(&acts[..], [(_, Action::StopService { service, .. })] if service == "db"),
+        "{acts:?}"
+    );
+    h.report(acts[0].0, &acts[0].1, true);
+    assert_eq!(h.svc("db").state, State::Disabled);
+    assert_eq!(h.svc("app").state, State::Stopped);
+    // Restarting db restarts app around it: app stops, db restarts, app starts.
+    h.req(Request::Enable {
+        service: "db".into(),
+        node: None,
+    })
+    .unwrap();
+    h.settle();
+    assert_eq!(h.svc("app").state, State::Started);
+    h.req(Request::Restart {
+        service: "db".into(),
+    })
+    .unwrap();
+    let acts = h.actions();
+    assert!(matches!(&acts[..], [(_, Action::StopService { service, .. })] if service == "app"));
+    h.report(acts[0].0, &acts[0].1, true);
+    h.settle();
+    assert_eq!(h.svc("db").state, State::Started);
+    assert_eq!(h.svc("app").state, State::Started);
+}
