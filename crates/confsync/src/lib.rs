@@ -6,6 +6,8 @@
 //! to multicast ([`ConfSyncMsg`], binary, chunked at 48 KiB), [`Action::WriteConfig`]
 //! for the driver and [`Event`]s. See [`ConfigSync`] for the rules.
 //!
+//! The crate README has the rules, the wiring and the status JSON fields.
+//!
 //! [`files`] holds the two std-only driver helpers: [`files::write_atomic`] and
 //! [`files::check_drift`].
 //!
@@ -14,7 +16,7 @@
 //! ```text
 //! totem ConfigurationChange (regular) -> sync.handle_membership(now, ring, members, joined)
 //! totem Deliver [TAG_CONFSYNC] body   -> ConfSyncMsg::decode(body) -> sync.handle_message(now, sender, msg)
-//! after every ordered input to quorum -> sync.handle_quorum(now, quorum.is_quorate())
+//! after every ordered input to quorum -> sync.handle_quorum(now, quorum.is_quorate() && !quorum_syncing)
 //! admin `config push FILE`            -> sync.push(now, text) -> ticket; answer on Event::PushResult{mine: true}
 //! every ~5 s                          -> files::check_drift(path) -> sync.handle_local_file(now, &text)
 //! sync.poll_message()                 -> multicast(TAG_CONFSYNC, msg.encode())

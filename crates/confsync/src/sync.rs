@@ -326,9 +326,11 @@ struct Assembly {
 ///
 /// Every member feeds it the same totem-ordered inputs ([`handle_membership`],
 /// [`handle_message`]) and, right after each ordered input handed to the quorum core,
-/// [`handle_quorum`] with the quorum core's view, so every member sees quorum change at
-/// the same point of the order. Decisions depend only on that ordered stream, so all
-/// members decide alike.
+/// [`handle_quorum`] with the quorum core's *settled* view (quorate and not in its sync
+/// phase), so every member sees quorum change at the same point of the order. Decisions
+/// depend only on that ordered stream, so all members decide alike. (A transfer is
+/// planned from the announcements alone, so a member whose quorum view arrives later
+/// still collects the text.)
 ///
 /// Rules, per membership: every member announces (version, hash, agreed); once all have
 /// announced and the partition is quorate, the newest version among members whose config
@@ -520,7 +522,8 @@ impl ConfigSync {
         let _ = now;
     }
 
-    /// The quorum core's view, fed right after every ordered input given to it.
+    /// The quorum core's settled view (`quorate && !syncing`), fed right after every
+    /// ordered input given to the quorum core (membership and each quorum message).
     pub fn handle_quorum(&mut self, now: Instant, quorate: bool) {
         self.quorate = quorate;
         if quorate && self.phase == Phase::WaitingForQuorum {
