@@ -235,7 +235,12 @@ pub struct Executor {
     ocf_root: PathBuf,
     rgmanager_dir: PathBuf,
     vm: Option<Arc<dyn VmHandler>>,
+    status_slots: Arc<tokio::sync::Semaphore>,
+    status_max: usize,
 }
+
+/// rgmanager's `status_child_max` default: status checks run at once.
+pub const DEFAULT_STATUS_CHILD_MAX: usize = 5;
 
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -244,6 +249,7 @@ impl std::fmt::Debug for Executor {
             .field("ocf_root", &self.ocf_root)
             .field("rgmanager_dir", &self.rgmanager_dir)
             .field("vm_handler", &self.vm.is_some())
+            .field("status_child_max", &self.status_max)
             .finish()
     }
 }
@@ -262,7 +268,19 @@ impl Executor {
             ocf_root: PathBuf::from(agents::ocf::DEFAULT_OCF_ROOT),
             rgmanager_dir: PathBuf::from(DEFAULT_RGMANAGER_DIR),
             vm: None,
+            status_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_STATUS_CHILD_MAX)),
+            status_max: DEFAULT_STATUS_CHILD_MAX,
         }
+    }
+
+    /// At most `n` status checks run at once, across clones of this executor
+    /// (`<rm status_child_max>`, default 5); others wait their turn. Starts and
+    /// stops are never held back.
+    pub fn with_status_child_max(mut self, n: usize) -> Self {
+        let n = n.max(1);
+        self.status_slots = Arc::new(tokio::sync::Semaphore::new(n));
+        self.status_max = n;
+        self
     }
 
     /// Runs network-facing commands (ip, arping, scripts, OCF agents) in `ip netns exec NAME`.
@@ -320,6 +338,8 @@ impl Executor {
             Action::StatusCheck {
                 kind, resources, ..
             } => {
+                // The semaphore is never closed, so acquire cannot fail.
+                let _slot = self.status_slots.acquire().await.ok();
                 self.status_all(&vm_steps(&service, *kind, resources, false))
                     .await
             }

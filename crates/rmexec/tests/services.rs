@@ -491,3 +491,43 @@ async fn naive_script_daemon_survives_its_start() {
     }
     assert!(!alive(pid));
 }
+
+#[tokio::test]
+async fn status_checks_are_limited_like_status_child_max() {
+    require_root();
+    let d = tempfile::tempdir().unwrap();
+    let rg = d.path().join("cluster");
+    write_script(
+        &rg.join("slow.sh"),
+        "#!/bin/sh\n[ \"$1\" = status ] && sleep 0.5\nexit 0\n",
+    );
+    let checks: Vec<_> = (0..4)
+        .map(|i| status(&format!("s{i}"), vec![step("slow", "x", &[])]))
+        .collect();
+    for (max, lo, hi) in [(2usize, 1000u64, 2500u64), (4, 500, 950)] {
+        let ex = Executor::new()
+            .with_rgmanager_dir(&rg)
+            .with_status_child_max(max);
+        let t0 = Instant::now();
+        let reports = futures_join(&ex, &checks).await;
+        let ms = t0.elapsed().as_millis() as u64;
+        assert!(reports.iter().all(|r| r.result == ExecResult::StatusOk));
+        assert!(
+            (lo..hi).contains(&ms),
+            "4 checks of 500 ms, {max} at a time, took {ms} ms"
+        );
+    }
+}
+
+async fn futures_join(ex: &Executor, actions: &[Action]) -> Vec<rmexec::ActionReport> {
+    let mut set = tokio::task::JoinSet::new();
+    for a in actions {
+        let (ex, a) = (ex.clone(), a.clone());
+        set.spawn(async move { ex.run(&a).await });
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.unwrap());
+    }
+    out
+}
