@@ -190,6 +190,13 @@ pub enum Event {
         /// Applied or refused.
         outcome: PushOutcome,
     },
+    /// The driver could not write an adopted config to disk (this node runs it anyway).
+    WriteFailed {
+        /// The version that could not be written.
+        version: u64,
+        /// What to do.
+        message: String,
+    },
     /// The on-disk file differs from the config in force.
     Drift {
         /// What to do.
@@ -593,6 +600,13 @@ impl ConfigSync {
         let h = ConfigHash::of(text.as_bytes());
         if h == self.hash {
             self.drift = None;
+            if self
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.starts_with("cannot write"))
+            {
+                self.problem = None;
+            }
             return;
         }
         if self.drift.as_ref().map(|d| d.on_disk_hash) == Some(h) {
@@ -643,6 +657,22 @@ impl ConfigSync {
             message: message.clone(),
         });
         self.emit(Event::Drift { message });
+    }
+
+    /// The driver could not carry out [`Action::WriteConfig`] for `version` (`error` is
+    /// the I/O error). The node keeps running the adopted config; status shows the problem
+    /// until a later write or drift poll finds the file right.
+    pub fn handle_write_failed(&mut self, now: Instant, version: u64, error: &str) {
+        let _ = now;
+        let message = format!(
+            "cannot write config_version {version} to disk on {}: {error}; this node runs it \
+             from memory and would start with the old file: fix the disk or the permissions, \
+             then copy the cluster's file there (quorate config show) or push a new version",
+            self.name
+        );
+        tracing::error!("{message}");
+        self.problem = Some(message.clone());
+        self.emit(Event::WriteFailed { version, message });
     }
 
     /// The next message to multicast (the driver prepends its layer tag to `encode()`).

@@ -901,3 +901,27 @@ fn largest_config_travels_in_chunks_to_every_member() {
         Err(PushError::TooLarge(_))
     ));
 }
+
+#[test]
+fn a_failed_write_is_reported_until_the_file_is_right() {
+    let v1 = conf(1, 3, "", 0);
+    let mut c = three([v1.clone(), v1.clone(), v1.clone()]);
+    c.split(&[&[1, 2, 3]]);
+    c.flush();
+    let v2 = conf(2, 3, "", 0);
+    let now = c.now();
+    c.node_mut(1).core.push(now, v2.clone()).unwrap();
+    c.flush();
+    let core = &mut c.node_mut(3).core;
+    core.handle_write_failed(now, 2, "No space left on device");
+    let problem = core.status().problem.unwrap();
+    assert!(
+        problem.contains("cannot write config_version 2 to disk on n3: No space left on device")
+    );
+    // The old file is still on disk: the drift poll says so too.
+    core.handle_local_file(now, &v1);
+    assert!(core.status().drift.is_some());
+    core.handle_local_file(now, &v2);
+    let st = core.status();
+    assert!(st.drift.is_none() && st.problem.is_none(), "{st:?}");
+}
