@@ -14,6 +14,8 @@ const MAX_OUTBOX: usize = 256;
 const MAX_EVENTS: usize = 256;
 /// Most queued actions.
 const MAX_ACTIONS: usize = 64;
+/// Most members of a configuration (far above cman's limits; bounds memory per ring).
+const MAX_MEMBERS: usize = 1024;
 
 /// Identifies a push on the node that made it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -483,6 +485,14 @@ impl ConfigSync {
         joined: &[NodeId],
     ) {
         tracing::debug!(ring, ?members, ?joined, "config sync: new membership");
+        if members.len() > MAX_MEMBERS {
+            self.ignored += 1;
+            tracing::error!(
+                members = members.len(),
+                "membership larger than {MAX_MEMBERS} nodes ignored"
+            );
+            return;
+        }
         if let Some((ticket, version)) = self.pending.take() {
             self.emit(Event::PushResult {
                 from: self.me,
