@@ -925,3 +925,65 @@ fn a_failed_write_is_reported_until_the_file_is_right() {
     let st = core.status();
     assert!(st.drift.is_none() && st.problem.is_none(), "{st:?}");
 }
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn msg(ring: u64) -> impl Strategy<Value = ConfSyncMsg> {
+        let hash = prop_oneof![
+            Just(ConfigHash::of(conf(1, 3, "", 0).as_bytes())),
+            any::<[u8; 32]>().prop_map(ConfigHash)
+        ];
+        prop_oneof![
+            (0u64..3, 0u64..12, hash.clone(), any::<bool>()).prop_map(
+                move |(r, version, hash, agreed)| {
+                    ConfSyncMsg::Announce(confsync::Announce {
+                        ring: ring + r,
+                        version,
+                        hash,
+                        agreed,
+                    })
+                }
+            ),
+            (
+                0u64..3,
+                any::<bool>(),
+                0u64..12,
+                hash,
+                proptest::collection::vec(any::<u8>(), 0..200)
+            )
+                .prop_map(move |(r, push, version, hash, data)| {
+                    let kind = if push {
+                        ChunkKind::Push { ticket: 1 }
+                    } else {
+                        ChunkKind::Transfer
+                    };
+                    ConfSyncMsg::Chunk(split_text(ring + r, kind, version, hash, &data).remove(0))
+                }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_ordered_messages_never_break_a_core(
+            msgs in proptest::collection::vec((1u32..6, msg(1)), 0..60),
+            quorate in any::<bool>(),
+        ) {
+            let v1 = conf(1, 3, "", 0);
+            let mut core = ConfigSync::new(id(1), v1).unwrap();
+            let now = Instant(1);
+            core.handle_membership(now, 1, &[id(1), id(2), id(3)], &[]);
+            core.handle_quorum(now, quorate);
+            for (from, m) in msgs {
+                core.handle_message(now, id(from), m);
+                while core.poll_message().is_some() {}
+                while core.poll_action().is_some() {}
+                while core.poll_event().is_some() {}
+            }
+            // Whatever arrived, the config in force is still a valid cluster.conf.
+            prop_assert!(config::parse("x", core.text()).config.is_some());
+            prop_assert_eq!(core.status().version, core.config().config_version);
+        }
+    }
+}
