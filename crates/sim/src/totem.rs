@@ -648,6 +648,9 @@ impl Sim {
                 Event::Deliver(d) => {
                     fnv(&mut self.hash, &d.seq.to_be_bytes());
                     self.checker.deliver(id, inc, d).map_err(|s| self.fail(s))?;
+                    if d.safe {
+                        self.check_safe(i, d)?;
+                    }
                     if d.sender == id && d.payload.len() >= 16 {
                         let sinc = u32::from_be_bytes(d.payload[4..8].try_into().expect("4"));
                         let ctr = u64::from_be_bytes(d.payload[8..16].try_into().expect("8"));
@@ -675,6 +678,27 @@ impl Sim {
             let g = self.nodes[i].clock.global(d, self.now);
             let gen = self.nodes[i].gen;
             self.at(g, Ev::Timer { node: id, gen });
+        }
+        Ok(())
+    }
+
+    /// Safe delivery in a regular configuration: every member that is still
+    /// in that ring holds the message (members that moved on or crashed
+    /// cannot be asked; the recovery path covers them).
+    fn check_safe(&self, i: usize, d: &totem::Delivery) -> Result<(), Failure> {
+        let Some(me) = self.nodes[i].node.as_ref() else { return Ok(()) };
+        if me.ring_id() != d.ring_id || me.state() != State::Operational {
+            return Ok(()); // delivered while installing a later ring
+        }
+        for m in me.members() {
+            let Some(t) = self.nodes[self.idx(*m)].node.as_ref() else { continue };
+            let same = t.ring_id() == d.ring_id && matches!(t.state(), State::Operational | State::Recovery);
+            if same && !t.has_received(d.ring_id, d.seq) {
+                return Err(self.fail(format!(
+                    "safe delivery: {:?} delivered {:?}/{} as safe but member {m:?} does not have it",
+                    self.nodes[i].id, d.ring_id, d.seq
+                )));
+            }
         }
         Ok(())
     }

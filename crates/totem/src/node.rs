@@ -506,6 +506,15 @@ impl TotemNode {
     pub fn ring_progress(&self) -> (u64, u64) {
         (self.cur.delivered, self.cur.high_seq)
     }
+    /// Whether this node holds (or held and freed) message `seq` of `ring`
+    /// (the current ring, or the old ring it is recovering from).
+    pub fn has_received(&self, ring: RingId, seq: u64) -> bool {
+        let held = |l: &RingLog| seq <= l.my_aru || l.msgs.contains_key(&seq);
+        match &self.old {
+            Some(o) if o.id == ring => held(&o.log),
+            _ => ring == self.ring && matches!(self.state, State::Operational | State::Recovery) && held(&self.cur),
+        }
+    }
     /// Messages waiting for the token.
     pub fn send_queue_len(&self) -> usize {
         self.pending.len()
