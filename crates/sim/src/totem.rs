@@ -686,13 +686,18 @@ impl Sim {
     /// in that ring holds the message (members that moved on or crashed
     /// cannot be asked; the recovery path covers them).
     fn check_safe(&self, i: usize, d: &totem::Delivery) -> Result<(), Failure> {
-        let Some(me) = self.nodes[i].node.as_ref() else { return Ok(()) };
+        let Some(me) = self.nodes[i].node.as_ref() else {
+            return Ok(());
+        };
         if me.ring_id() != d.ring_id || me.state() != State::Operational {
             return Ok(()); // delivered while installing a later ring
         }
         for m in me.members() {
-            let Some(t) = self.nodes[self.idx(*m)].node.as_ref() else { continue };
-            let same = t.ring_id() == d.ring_id && matches!(t.state(), State::Operational | State::Recovery);
+            let Some(t) = self.nodes[self.idx(*m)].node.as_ref() else {
+                continue;
+            };
+            let same = t.ring_id() == d.ring_id
+                && matches!(t.state(), State::Operational | State::Recovery);
             if same && !t.has_received(d.ring_id, d.seq) {
                 return Err(self.fail(format!(
                     "safe delivery: {:?} delivered {:?}/{} as safe but member {m:?} does not have it",

@@ -62,8 +62,17 @@ fn a_killed_node_is_detected_within_token_plus_200ms() {
 #[test]
 #[ignore]
 fn two_thousand_seeds() {
-    let n = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
+    let n = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
     let t = std::time::Instant::now();
     let s = sim::totem::run_seeds(0, n, None).unwrap_or_else(|f| panic!("{f}"));
-    eprintln!("{} seeds, {} steps, worst convergence {}, {:.1}s", s.runs, s.steps, s.worst_converge, t.elapsed().as_secs_f64());
+    eprintln!(
+        "{} seeds, {} steps, worst convergence {}, {:.1}s",
+        s.runs,
+        s.steps,
+        s.worst_converge,
+        t.elapsed().as_secs_f64()
+    );
 }

@@ -512,7 +512,11 @@ impl TotemNode {
         let held = |l: &RingLog| seq <= l.my_aru || l.msgs.contains_key(&seq);
         match &self.old {
             Some(o) if o.id == ring => held(&o.log),
-            _ => ring == self.ring && matches!(self.state, State::Operational | State::Recovery) && held(&self.cur),
+            _ => {
+                ring == self.ring
+                    && matches!(self.state, State::Operational | State::Recovery)
+                    && held(&self.cur)
+            }
         }
     }
     /// Messages waiting for the token.
