@@ -731,9 +731,10 @@ impl Scheduler {
         self.reconcile(now);
     }
 
-    /// True when `node` owns no service any more, so it may leave without being fenced.
+    /// True when the cluster has seen `node`'s [`Input::Leave`] and the node
+    /// owns no service any more, so it may leave without being fenced.
     pub fn ready_to_leave(&self, node: NodeId) -> bool {
-        !self.st.services.values().any(|s| s.occupies(node))
+        self.st.leaving.contains(&node) && !self.st.services.values().any(|s| s.occupies(node))
     }
 
     /// The replicated view: identical on every replica that saw the same inputs.

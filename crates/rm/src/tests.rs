@@ -767,6 +767,10 @@ fn clean_leave_moves_services_then_leaves_unfenced() {
     let mut h = started_cluster(2, vec![s, g]);
     assert_eq!(h.svc("web").owner, Some(n(1)));
     assert_eq!(h.svc("guest").owner, Some(n(1)));
+    assert!(
+        !h.s[0].ready_to_leave(n(2)),
+        "not ready before its Leave was delivered, even owning nothing"
+    );
     h.feed(Input::Leave { node: n(1) }).unwrap();
     assert!(!h.s[0].ready_to_leave(n(1)));
     let acts = h.actions();

@@ -1162,7 +1162,7 @@ impl Sim {
                 .is_some_and(|d| owner_of(d).is_none());
             if !(blocked || dep_blocked) {
                 return self.fail(format!(
-                    "after faults ended {} is {} (reason: {}) although an allowed node is free",
+                    "after faults ended {} is {} (reason: {}) although an allowed node is free\nfinal view: {v:#?}",
                     s.name, s.state, s.reason
                 ));
             }
