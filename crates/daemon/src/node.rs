@@ -276,6 +276,14 @@ pub trait ServiceRunner: Send + Sync + 'static {
         &self,
         action: rm::Action,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<rm::Outcome>> + Send + 'static>>;
+
+    /// This node is the target of a vm's live migration: get ready to receive
+    /// it (start the incoming guest). Called once per migration.
+    fn prepare_incoming(
+        &self,
+        service: String,
+        resources: Vec<rm::ResourceStep>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'static>>;
 }
 
 /// A finished resource action.
@@ -324,6 +332,8 @@ pub struct Node {
     service_tx: mpsc::Sender<ServiceDone>,
     /// Services with an operation running here (one at a time per service).
     running_ops: BTreeMap<String, rm::OpId>,
+    /// Vms this node is preparing to receive (migration targets).
+    incoming: std::collections::BTreeSet<String>,
     tick_sent_for: Option<Instant>,
 }
 
@@ -482,6 +492,7 @@ impl Node {
                 moved = true;
                 self.run_service_action(a);
             }
+            self.prepare_migration_targets();
             while let Some(ev) = self.rm.scheduler().poll_event() {
                 moved = true;
                 self.note(format!("rm: {}", ev.message));
@@ -727,6 +738,42 @@ impl Node {
         let _ = self.totem.handle_command(now, totem::Command::Leave);
         self.leaving = true;
         self.note("left the cluster".to_string());
+    }
+
+    /// A vm migrating to this node: start its incoming side once.
+    fn prepare_migration_targets(&mut self) {
+        let me = self.plan.me;
+        let view = self.rm.view();
+        let targets: Vec<String> = view
+            .services
+            .iter()
+            .filter(|s| s.state == rm::State::Migrating && s.migrating_to == Some(me))
+            .map(|s| s.name.clone())
+            .collect();
+        self.incoming.retain(|n| targets.contains(n));
+        for name in targets {
+            if !self.incoming.insert(name.clone()) {
+                continue;
+            }
+            let resources = self
+                .rm
+                .scheduler_ref()
+                .config()
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| rm::start_order(&s.resources))
+                .unwrap_or_default();
+            self.note(format!(
+                "rm: {name} is migrating here; starting its incoming side"
+            ));
+            let fut = self.services.prepare_incoming(name.clone(), resources);
+            tokio::spawn(async move {
+                if let Err(e) = fut.await {
+                    tracing::warn!(service = %name, "cannot prepare the incoming migration: {e}");
+                }
+            });
+        }
     }
 
     fn run_service_action(&mut self, action: rm::Action) {
@@ -1184,6 +1231,7 @@ pub async fn run(
         services,
         service_tx,
         running_ops: BTreeMap::new(),
+        incoming: std::collections::BTreeSet::new(),
         tick_sent_for: None,
     };
     if let Some((device, cfg)) = node.plan.qdisk.clone() {

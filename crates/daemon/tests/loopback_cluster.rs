@@ -39,6 +39,15 @@ impl ServiceRunner for FileRunner {
             }
         })
     }
+
+    fn prepare_incoming(
+        &self,
+        _service: String,
+        _resources: Vec<rm::ResourceStep>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'static>>
+    {
+        Box::pin(async { Err("this test runner does not migrate".to_string()) })
+    }
 }
 
 fn runner(dir: &Path, node: usize) -> Arc<dyn ServiceRunner> {

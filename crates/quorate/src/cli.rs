@@ -51,6 +51,238 @@ pub enum Command {
     /// Check, explain and compare cluster.conf files.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Run this machine's cluster node in the foreground (logs to stderr; SIGTERM leaves cleanly).
+    Node {
+        /// Which <clusternode> this is (default: the one whose name resolves to a local address).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+    },
+    /// Members, quorum and services, as clustat shows them.
+    Status {
+        /// Refresh every SECONDS until interrupted.
+        #[arg(short = 'i', long, value_name = "SECONDS")]
+        interval: Option<u64>,
+        /// Print {cluster_name, config_version, quorate, members[{name, nodeid, online, local}], services[{name, kind, state, owner, last_owner, restarts, ...}], events[]} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 when this node's partition is quorate, 1 when not (clustat -Q).
+    Quorum {
+        /// Print {quorate, reason} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Membership and votes, as cman_tool shows them.
+    #[command(subcommand)]
+    Cman(CmanCmd),
+    /// The totem ring: members, ring state, counters.
+    #[command(subcommand)]
+    Totem(TotemCmd),
+    /// Fence a node, acknowledge a manual fence, unfence, or show the fence domain.
+    Fence(FenceArgs),
+    /// Enable, disable, relocate, restart, stop, freeze, unfreeze or migrate a service (clusvcadm).
+    Svc(SvcCmd),
+    /// Write a new random cluster key (corosync's authkey) to FILE, mode 0400.
+    Keygen {
+        /// Where to write it; refuses to overwrite.
+        file: PathBuf,
+    },
+    /// Run the virtual power switch used by the demo and the multi-node tests.
+    PowerSwitch(powerswitch::PowerSwitchArgs),
+    /// Run the deterministic simulator: exit 0 when every seed passes, else print the replay command and exit 1.
+    Sim {
+        /// Which layer: totem.
+        layer: String,
+        /// How many seeds, starting at --seed.
+        #[arg(long, default_value_t = 100)]
+        seeds: u64,
+        /// First seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Nodes per cluster (default: 3 to 7, chosen by each seed).
+        #[arg(long)]
+        nodes: Option<usize>,
+    },
+}
+
+/// `quorate cman ...`
+#[derive(Debug, Subcommand)]
+pub enum CmanCmd {
+    /// Config version, cluster name and id, membership state, votes and quorum (cman_tool status).
+    Status {
+        /// Print the node's quorum status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every configured node: id, status (M member, X not), votes, joined time, name.
+    Nodes {
+        /// Print [{name, nodeid, online, votes, joined, addresses}] as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set expected votes on every member (cman_tool expected -e); refused if it would leave the cluster inquorate.
+    Expected {
+        /// The new expected votes.
+        votes: u32,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Leave the cluster cleanly: services move away first, and the node is not fenced.
+    Leave {
+        /// Also lower the expected votes by this node's votes.
+        #[arg(long)]
+        remove: bool,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `quorate totem ...`
+#[derive(Debug, Subcommand)]
+pub enum TotemCmd {
+    /// Ring id, members ({nodeid, name} in JSON), ring states and counters.
+    Status {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `quorate fence NODE` or `quorate fence status|ack|unfence`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct FenceArgs {
+    /// The node to fence now (fence_node).
+    pub node: Option<String>,
+    /// Wait up to SECONDS for the node to be fenced (0: do not wait).
+    #[arg(long, default_value_t = 120)]
+    pub wait: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: Option<FenceSub>,
+}
+
+/// `quorate fence ...` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FenceSub {
+    /// Victims, tries, last error, and what is blocked waiting on fencing.
+    Status {
+        /// Print the fence domain's status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Declare NODE fenced after powering it off by hand (fence_ack_manual).
+    Ack {
+        /// The node.
+        node: String,
+        /// Confirm that NODE is really off.
+        #[arg(long = "yes-it-is-off")]
+        yes: bool,
+    },
+    /// Run NODE's <unfence> devices (fence_node -U).
+    Unfence {
+        /// The node.
+        node: String,
+    },
+}
+
+/// What `quorate fence` does, resolved.
+#[derive(Debug)]
+pub enum FenceCmd {
+    /// Show the fence domain.
+    Status {
+        /// JSON.
+        json: bool,
+    },
+    /// Fence a node.
+    Node {
+        /// The node.
+        node: String,
+        /// Seconds to wait.
+        wait: u64,
+    },
+    /// Manual acknowledgement.
+    Ack {
+        /// The node.
+        node: String,
+        /// Confirmed.
+        yes: bool,
+    },
+    /// Unfence.
+    Unfence {
+        /// The node.
+        node: String,
+    },
+}
+
+/// `quorate svc ACTION NAME [-m NODE]`
+#[derive(Debug, clap::Args)]
+pub struct SvcCmd {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: SvcAction,
+    /// Give up waiting for the outcome after SECONDS.
+    #[arg(long, global = true, default_value_t = 300)]
+    pub timeout: u64,
+    /// Submit and return at once.
+    #[arg(long, global = true)]
+    pub no_wait: bool,
+}
+
+/// clusvcadm's operations.
+#[derive(Debug, Subcommand)]
+pub enum SvcAction {
+    /// Start it (clusvcadm -e), on -m NODE if given.
+    Enable {
+        /// Service or vm name.
+        name: String,
+        /// Target node.
+        #[arg(short = 'm', long = "member")]
+        member: Option<String>,
+    },
+    /// Stop it and keep it stopped (clusvcadm -d).
+    Disable {
+        /// Service or vm name.
+        name: String,
+    },
+    /// Move it to -m NODE or the best other node (clusvcadm -r).
+    Relocate {
+        /// Service or vm name.
+        name: String,
+        /// Target node.
+        #[arg(short = 'm', long = "member")]
+        member: Option<String>,
+    },
+    /// Stop and start it in place (clusvcadm -R).
+    Restart {
+        /// Service or vm name.
+        name: String,
+    },
+    /// Stop it until the next membership change or enable (clusvcadm -s).
+    Stop {
+        /// Service or vm name.
+        name: String,
+    },
+    /// No status checks, no recovery, no moves (clusvcadm -Z).
+    Freeze {
+        /// Service or vm name.
+        name: String,
+    },
+    /// Undo freeze (clusvcadm -U).
+    Unfreeze {
+        /// Service or vm name.
+        name: String,
+    },
+    /// Live-migrate a vm to -m NODE (clusvcadm -M).
+    Migrate {
+        /// Vm name.
+        name: String,
+        /// Target node.
+        #[arg(short = 'm', long = "member")]
+        member: String,
+    },
 }
 
 /// `quorate config ...`

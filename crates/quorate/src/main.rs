@@ -12,6 +12,22 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Installed (or symlinked) as `fence_quorate`, the binary is the power
+    // switch's fence agent, as fenced and fence_node call agents by name.
+    let argv0 = std::env::args().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "fence_quorate")
+    {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let code = powerswitch::fence_quorate::main_with(
+            &args,
+            &mut std::io::stdin(),
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        );
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = cli::Cli::parse();
     let filter = std::env::var("QUORATE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))

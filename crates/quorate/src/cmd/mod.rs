@@ -1,15 +1,51 @@
 //! One file per command group; each returns the process exit status.
 
+pub mod admin;
 pub mod config;
+pub mod node;
+pub mod tools;
 
-use crate::cli::{Cli, Command};
-use std::io::Write;
+use crate::cli::{Cli, Command, FenceCmd, FenceSub};
+use std::io::{IsTerminal, Write};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> u8 {
+    let state = cli.state_dir.as_path();
     match cli.command {
         Command::Config(c) => config::run(&cli.config, c),
+        Command::Node { node } => node::run(&cli.config, state, node),
+        Command::Status { interval, json } => admin::status(state, interval, json),
+        Command::Quorum { json } => admin::quorum(state, json),
+        Command::Cman(c) => admin::cman(state, c),
+        Command::Totem(c) => admin::totem(state, c),
+        Command::Fence(f) => {
+            let cmd = match (f.cmd, f.node) {
+                (Some(FenceSub::Status { json }), _) => FenceCmd::Status { json },
+                (Some(FenceSub::Ack { node, yes }), _) => FenceCmd::Ack { node, yes },
+                (Some(FenceSub::Unfence { node }), _) => FenceCmd::Unfence { node },
+                (None, Some(node)) => FenceCmd::Node { node, wait: f.wait },
+                (None, None) => {
+                    err("quorate: usage: quorate fence NODE | quorate fence status|ack NODE|unfence NODE\n");
+                    return 2;
+                }
+            };
+            admin::fence(state, cmd)
+        }
+        Command::Svc(c) => admin::svc(state, c),
+        Command::Keygen { file } => tools::keygen(&file),
+        Command::PowerSwitch(args) => tools::power_switch(args),
+        Command::Sim {
+            layer,
+            seeds,
+            seed,
+            nodes,
+        } => tools::sim(&layer, seeds, seed, nodes),
     }
+}
+
+/// True when stderr is a terminal (progress lines go there).
+pub fn is_terminal() -> bool {
+    std::io::stderr().is_terminal()
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.

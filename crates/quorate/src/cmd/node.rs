@@ -1,0 +1,237 @@
+//! `quorate node`: run this machine's cluster node in the foreground.
+//!
+//! The daemon crate runs the protocols; this file plugs in what carries out
+//! the resource manager's actions: the resource executor (script, ip, fs, OCF
+//! agents) and the vm manager (QEMU guests, live migration).
+
+use super::err;
+use crate::cli::{EXIT_FAIL, EXIT_OK};
+use base::NodeId;
+use daemon::node::{NodeOptions, ServiceRunner};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+/// Runs `<vm>` resources with the vm crate; migrations go to the target
+/// node's ring-0 (back-channel) address, as the seed sends them over its BCN.
+struct Vms {
+    manager: vm::resource::VmManager,
+    addrs: BTreeMap<NodeId, IpAddr>,
+    /// Attributes last seen per vm: `migrate` is called by name only.
+    attrs: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
+}
+
+impl Vms {
+    fn remember(&self, name: &str, attrs: &BTreeMap<String, String>) {
+        if let Ok(mut m) = self.attrs.lock() {
+            m.insert(name.to_string(), attrs.clone());
+        }
+    }
+}
+
+impl rmexec::VmHandler for Vms {
+    fn start<'a>(
+        &'a self,
+        name: &'a str,
+        attrs: &'a BTreeMap<String, String>,
+    ) -> rmexec::VmFuture<'a, ()> {
+        self.remember(name, attrs);
+        Box::pin(async move {
+            self.manager
+                .start(attrs)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn stop<'a>(
+        &'a self,
+        name: &'a str,
+        attrs: &'a BTreeMap<String, String>,
+    ) -> rmexec::VmFuture<'a, ()> {
+        self.remember(name, attrs);
+        Box::pin(async move {
+            self.manager
+                .stop(attrs)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn status<'a>(
+        &'a self,
+        name: &'a str,
+        attrs: &'a BTreeMap<String, String>,
+    ) -> rmexec::VmFuture<'a, rmexec::VmStatus> {
+        self.remember(name, attrs);
+        Box::pin(async move {
+            match self.manager.status(attrs).await {
+                Ok(_) => Ok(rmexec::VmStatus::Running),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn migrate<'a>(
+        &'a self,
+        name: &'a str,
+        to: NodeId,
+        _mode: rm::MigrateMode,
+    ) -> rmexec::VmFuture<'a, ()> {
+        Box::pin(async move {
+            let attrs = self
+                .attrs
+                .lock()
+                .ok()
+                .and_then(|m| m.get(name).cloned())
+                .ok_or_else(|| {
+                    format!(
+                        "{name} was not started by this node, so it cannot be migrated from here"
+                    )
+                })?;
+            let ip = *self
+                .addrs
+                .get(&to)
+                .ok_or_else(|| format!("node {to} has no known address"))?;
+            let stats = self
+                .manager
+                .migrate_out(&attrs, ip, |_| {})
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                vm = name,
+                downtime_ms = stats.downtime_ms,
+                total_ms = stats.total_time_ms,
+                "live migration completed"
+            );
+            Ok(())
+        })
+    }
+}
+
+/// Carries out the resource manager's actions on this node.
+struct Runner {
+    executor: rmexec::Executor,
+    vms: Arc<Vms>,
+    my_ip: IpAddr,
+    prepared: Mutex<BTreeSet<String>>,
+}
+
+impl ServiceRunner for Runner {
+    fn run(
+        &self,
+        action: rm::Action,
+    ) -> Pin<Box<dyn std::future::Future<Output = Option<rm::Outcome>> + Send + 'static>> {
+        let executor = self.executor.clone();
+        if let rm::Action::StopService { service, .. } = &action {
+            if let Ok(mut p) = self.prepared.lock() {
+                p.remove(service);
+            }
+        }
+        Box::pin(async move {
+            let report = executor.run(&action).await;
+            if let Some(e) = report.first_error() {
+                tracing::warn!(service = action.service(), "resource action failed: {e}");
+            }
+            report.outcome()
+        })
+    }
+
+    fn prepare_incoming(
+        &self,
+        service: String,
+        resources: Vec<rm::ResourceStep>,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'static>> {
+        let first = self
+            .prepared
+            .lock()
+            .map(|mut p| p.insert(service.clone()))
+            .unwrap_or(false);
+        let vms = self.vms.clone();
+        let ip = self.my_ip;
+        Box::pin(async move {
+            if !first {
+                return Ok(());
+            }
+            for r in resources.iter().filter(|r| r.rtype == "vm") {
+                vms.remember(&r.name, &r.attrs);
+                vms.manager
+                    .prepare_incoming(&r.attrs, ip)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `quorate node`: load the config, find this node, run until SIGTERM/SIGINT
+/// (then leave cleanly: services move away first).
+pub fn run(config: &Path, state_dir: &Path, node: Option<String>) -> u8 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            err(&format!("quorate: error: cannot start the runtime: {e}\n"));
+            return EXIT_FAIL;
+        }
+    };
+    let result = rt.block_on(async {
+        let conf = daemon::node::load_config(config)?;
+        let me = daemon::node::local_node_name(&conf, node.as_deref())?;
+        let plan = daemon::plan::make_plan(&conf, &me)?;
+        let addrs: BTreeMap<NodeId, IpAddr> = plan
+            .peers
+            .iter()
+            .filter_map(|(id, p)| p.addrs.first().map(|a| (*id, a.ip())))
+            .collect();
+        let my_ip = addrs
+            .get(&plan.me)
+            .copied()
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let vms = Arc::new(Vms {
+            manager: vm::resource::VmManager::new(state_dir.join("vm")),
+            addrs,
+            attrs: Mutex::new(BTreeMap::new()),
+        });
+        let executor = rmexec::Executor::new().with_vm_handler(vms.clone());
+        let runner = Arc::new(Runner {
+            executor,
+            vms,
+            my_ip,
+            prepared: Mutex::new(BTreeSet::new()),
+        });
+        let opts = NodeOptions {
+            config_path: PathBuf::from(config),
+            node: Some(me),
+            state_dir: state_dir.to_path_buf(),
+        };
+        daemon::node::run(opts, runner, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            err(&format!("quorate node: {e}\n"));
+            EXIT_FAIL
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: leaving the cluster cleanly"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: leaving the cluster cleanly"),
+    }
+}

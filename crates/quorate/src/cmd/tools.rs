@@ -1,0 +1,99 @@
+//! Small tools: `keygen`, `power-switch`, `sim`.
+
+use super::{err, out};
+use crate::cli::{EXIT_FAIL, EXIT_IO, EXIT_OK};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// `quorate keygen FILE`: a new random cluster key, mode 0400, never overwriting.
+pub fn keygen(file: &Path) -> u8 {
+    let mut random = [0u8; totem::crypto::AUTHKEY_LEN];
+    if let Err(e) = getrandom::getrandom(&mut random) {
+        err(&format!(
+            "quorate: error: the operating system gave no random bytes: {e}\n"
+        ));
+        return EXIT_IO;
+    }
+    let key = totem::generate_authkey(random);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(file);
+    match f.and_then(|mut f| f.write_all(&key).and_then(|_| f.sync_all())) {
+        Ok(()) => {
+            out(&format!(
+                "wrote a {}-byte cluster key to {}\ncopy it to every node (same path), then set keyfile=\"{}\" in <totem> of cluster.conf\n",
+                key.len(),
+                file.display(),
+                file.display()
+            ));
+            EXIT_OK
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            err(&format!(
+                "quorate: refused: {} exists; a new key would cut this node off from the others\n  hint: remove it first if you really mean to replace the key on every node\n",
+                file.display()
+            ));
+            EXIT_FAIL
+        }
+        Err(e) => {
+            err(&format!(
+                "quorate: error: cannot write {}: {e}\n",
+                file.display()
+            ));
+            EXIT_IO
+        }
+    }
+}
+
+/// `quorate power-switch ...`.
+pub fn power_switch(args: powerswitch::PowerSwitchArgs) -> u8 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            err(&format!("quorate: error: cannot start the runtime: {e}\n"));
+            return EXIT_FAIL;
+        }
+    };
+    match rt.block_on(powerswitch::run_server(args)) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            err(&format!("quorate power-switch: {e}\n"));
+            EXIT_FAIL
+        }
+    }
+}
+
+/// `quorate sim totem --seeds N [--seed S] [--nodes K]`.
+pub fn sim(layer: &str, seeds: u64, first: u64, nodes: Option<usize>) -> u8 {
+    if layer != "totem" {
+        err(&format!(
+            "quorate: unknown simulator layer {layer:?}\n  hint: the simulator runs: totem\n"
+        ));
+        return 2;
+    }
+    let started = std::time::Instant::now();
+    for seed in first..first.saturating_add(seeds) {
+        let opts = sim::totem::SimOptions::from_seed(seed, nodes);
+        if let Err(f) = sim::totem::run(opts) {
+            err(&format!("{f}\n"));
+            err(&format!(
+                "replay: quorate sim totem --seeds 1 --seed {seed}{}\n",
+                nodes.map(|n| format!(" --nodes {n}")).unwrap_or_default()
+            ));
+            return EXIT_FAIL;
+        }
+    }
+    out(&format!(
+        "sim totem: {seeds} seeds passed (seeds {first}..{}) in {:.1} s\n",
+        first.saturating_add(seeds),
+        started.elapsed().as_secs_f64()
+    ));
+    EXIT_OK
+}
