@@ -347,6 +347,57 @@ impl VmManager {
         }
     }
 
+    /// Resolves when the guest stops being healthy here without being asked
+    /// to: its QEMU exits (crash, kill, guest poweroff) or the guest kernel
+    /// panics; returns the reason at once, so the daemon can run a status check
+    /// and recovery without waiting for the next status interval. Resolves at
+    /// once (with the reason) when the guest does not run here. Note that a
+    /// source QEMU also exits after a completed [`migrate_out`](Self::migrate_out)
+    /// and on [`stop`](Self::stop): the caller knows those.
+    pub async fn watch(&self, attrs: &VmAttrs) -> String {
+        let def = match self.guest_def(attrs) {
+            Ok(d) => d,
+            Err(e) => return e.to_string(),
+        };
+        let h = self.handle(&def.name);
+        let (qmp, pid) = {
+            let mut slot = h.slot.lock().await;
+            if let Err(e) = self.fill(&mut slot, &def, false).await {
+                return format!("guest {}: QEMU runs but does not answer: {e}", def.name);
+            }
+            match slot.guest.as_ref() {
+                Some(g) => (g.qmp().clone(), g.pid()),
+                None => return format!("guest {} is not running on this node", def.name),
+            }
+        };
+        let mut events = qmp.events();
+        loop {
+            tokio::select! {
+                _ = qmp.closed() => {
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    while crate::proc::alive(pid, &def.pidfile) && Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    return if crate::proc::alive(pid, &def.pidfile) {
+                        format!("guest {}: QMP connection of pid {pid} closed", def.name)
+                    } else {
+                        format!("guest {}: its QEMU (pid {pid}) exited", def.name)
+                    };
+                }
+                ev = events.recv() => match ev {
+                    Ok(ev) if ev.name == "GUEST_PANICKED" => {
+                        return format!("guest {}: guest kernel panicked", def.name)
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        // The connection ended; `closed()` answers next.
+                        qmp.closed().await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// Status until the guest runs (a migration target after the switch-over),
     /// at most `within`. The daemon calls it on the target before it records
     /// the new owner.
@@ -510,6 +561,7 @@ mod tests {
         send(&m.stop(a));
         send(&m.status(a));
         send(&m.wait_running(a, Duration::ZERO));
+        send(&m.watch(a));
         send(&m.prepare_incoming(a, ip));
         send(&m.migrate_out(a, ip, |_| {}));
     }
@@ -547,6 +599,7 @@ mod tests {
             .unwrap_err()
             .contains("not running on this node"));
         assert_eq!(m.stop(&ok).await.unwrap(), StopOutcome::AlreadyDead);
+        assert!(m.watch(&ok).await.contains("not running"));
         let e = m
             .migrate_out(&ok, ip, |_| {})
             .await

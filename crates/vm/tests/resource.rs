@@ -73,8 +73,19 @@ async fn start_adopt_crash_restart_and_stop_through_the_manager() {
     assert_eq!(m.status(&attrs).await.expect("adopted by status").pid, pid);
 
     // A crash is a failed resource; start brings the guest back with its disk.
+    let (reason, t) = tokio::join!(m.watch(&attrs), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        Instant::now()
+    });
+    let noticed = t.elapsed();
     let before = counters(&serial).last().copied().unwrap();
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    eprintln!(
+        "vm-measure: watch noticed the SIGKILL after {} ms: {reason}",
+        noticed.as_millis()
+    );
+    assert!(reason.contains("exited"), "{reason}");
+    assert!(noticed < Duration::from_secs(2), "{noticed:?}");
     let t = Instant::now();
     let err = loop {
         match m.status(&attrs).await {
