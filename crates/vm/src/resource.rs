@@ -57,6 +57,7 @@ struct Handle {
 #[derive(Debug)]
 pub struct VmManager {
     run_dir: PathBuf,
+    netns: Option<String>,
     probe: HostProbe,
     guests: Mutex<BTreeMap<String, Arc<Handle>>>,
 }
@@ -85,9 +86,18 @@ impl VmManager {
     pub fn with_probe(run_dir: impl Into<PathBuf>, probe: HostProbe) -> Self {
         Self {
             run_dir: run_dir.into(),
+            netns: None,
             probe,
             guests: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Run this node's guests in network namespace `netns` (unless their
+    /// `netns` attribute names another): for several nodes in one process,
+    /// each in its own namespace.
+    pub fn with_netns(mut self, netns: Option<String>) -> Self {
+        self.netns = netns;
+        self
     }
 
     /// Where the guests' sockets, pidfiles and serial logs go.
@@ -102,7 +112,11 @@ impl VmManager {
         for w in &parsed.warnings {
             tracing::warn!("{w}");
         }
-        Ok(parsed.def)
+        let mut def = parsed.def;
+        if def.netns.is_none() {
+            def.netns = self.netns.clone();
+        }
+        Ok(def)
     }
 
     /// The accelerator a guest with this definition gets here, and why.

@@ -265,3 +265,124 @@ async fn migration_between_two_managers_unprepared_aborted_late_and_pause() {
     assert_eq!(b.stop(&attrs).await.unwrap(), StopOutcome::PoweredOff);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+struct Netns(Vec<String>);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run ip ({e}): install the Debian package iproute2"));
+    assert!(
+        out.status.success(),
+        "ip {} failed: {} (this test needs root for network namespaces)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two nodes, each a `VmManager` in its own network namespace, the same `<vm>`
+/// attributes: live migration over the back-channel veth, then the host of the
+/// guest dies (its QEMU is SIGKILLed) and the survivor starts the guest, which
+/// resumes from its disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_in_namespaces_migrate_then_survivor_restarts() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root (network namespaces)"
+    );
+    let id = std::process::id() % 100_000;
+    let (na, nb) = (format!("qrm-a-{id}"), format!("qrm-b-{id}"));
+    let _ns = Netns(vec![na.clone(), nb.clone()]);
+    ip(&["netns", "add", &na]);
+    ip(&["netns", "add", &nb]);
+    ip(&[
+        "-n", &na, "link", "add", "bk0", "type", "veth", "peer", "name", "bk0", "netns", &nb,
+    ]);
+    let addr = |ns: &str| if ns == na { "10.79.0.1" } else { "10.79.0.2" };
+    for ns in [&na, &nb] {
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{}/24", addr(ns)),
+            "dev",
+            "bk0",
+        ]);
+        ip(&["-n", ns, "link", "set", "bk0", "up"]);
+    }
+    let dir = test_dir("res-ns");
+    let disk = blank_disk(&dir);
+    let attrs = vm_attrs("nsg", &disk, free_port());
+    let (run_a, run_b) = (dir.join("a"), dir.join("b"));
+    let _reaper = Reaper(vec![run_a.join("nsg.pid"), run_b.join("nsg.pid")]);
+    let (serial_a, serial_b) = (run_a.join("nsg.serial"), run_b.join("nsg.serial"));
+    let a = VmManager::new(&run_a).with_netns(Some(na.clone()));
+    let b = VmManager::new(&run_b).with_netns(Some(nb.clone()));
+    assert_eq!(a.start(&attrs).await.unwrap(), StartOutcome::Started);
+    wait_counter_above(&serial_a, 2, Duration::from_secs(60));
+
+    let ip_b: IpAddr = addr(&nb).parse().unwrap();
+    b.prepare_incoming(&attrs, ip_b)
+        .await
+        .expect("prepare in b");
+    let stats = a
+        .migrate_out(&attrs, ip_b, |_| {})
+        .await
+        .expect("migrate a -> b");
+    eprintln!(
+        "vm-measure: namespaces migration total {} ms downtime {} ms",
+        stats.total_time_ms, stats.downtime_ms
+    );
+    b.wait_running(&attrs, Duration::from_secs(30))
+        .await
+        .expect("b runs");
+    assert!(pid_of(&a, &attrs).is_none());
+    let last_a = counters(&serial_a).last().copied().unwrap_or(0);
+    wait_counter_above(&serial_b, last_a + 2, Duration::from_secs(30));
+
+    // Node b dies: its QEMU is gone; node a (the survivor) starts the guest.
+    let pid = pid_of(&b, &attrs).unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let t = Instant::now();
+    let before = counters(&serial_b).last().copied().unwrap();
+    let n = counters(&serial_a).len();
+    assert_eq!(a.start(&attrs).await.unwrap(), StartOutcome::Started);
+    let first = loop {
+        let c = counters(&serial_a);
+        if c.len() > n {
+            break c[n];
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no counter on the survivor"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    eprintln!(
+        "vm-measure: namespaces crash to running (SIGKILL -> start on survivor -> first counter) {} ms",
+        t.elapsed().as_millis()
+    );
+    // The guest resumed from what it had written before the crash.
+    assert!(
+        first > before,
+        "first {first}, last before the crash {before}"
+    );
+    assert!(b.status(&attrs).await.unwrap_err().contains("gone"));
+    assert_eq!(a.stop(&attrs).await.unwrap(), StopOutcome::PoweredOff);
+    let _ = std::fs::remove_dir_all(&dir);
+}
