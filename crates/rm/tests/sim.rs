@@ -1102,6 +1102,9 @@ impl Sim {
         if !v.quorate {
             return self.fail("not quorate after faults".into());
         }
+        if let Some(m) = v.members.iter().find(|m| m.fence_pending || m.leaving) {
+            return self.fail(format!("{} still owes a fence or a leave: {m:?}", m.name));
+        }
         let owner_of = |name: &str| {
             v.services.iter().find(|s| s.name == name).and_then(|s| {
                 if s.state == State::Started {
