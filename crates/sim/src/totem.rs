@@ -4,7 +4,8 @@
 //! profile (swarm testing: every seed gets its own mix and intensity of
 //! faults), per-node clocks, the workload and the network's randomness.
 //!
-//! Faults (safety phase): packet loss, duplication, delay with an
+//! Faults (safety phase): packet loss, duplication, replay of old packets
+//! (from the last 256 sent), delay with an
 //! exponential tail (reordering), symmetric and asymmetric partitions,
 //! crash and restart (ring sequence and boot epoch survive, as on disk),
 //! long pauses (a stopped process whose queued packets arrive at once when
@@ -77,6 +78,8 @@ pub struct Profile {
     pub loss: f64,
     /// Probability of duplicating a packet.
     pub dup: f64,
+    /// Probability of also delivering an old packet (replay) per send.
+    pub replay: f64,
     /// Fixed part of the one-way delay.
     pub delay_min: Duration,
     /// Mean of the exponential extra delay (reordering).
@@ -147,6 +150,11 @@ impl Profile {
             },
             safe_ratio: [0.0, 0.2, 0.5][r.below(3) as usize],
             op_interval: Duration::from_micros(r.range(500, 5000)),
+            replay: if faults {
+                [0.0, 0.0, 0.001, 0.01][r.below(4) as usize]
+            } else {
+                0.0
+            },
         }
     }
 }
@@ -477,6 +485,7 @@ pub struct Sim {
     nodes: Vec<SimNode>,
     blocked: BTreeSet<(NodeId, NodeId)>,
     ring1_down: BTreeSet<NodeId>,
+    history: VecDeque<(NodeId, u8, NodeId, Arc<[u8]>)>,
     faults_on: bool,
     key: Option<ClusterKey>,
     checker: Checker,
@@ -540,6 +549,7 @@ impl Sim {
             nodes,
             blocked: BTreeSet::new(),
             ring1_down: BTreeSet::new(),
+            history: VecDeque::new(),
             faults_on: true,
             key,
             checker: Checker::default(),
@@ -719,6 +729,26 @@ impl Sim {
             }
             if self.rng.chance(self.profile.loss) {
                 return;
+            }
+        }
+        if self.profile.replay > 0.0 {
+            if self.history.len() >= 256 {
+                self.history.pop_front();
+            }
+            self.history.push_back((from, ring, to, bytes.clone()));
+            if self.faults_on && self.rng.chance(self.profile.replay) {
+                let k = self.rng.below(self.history.len() as u64) as usize;
+                let (f, r, t, b) = self.history[k].clone();
+                let d = self.profile.delay_min + self.exp(self.profile.delay_tail);
+                self.at(
+                    self.now + d,
+                    Ev::Packet {
+                        to: t,
+                        ring: r,
+                        from: f,
+                        bytes: b,
+                    },
+                );
             }
         }
         let copies = if self.faults_on && self.rng.chance(self.profile.dup) {
