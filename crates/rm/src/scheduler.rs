@@ -1301,7 +1301,7 @@ impl Scheduler {
                 Err(RequestError::NoSuchService(name.clone()))
             }
             Some(mut svc) => {
-                let r = self.apply_request(now, &mut svc, &req);
+                let r = self.apply_request(now, from, &mut svc, &req);
                 self.st.services.insert(name.clone(), svc);
                 r
             }
@@ -1333,6 +1333,7 @@ impl Scheduler {
     fn apply_request(
         &mut self,
         now: Instant,
+        from: NodeId,
         svc: &mut Svc,
         req: &Request,
     ) -> Result<(), RequestError> {
@@ -1373,7 +1374,13 @@ impl Scheduler {
                     _ => Ok(()),
                 },
                 State::Stopped | State::Disabled | State::Recovering => {
-                    self.start_request(svc, *node, "enabled by operator")
+                    // clusvcadm -e without -m starts it where the command ran,
+                    // if that node may run it; otherwise per domain policy.
+                    self.start_request(svc, *node, "enabled by operator")?;
+                    if node.is_none() {
+                        svc.plan.prefer = Some(from);
+                    }
+                    Ok(())
                 }
             },
             Request::Disable { .. } => {

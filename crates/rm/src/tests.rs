@@ -1144,3 +1144,36 @@ fn planned_stop_of_a_dependency_stops_hard_dependents_first() {
     assert_eq!(h.svc("db").state, State::Started);
     assert_eq!(h.svc("app").state, State::Started);
 }
+
+#[test]
+fn enable_without_target_prefers_the_requesting_node() {
+    let mut s = web();
+    s.autostart = false;
+    let mut h = started_cluster(3, vec![s]);
+    h.feed(Input::Request {
+        from: n(3),
+        request: Request::Enable {
+            service: "web".into(),
+            node: None,
+        },
+    })
+    .unwrap();
+    h.settle();
+    assert_eq!(h.svc("web").owner, Some(n(3)));
+    // Outside a restricted domain the requester is ignored: domain policy decides.
+    let mut r = web();
+    r.name = "r".into();
+    r.autostart = false;
+    r.domain = Some(domain(true, true, false, &[(1, 2), (2, 1)]));
+    let mut h = started_cluster(3, vec![r]);
+    h.feed(Input::Request {
+        from: n(3),
+        request: Request::Enable {
+            service: "r".into(),
+            node: None,
+        },
+    })
+    .unwrap();
+    h.settle();
+    assert_eq!(h.svc("r").owner, Some(n(2)));
+}
