@@ -63,6 +63,17 @@ pub struct MigrationRun {
     pub stats: MigrationStats,
 }
 
+/// One crash-and-restart of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrashRun {
+    /// Node whose QEMU was killed (1 or 2).
+    pub from: u8,
+    /// The survivor that started the guest.
+    pub to: u8,
+    /// SIGKILL to the first counter line on the survivor, ms.
+    pub ms: u64,
+}
+
 /// What [`run`] measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
@@ -73,8 +84,8 @@ pub struct BenchReport {
     /// Live migrations.
     pub migrations: Vec<MigrationRun>,
     /// SIGKILL of QEMU on one node to the first counter line of the guest
-    /// started by the other node's `VmManager::start`, ms, one per crash.
-    pub crash_to_running_ms: Vec<u64>,
+    /// started by the other node's `VmManager::start`, one per crash.
+    pub crashes: Vec<CrashRun>,
 }
 
 fn p50(mut v: Vec<u64>) -> u64 {
@@ -103,7 +114,7 @@ impl BenchReport {
 
     /// Median crash-to-running time, ms.
     pub fn crash_to_running_p50_ms(&self) -> u64 {
-        p50(self.crash_to_running_ms.clone())
+        p50(self.crashes.iter().map(|c| c.ms).collect())
     }
 
     /// The summary line `vm: migration downtime p50 D ms, total p50 T ms; crash to running p50 S s`.
@@ -155,14 +166,13 @@ impl fmt::Display for BenchReport {
             )?;
         }
         writeln!(f, "{:<10} {:>6} {:>10}", "crash", "route", "running s")?;
-        for (i, ms) in self.crash_to_running_ms.iter().enumerate() {
-            let (from, to) = if i % 2 == 0 { (1, 2) } else { (2, 1) };
+        for (i, c) in self.crashes.iter().enumerate() {
             writeln!(
                 f,
                 "{:<10} {:>6} {:>10.2}",
                 i + 1,
-                format!("{from}->{to}"),
-                *ms as f64 / 1000.0
+                format!("{}->{}", c.from, c.to),
+                c.ms as f64 / 1000.0
             )?;
         }
         writeln!(
@@ -297,7 +307,7 @@ async fn measure(
         cur = to;
     }
 
-    let mut crash_to_running_ms = Vec::new();
+    let mut crashes = Vec::new();
     for _ in 0..opts.crashes {
         let survivor = 1 - cur;
         let st = nodes[cur]
@@ -318,7 +328,11 @@ async fn measure(
             });
         }
         wait_counter(&serial(survivor), n, 0, long).await?;
-        crash_to_running_ms.push(t.elapsed().as_millis() as u64);
+        crashes.push(CrashRun {
+            from: cur as u8 + 1,
+            to: survivor as u8 + 1,
+            ms: t.elapsed().as_millis() as u64,
+        });
         // The dead node notices and forgets its QEMU.
         if nodes[cur].status(attrs).await.is_ok() {
             return Err(VmError::Invalid {
@@ -332,11 +346,24 @@ async fn measure(
         accel,
         boot_to_counter_ms,
         migrations,
-        crash_to_running_ms,
+        crashes,
     })
 }
 
-/// `quorate bench vm`: build (or reuse) the tiny guest with `script`
+/// `quorate bench vm`: build (or reuse) the tiny guest with the embedded
+/// script into `opts.dir/guest`, then [`run`]. Print the result with `{}`
+/// (table, summary last).
+pub async fn run_embedded(opts: &BenchOptions) -> Result<BenchReport, VmError> {
+    let out = opts.dir.join("guest");
+    let tiny = tokio::task::spawn_blocking(move || TinyGuest::build_embedded(&out))
+        .await
+        .map_err(|e| VmError::TinyGuest {
+            message: e.to_string(),
+        })??;
+    run(&tiny, opts).await
+}
+
+/// Build (or reuse) the tiny guest with `script`
 /// (scripts/guest/build-tiny-guest.sh) into `opts.dir/guest`, then [`run`].
 /// Print the result with `{}` (table, summary last).
 pub async fn run_with_script(script: &Path, opts: &BenchOptions) -> Result<BenchReport, VmError> {

@@ -30,7 +30,9 @@ pub use def::{
 };
 pub use driver::{Guest, GuestState, GuestStatus, MigrationProgress, MigrationStats, StopOutcome};
 pub use resource::{StartOutcome, VmAttrs, VmManager};
-pub use tiny::{blank_disk, serial_counters, serial_resumed, supports_direct_io, TinyGuest};
+pub use tiny::{
+    blank_disk, serial_counters, serial_resumed, supports_direct_io, TinyGuest, BUILD_SCRIPT,
+};
 
 /// Errors of guest definition, start, stop and migration.
 #[derive(Debug, thiserror::Error)]

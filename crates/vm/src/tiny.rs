@@ -18,7 +18,24 @@ pub struct TinyGuest {
     pub cmdline: String,
 }
 
+/// `scripts/guest/build-tiny-guest.sh`, built into the binary so an installed
+/// `quorate` needs no source tree to build the tiny guest.
+pub const BUILD_SCRIPT: &str = include_str!("../../../scripts/guest/build-tiny-guest.sh");
+
 impl TinyGuest {
+    /// [`build`](Self::build) with the embedded [`BUILD_SCRIPT`], written to
+    /// `out/build-tiny-guest.sh` (rewritten only when it changed). Blocking.
+    pub fn build_embedded(out: &Path) -> Result<TinyGuest, VmError> {
+        let fail = |message: String| VmError::TinyGuest { message };
+        std::fs::create_dir_all(out).map_err(|e| fail(format!("{}: {e}", out.display())))?;
+        let script = out.join("build-tiny-guest.sh");
+        if std::fs::read_to_string(&script).ok().as_deref() != Some(BUILD_SCRIPT) {
+            std::fs::write(&script, BUILD_SCRIPT)
+                .map_err(|e| fail(format!("{}: {e}", script.display())))?;
+        }
+        Self::build(&script, out)
+    }
+
     /// Run `script` (scripts/guest/build-tiny-guest.sh) to build, or reuse, the
     /// guest in `out`. Blocking; about 10 ms when up to date.
     pub fn build(script: &Path, out: &Path) -> Result<TinyGuest, VmError> {
