@@ -26,6 +26,13 @@ fn main() {
                 println!("{f}");
                 std::process::exit(1);
             }
+            if (seed - from + 1) % 1000 == 0 {
+                println!(
+                    "{} seeds passed ({:.0}s)",
+                    seed - from + 1,
+                    t.elapsed().as_secs_f64()
+                );
+            }
             let e = s.elapsed().as_secs_f64();
             if e > slowest.0 {
                 slowest = (e, seed);

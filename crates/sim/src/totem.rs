@@ -1280,6 +1280,7 @@ mod tests {
         let (seed, f) =
             caught.expect("the checker missed a core that delivers before the order is agreed");
         let text = f.to_string();
+        eprintln!("{text}");
         assert!(
             text.contains(&format!("quorate sim totem --seed {seed} --nodes")),
             "{text}"

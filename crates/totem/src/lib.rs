@@ -12,6 +12,25 @@
 //! - [`crypto`]: framing, XChaCha20-Poly1305 sealing and replay windows;
 //! - [`node`]: the single ring protocol (token, membership, recovery, EVS),
 //!   redundant rings (passive) and the process-group layer ([`cpg`]).
+//!
+//! # Wiring a driver (for `quorated` and `quorate totem status`)
+//! 1. Build a [`TotemConfig`] with [`TotemConfig::new`] from cluster.conf:
+//!    node ids of `<clusternode>`, `rings = 2` when nodes have `<altname>`,
+//!    `<totem token=.. join=.. consensus=.. fail_recv_const=.. window_size=..
+//!    max_messages=.. token_retransmits_before_loss_const=..>` (use
+//!    [`TotemConfig::with_token`] first, then override), `key` from the
+//!    authkey file via [`ClusterKey::from_authkey`], `epoch` = persisted boot
+//!    counter + 1, `initial_ring_seq` = persisted ring sequence.
+//! 2. Loop: on a datagram call `handle_packet(now, ring, Some(peer), bytes)`;
+//!    on a local request `handle_command`; at `poll_deadline()` call
+//!    `handle_timeout`. After each call persist any
+//!    [`Event::PersistRingSeq`] first, then send every [`Transmit`] to
+//!    `(to, ring)` (udpu: one unicast per peer and ring address), then hand
+//!    the other events to quorum/fence/rm/dlm.
+//! 3. `quorate totem status [--json]`: serialize [`TotemNode::status`]
+//!    (ring id, members, faulty links per ring, counters).
+//! 4. `quorate keygen`: write [`generate_authkey`] of 128 OS-random bytes,
+//!    mode 0400.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

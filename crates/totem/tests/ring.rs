@@ -283,3 +283,21 @@ fn process_groups_deliver_to_members_only_with_membership_callbacks() {
     net.run_until(Duration::from_secs(3), |n| n.ring_of(&[1, 3]));
     assert!(net.events[0].iter().any(|e| matches!(e, Event::Cpg(CpgEvent::ConfChange { left, members, .. }) if left == &vec![NodeId(2)] && members == &vec![NodeId(1)])));
 }
+
+#[test]
+fn core_manifest_pulls_in_no_runtime_or_io_crate() {
+    let manifest = include_str!("../Cargo.toml");
+    let deps = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .unwrap()
+        .split("\n[")
+        .next()
+        .unwrap();
+    for banned in ["tokio", "async-std", "mio", "rand =", "socket2"] {
+        assert!(
+            !deps.contains(banned),
+            "totem core must stay sans-IO; found {banned}"
+        );
+    }
+}
