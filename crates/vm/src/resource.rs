@@ -60,6 +60,7 @@ pub struct VmManager {
     netns: Option<String>,
     probe: HostProbe,
     guests: Mutex<BTreeMap<String, Arc<Handle>>>,
+    last_attrs: Mutex<BTreeMap<String, VmAttrs>>,
 }
 
 struct OpGuard<'a>(&'a Handle);
@@ -89,6 +90,7 @@ impl VmManager {
             netns: None,
             probe,
             guests: Mutex::new(BTreeMap::new()),
+            last_attrs: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -113,10 +115,24 @@ impl VmManager {
             tracing::warn!("{w}");
         }
         let mut def = parsed.def;
+        self.last_attrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(def.name.clone(), attrs.clone());
         if def.netns.is_none() {
             def.netns = self.netns.clone();
         }
         Ok(def)
+    }
+
+    /// The attributes last passed for guest `name` (by any call), for callers
+    /// that name a guest without its attributes (e.g. a migrate request).
+    pub fn attrs_of(&self, name: &str) -> Option<VmAttrs> {
+        self.last_attrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// The accelerator a guest with this definition gets here, and why.
@@ -614,6 +630,8 @@ mod tests {
             .contains("not running on this node"));
         assert_eq!(m.stop(&ok).await.unwrap(), StopOutcome::AlreadyDead);
         assert!(m.watch(&ok).await.contains("not running"));
+        assert_eq!(m.attrs_of("g"), Some(ok.clone()));
+        assert_eq!(m.attrs_of("h"), None);
         let e = m
             .migrate_out(&ok, ip, |_| {})
             .await
