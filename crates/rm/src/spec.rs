@@ -5,6 +5,7 @@
 use base::{Duration, NodeId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use crate::error::ConfigError;
 
@@ -89,7 +90,8 @@ pub enum MigrateMode {
 }
 
 /// A resource in a service's tree, e.g. `<ip address=... />` or `<script file=... />`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` shows attribute names only: values may be secrets.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceSpec {
     /// Agent type: `ip`, `fs`, `script`, `lvm`, ..., or `ocf:heartbeat:Dummy`.
     pub rtype: String,
@@ -114,7 +116,8 @@ impl ResourceSpec {
 }
 
 /// One step of a flattened resource tree, in the order to run it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `Debug` shows attribute names only: values may be secrets.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceStep {
     /// Agent type.
     pub rtype: String,
@@ -124,6 +127,28 @@ pub struct ResourceStep {
     pub attrs: BTreeMap<String, String>,
     /// Depth in the tree (0 = direct child of the service).
     pub depth: u32,
+}
+
+impl fmt::Debug for ResourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResourceSpec")
+            .field("rtype", &self.rtype)
+            .field("name", &self.name)
+            .field("attrs", &self.attrs.keys().collect::<Vec<_>>())
+            .field("children", &self.children)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ResourceStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResourceStep")
+            .field("rtype", &self.rtype)
+            .field("name", &self.name)
+            .field("attrs", &self.attrs.keys().collect::<Vec<_>>())
+            .field("depth", &self.depth)
+            .finish()
+    }
 }
 
 /// rgmanager's implicit start level for a resource type (service.sh `<special>`);

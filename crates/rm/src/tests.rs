@@ -1177,3 +1177,18 @@ fn enable_without_target_prefers_the_requesting_node() {
     h.settle();
     assert_eq!(h.svc("r").owner, Some(n(2)));
 }
+
+#[test]
+fn debug_output_never_shows_resource_attribute_values() {
+    let mut r = ResourceSpec::new("ocf:heartbeat:mysql", "db");
+    r.attrs.insert("password".into(), "s3cret-value".into());
+    let mut s = web();
+    s.resources = vec![r];
+    let mut h = H::new(1, vec![s]);
+    h.up(&[1]);
+    h.quorum(true);
+    let acts = h.actions();
+    let dbg = format!("{acts:?} {:?}", h.s[0].config());
+    assert!(dbg.contains("password"), "{dbg}");
+    assert!(!dbg.contains("s3cret-value"), "{dbg}");
+}
