@@ -337,6 +337,47 @@ pub struct Node {
     tick_sent_for: Option<Instant>,
 }
 
+/// The resource manager stamps its messages with agreed wall-clock times
+/// written `t+SECONDS.MILLISs`; show them as UTC times of day.
+fn wall_times(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("t+") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i + 2..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(tail.len());
+        let secs = tail[..end]
+            .parse::<f64>()
+            .ok()
+            .filter(|_| tail[end..].starts_with('s'));
+        match secs {
+            // Before any ordered message the agreed clock still reads zero.
+            Some(s) if s < 1e9 => {
+                out.push_str("start-up");
+                rest = &tail[end + 1..];
+            }
+            Some(s) => {
+                let t = s as u64;
+                out.push_str(&format!(
+                    "{:02}:{:02}:{:02} UTC",
+                    (t / 3600) % 24,
+                    (t / 60) % 60,
+                    t % 60
+                ));
+                rest = &tail[end + 1..];
+            }
+            None => {
+                out.push_str("t+");
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn wall_ns() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -495,7 +536,7 @@ impl Node {
             self.prepare_migration_targets();
             while let Some(ev) = self.rm.scheduler().poll_event() {
                 moved = true;
-                self.note(format!("rm: {}", ev.message));
+                self.note(format!("rm: {}", wall_times(&ev.message)));
             }
             if !moved {
                 return;
@@ -580,7 +621,10 @@ impl Node {
                         }
                     },
                     TAG_RM => match crate::rmglue::RmMsg::decode(body) {
-                        Ok(m) => self.rm.handle_message(d.sender, m),
+                        Ok(m) => {
+                            let quorate = self.quorum.is_quorate();
+                            self.rm.handle_message(d.sender, m, quorate)
+                        }
                         Err(e) => {
                             tracing::warn!(from = d.sender.0, error = %e, "dropping rm message")
                         }
@@ -914,6 +958,7 @@ impl Node {
                 let mut v = serde_json::to_value(s).unwrap_or_default();
                 v["owner_name"] = json!(s.owner.map(|n| self.name_of(n)));
                 v["last_owner_name"] = json!(s.last_owner.map(|n| self.name_of(n)));
+                v["reason"] = json!(wall_times(&s.reason));
                 v
             })
             .collect::<Vec<_>>())
@@ -1305,6 +1350,19 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agreed_times_read_as_times_of_day() {
+        assert_eq!(
+            wall_times("n1 fenced by power at t+1795624760.372s; done"),
+            "n1 fenced by power at 16:39:20 UTC; done"
+        );
+        assert_eq!(
+            wall_times("quorum regained at t+0.000s"),
+            "quorum regained at start-up"
+        );
+        assert_eq!(wall_times("no time t+here"), "no time t+here");
+    }
 
     #[test]
     fn name_derived_key_is_stable_and_distinct() {

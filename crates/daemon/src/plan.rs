@@ -152,7 +152,15 @@ pub fn make_plan(conf: &ClusterConf, me_name: &str) -> Result<NodePlan, PlanErro
     );
     quorum.two_node = *conf.cman.two_node.get();
     quorum.expected_votes = conf.cman.expected_votes;
-    quorum.wait_for_all = *conf.quorum.wait_for_all.get();
+    // As votequorum does, two_node turns wait_for_all on unless the file says
+    // otherwise: a node that boots alone must not take quorum (and start
+    // services) before it has seen its peer once, or a rebooted node would run
+    // services its peer still runs.
+    quorum.wait_for_all = if conf.quorum.wait_for_all.default {
+        quorum.two_node || *conf.quorum.wait_for_all.get()
+    } else {
+        *conf.quorum.wait_for_all.get()
+    };
     quorum.last_man_standing = *conf.quorum.last_man_standing.get();
     quorum.last_man_standing_window =
         Duration::from_millis(u64::from(*conf.quorum.last_man_standing_window.get()));
@@ -432,6 +440,10 @@ mod tests {
         );
         assert_eq!(plan.totem.token, Duration::from_millis(3000));
         assert!(plan.quorum.two_node);
+        assert!(
+            plan.quorum.wait_for_all,
+            "two_node implies wait_for_all unless the file says otherwise"
+        );
         assert_eq!(plan.fence.post_fail_delay, Duration::from_secs(2));
         assert_eq!(plan.fence.post_join_delay, Some(Duration::from_secs(10)));
         let d = &plan.fence.nodes[&NodeId(2)].methods[0].devices[0];

@@ -171,14 +171,13 @@ impl RmReplica {
         });
     }
 
-    /// Quorum changed without a membership change.
+    /// Quorum changed without a membership change. During a state transfer
+    /// the change is not applied: the quorum that holds when the transfer
+    /// completes is (see [`RmReplica::handle_message`]).
     pub fn handle_quorum(&mut self, quorate: bool) {
         let at = self.agreed;
-        match &mut self.sync {
-            Some(s) => {
-                s.quorate = quorate;
-            }
-            None => self.apply(at, rm::Input::Quorum { quorate }),
+        if self.sync.is_none() {
+            self.apply(at, rm::Input::Quorum { quorate });
         }
     }
 
@@ -195,8 +194,12 @@ impl RmReplica {
         }
     }
 
-    /// An ordered message from `from`.
-    pub fn handle_message(&mut self, from: NodeId, msg: RmMsg) {
+    /// An ordered message from `from`. `quorate` is the vote core's answer at
+    /// this point of the order: a state transfer that completes here applies
+    /// the membership with it. Every member agrees on it, because each member
+    /// multicasts its quorum state before its sync message, so all quorum
+    /// states precede the last sync message in the order.
+    pub fn handle_message(&mut self, from: NodeId, msg: RmMsg, quorate: bool) {
         match msg {
             RmMsg::Input { at_ns, input } => {
                 self.agreed = self.agreed.max(Instant(at_ns));
@@ -212,6 +215,7 @@ impl RmReplica {
                     if s.ring == ring && s.members.contains(&from) {
                         s.got.insert(from, (was_quorate, snapshot));
                     }
+                    s.quorate = quorate;
                 }
                 self.try_finish_sync();
             }
@@ -273,7 +277,7 @@ mod tests {
     fn deliver(reps: &mut [RmReplica], msgs: &[(NodeId, RmMsg)]) {
         for r in reps.iter_mut() {
             for (from, m) in msgs {
-                r.handle_message(*from, m.clone());
+                r.handle_message(*from, m.clone(), true);
             }
         }
     }

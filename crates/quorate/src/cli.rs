@@ -89,6 +89,15 @@ pub enum Command {
     },
     /// Run the virtual power switch used by the demo and the multi-node tests.
     PowerSwitch(powerswitch::PowerSwitchArgs),
+    /// The seed's two-node cluster on this machine, narrated: a service, a node crash, fencing, recovery (needs root).
+    Demo {
+        /// Print nothing; only the exit status says whether the cluster behaved.
+        #[arg(long)]
+        quiet: bool,
+        /// Where to keep the demo's config and node logs (default: a new dir under /tmp).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run the deterministic simulator: exit 0 when every seed passes, else print the replay command and exit 1.
     Sim {
         /// Which layer: totem.

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod demo;
 pub mod node;
 pub mod tools;
 
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Svc(c) => admin::svc(state, c),
         Command::Keygen { file } => tools::keygen(&file),
         Command::PowerSwitch(args) => tools::power_switch(args),
+        Command::Demo { quiet, dir } => demo::run(quiet, dir),
         Command::Sim {
             layer,
             seeds,
