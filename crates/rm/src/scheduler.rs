@@ -531,6 +531,9 @@ pub struct Scheduler {
     /// Set while handling a transition (a node joined, or a new config):
     /// only then do running services fail back (rgmanager's rule).
     failback_pass: bool,
+    /// Some managed service is exclusive (derived from the configuration;
+    /// spares the exclusivity scan in the common case).
+    any_exclusive: bool,
 }
 
 impl Scheduler {
@@ -561,7 +564,9 @@ impl Scheduler {
             status_due: BTreeMap::new(),
             stats: Stats::default(),
             failback_pass: false,
-        })
+            any_exclusive: true,
+        }
+        .with_exclusive_flag())
     }
 
     /// The replicated state, to hand to a joining node.
@@ -580,9 +585,16 @@ impl Scheduler {
             status_due: BTreeMap::new(),
             stats: Stats::default(),
             failback_pass: false,
-        };
+            any_exclusive: true,
+        }
+        .with_exclusive_flag();
         s.refresh_local(now);
         s
+    }
+
+    fn with_exclusive_flag(mut self) -> Self {
+        self.any_exclusive = self.st.services.values().any(|s| s.spec.exclusive);
+        self
     }
 
     /// This node's id.
@@ -1069,6 +1081,7 @@ impl Scheduler {
         );
         self.st.order = order;
         self.st.config = config;
+        self.any_exclusive = self.st.services.values().any(|s| s.spec.exclusive);
         self.failback_pass = true;
         self.reconcile(now);
         self.failback_pass = false;
@@ -1573,7 +1586,7 @@ impl Scheduler {
                 return Some(Unfit::NotInDomain);
             }
         }
-        if svc.spec.exclusive || self.st.services.values().any(|o| o.spec.exclusive) {
+        if svc.spec.exclusive || self.any_exclusive {
             for (oname, o) in &self.st.services {
                 if o.occupies(node) && (svc.spec.exclusive || o.spec.exclusive) {
                     return Some(Unfit::Exclusive(oname.clone()));
