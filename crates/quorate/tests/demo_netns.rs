@@ -19,11 +19,22 @@ fn demo_runs_the_seed_cluster_through_a_crash_fencing_and_recovery() {
     if !out.status.success() {
         let logs: String = ["an-node01.log", "an-node02.log"]
             .iter()
-            .map(|f| format!("--- {f}\n{}\n", std::fs::read_to_string(dir.path().join(f)).unwrap_or_default()))
+            .map(|f| {
+                format!(
+                    "--- {f}\n{}\n",
+                    std::fs::read_to_string(dir.path().join(f)).unwrap_or_default()
+                )
+            })
             .collect();
         panic!("demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}\n{logs}");
     }
-    assert!(stdout.contains("an-node01 fenced by an-node02 with method power"), "{stdout}");
+    assert!(
+        stdout.contains("an-node01 fenced by an-node02 with method power"),
+        "{stdout}"
+    );
     assert!(stdout.contains("Failover took"), "{stdout}");
-    assert!(stdout.contains("web stays on an-node02 (nofailback)"), "{stdout}");
+    assert!(
+        stdout.contains("web stays on an-node02 (nofailback)"),
+        "{stdout}"
+    );
 }
