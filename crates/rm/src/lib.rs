@@ -19,7 +19,10 @@
 //!
 //! # Driver contract
 //! 1. Send every [`Input`] through totem; feed each delivered one to
-//!    [`Scheduler::handle`] with the message's agreed timestamp. A
+//!    [`Scheduler::handle`] with the message's agreed timestamp: a time
+//!    carried in the message (so every node passes the same value), never
+//!    decreasing in delivery order. Wall-clock nanoseconds since the UNIX
+//!    epoch (kept monotone at delivery) make the log read `12:01:03.250 UTC`. A
 //!    configuration change is one [`Input::Membership`] carrying the quorum
 //!    computed for it; [`Input::Quorum`] is for quorum changes without one.
 //! 2. After each call, run [`Scheduler::drain_actions`] (only this node's

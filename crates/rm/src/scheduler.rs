@@ -513,10 +513,25 @@ enum Unfit {
     Avoided,
 }
 
-/// Format an agreed instant as `t+12.345s`.
+/// Format an agreed instant for the log: `12:01:03.250 UTC` when it is
+/// wall-clock time (nanoseconds since the UNIX epoch, after 2001), else
+/// `t+12.250s` from an arbitrary origin (tests, simulation).
 pub fn fmt_instant(t: Instant) -> String {
+    const Y2001: u64 = 978_307_200;
     let ms = t.as_nanos() / 1_000_000;
-    format!("t+{}.{:03}s", ms / 1000, ms % 1000)
+    let secs = ms / 1000;
+    if secs >= Y2001 {
+        let day = secs % 86_400;
+        format!(
+            "{:02}:{:02}:{:02}.{:03} UTC",
+            day / 3600,
+            (day % 3600) / 60,
+            day % 60,
+            ms % 1000
+        )
+    } else {
+        format!("t+{}.{:03}s", secs, ms % 1000)
+    }
 }
 
 /// The resource manager's replicated state machine for one node.

@@ -1192,3 +1192,11 @@ fn debug_output_never_shows_resource_attribute_values() {
     assert!(dbg.contains("password"), "{dbg}");
     assert!(!dbg.contains("s3cret-value"), "{dbg}");
 }
+
+#[test]
+fn instants_format_as_offset_or_wall_clock() {
+    assert_eq!(fmt_instant(Instant(12_300_000_000)), "t+12.300s");
+    // 2026-11-25 12:01:03.250 UTC
+    let t = Instant((1_795_608_063 * 1000 + 250) * 1_000_000);
+    assert_eq!(fmt_instant(t), "12:01:03.250 UTC");
+}
