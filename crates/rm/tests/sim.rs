@@ -123,7 +123,7 @@ struct Sim {
     stats: Stats,
 }
 
-#[derive(Default, Debug, Clone)]
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
 struct Stats {
     deliveries: u64,
     starts: u64,
@@ -1189,6 +1189,19 @@ fn run_seed(seed: u64, k: u32) -> Result<Stats, String> {
     let mut sim = Sim::new(seed, k);
     sim.run()?;
     Ok(sim.stats.clone())
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let run = |seed| {
+        let mut sim = Sim::new(seed, 5);
+        sim.run().expect("seed passes");
+        (sim.stats.clone(), sim.log.clone(), sim.majority_view())
+    };
+    let a = run(4242);
+    let b = run(4242);
+    assert_eq!(a, b, "same seed, same run");
+    assert_ne!(a.1, run(4243).1, "different seeds differ");
 }
 
 #[test]
