@@ -9,6 +9,8 @@ use base::{Duration, Instant, NodeId};
 use std::collections::VecDeque;
 use totem::{ClusterKey, Command, Event, State, TotemConfig, TotemNode};
 
+// a benchmark measures wall-clock time; the core itself never reads a clock
+#[allow(clippy::disallowed_methods)]
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: u32 = args.first().map(|s| s.parse().expect("nodes")).unwrap_or(3);
