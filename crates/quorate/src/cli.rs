@@ -98,6 +98,9 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Benchmarks that print a table (medians; the machine is shared).
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Run the deterministic simulator: exit 0 when every seed passes, else print the replay command and exit 1.
     Sim {
         /// Which layer: totem.
@@ -326,5 +329,40 @@ pub enum ConfigCmd {
         /// Print {name, nodeid, votes} as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `quorate bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// SIGKILL of a service's node to the service running on a survivor, 3 nodes in namespaces (needs root).
+    Failover {
+        /// Runs per token timeout.
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+        /// Token timeouts to measure, in ms.
+        #[arg(long, value_delimiter = ',', default_values_t = [300u32, 1000])]
+        tokens: Vec<u32>,
+    },
+    /// A node's death to fence success, 3 nodes in namespaces, fenced through the power switch (needs root).
+    Fence {
+        /// Runs per token timeout.
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+        /// Token timeouts to measure, in ms.
+        #[arg(long, value_delimiter = ',', default_values_t = [300u32, 1000])]
+        tokens: Vec<u32>,
+    },
+    /// The tiny guest: live migration time and downtime, crash to running.
+    Vm {
+        /// Migrations to measure (default: the vm crate's).
+        #[arg(long)]
+        runs: Option<usize>,
+    },
+    /// The replicated volume over NBD against no peer, nbdkit and the raw file.
+    Replica {
+        /// Scratch directory (default: under /tmp; use /dev/shm to take the disk out).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }

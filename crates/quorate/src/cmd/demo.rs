@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 const NODES: [&str; 2] = ["an-node01", "an-node02"];
 const FLOATING_IP: &str = "192.168.3.100";
 
-struct Demo {
+pub(crate) struct Demo {
+    names: Vec<String>,
     dir: PathBuf,
     lab: netlab::Lab,
     switch: powerswitch::PowerSwitch,
@@ -41,10 +42,10 @@ fn say(quiet: bool, text: &str) {
 
 impl Demo {
     fn state(&self, i: usize) -> PathBuf {
-        self.dir.join(NODES[i])
+        self.dir.join(&self.names[i])
     }
 
-    fn ask(&self, i: usize, cmd: &str) -> Option<Value> {
+    pub(crate) fn ask(&self, i: usize, cmd: &str) -> Option<Value> {
         call(
             &self.state(i),
             &Request {
@@ -71,7 +72,7 @@ impl Demo {
 
     /// Which node's namespace holds the floating address right now.
     fn ip_holders(&self) -> Vec<usize> {
-        (0..NODES.len())
+        (0..self.names.len())
             .filter(|i| {
                 self.lab
                     .exec(*i, &["ip", "-o", "addr", "show", "dev", "ring0"])
@@ -107,7 +108,7 @@ impl Demo {
                     .collect();
                 let skip = common_prefix(&seen, &lines);
                 for l in &lines[skip..] {
-                    self.at(since, &format!("{}: {l}", NODES[watch]));
+                    self.at(since, &format!("{}: {l}", self.names[watch]));
                 }
                 seen = lines;
             }
@@ -131,7 +132,11 @@ impl Demo {
                 .to_string();
             say(
                 self.quiet,
-                &format!("$ quorate status   # on {}\n{}", NODES[i], cut.trim_end()),
+                &format!(
+                    "$ quorate status   # on {}\n{}",
+                    self.names[i],
+                    cut.trim_end()
+                ),
             );
         }
     }
@@ -149,7 +154,12 @@ fn common_prefix(old: &[String], new: &[String]) -> usize {
     }
 }
 
-fn write_files(dir: &Path, exe: &Path) -> std::io::Result<PathBuf> {
+fn write_files(
+    dir: &Path,
+    exe: &Path,
+    names: &[String],
+    token_ms: u32,
+) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir.join("bin"))?;
     let agent = dir.join("bin/fence_quorate");
     let _ = std::fs::remove_file(&agent);
@@ -181,7 +191,7 @@ esac
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let conf = dir.join("cluster.conf");
     let mut nodes = String::new();
-    for (i, n) in NODES.iter().enumerate() {
+    for (i, n) in names.iter().enumerate() {
         // action="off": a fenced node stays off until the operator powers it on
         // (RHCS's default is reboot). an-node02's device waits: in a split,
         // an-node01 shoots first and survives.
@@ -200,8 +210,8 @@ esac
         format!(
             r#"<?xml version="1.0"?>
 <cluster name="an-cluster" config_version="5">
-	<cman expected_votes="1" two_node="1"/>
-	<totem token="1000" keyfile="{dir}/authkey"/>
+	{cman}
+	<totem token="{token_ms}" keyfile="{dir}/authkey"/>
 	<fence_daemon post_join_delay="6" post_fail_delay="0" clean_start="1"/>
 	<clusternodes>
 {nodes}	</clusternodes>
@@ -211,9 +221,7 @@ esac
 	<rm>
 		<failoverdomains>
 			<failoverdomain name="an1_primary" ordered="1" nofailback="1">
-				<failoverdomainnode name="an-node01" priority="1"/>
-				<failoverdomainnode name="an-node02" priority="2"/>
-			</failoverdomain>
+{domain}			</failoverdomain>
 		</failoverdomains>
 		<service name="web" domain="an1_primary" recovery="relocate">
 			<ip address="{FLOATING_IP}/24" monitor_link="1"/>
@@ -224,7 +232,20 @@ esac
 "#,
             dir = dir.display(),
             agent = agent.display(),
-            script = script.display()
+            script = script.display(),
+            cman = if names.len() == 2 {
+                r#"<cman expected_votes="1" two_node="1"/>"#
+            } else {
+                "<cman/>"
+            },
+            domain = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!(
+                    "\t\t\t\t<failoverdomainnode name=\"{n}\" priority=\"{}\"/>\n",
+                    i + 1
+                ))
+                .collect::<String>(),
         ),
     )?;
     Ok(conf)
@@ -264,54 +285,147 @@ pub fn run(quiet: bool, dir: Option<PathBuf>) -> u8 {
 }
 
 fn demo(quiet: bool, dir: &Path) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let conf = write_files(dir, &exe)
-        .map_err(|e| format!("cannot write the demo files in {}: {e}", dir.display()))?;
-    let lab = netlab::Lab::create(&NODES, 2).map_err(|e| e.to_string())?;
-    let mut hosts = Vec::new();
-    for (i, n) in NODES.iter().enumerate() {
-        hosts.push((n.to_string(), lab.addr(i, 0)));
-        hosts.push((format!("{n}.sn"), lab.addr(i, 1)));
-    }
-    lab.write_hosts(&hosts).map_err(|e| e.to_string())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let outlets: Vec<powerswitch::OutletConfig> = NODES
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let ns = lab.node_ns(i);
-            // Power-on is a boot: addresses a dead node left behind are gone.
-            let cmd = format!(
-                "ip -n {ns} addr del {FLOATING_IP}/24 dev ring0 2>/dev/null; exec ip netns exec {ns} {exe} --config {conf} --state-dir {state} node --node {n}",
-                exe = exe.display(),
-                conf = conf.display(),
-                state = dir.join(n).display()
-            );
-            let mut o = powerswitch::OutletConfig::shell(n, &cmd);
-            o.env.push(("QUORATE_LOG".into(), "info".into()));
-            o.log = Some(dir.join(format!("{n}.log")));
-            o
-        })
-        .collect();
-    let switch = powerswitch::PowerSwitch::new(outlets).map_err(|e| e.to_string())?;
-    let sock = dir.join("pdu.sock");
-    rt.block_on(powerswitch::serve_unix(switch.clone(), &sock))
-        .map_err(|e| e.to_string())?;
-    let d = Demo {
-        dir: dir.to_path_buf(),
-        lab,
-        switch,
-        rt,
-        quiet,
-        t0: Instant::now(),
-    };
+    let names: Vec<String> = NODES.iter().map(|s| s.to_string()).collect();
+    let d = Demo::start(quiet, dir, &names, 1000)?;
     let r = scenario(&d);
-    d.rt.block_on(d.switch.all_off());
+    d.power_off_all();
     r
+}
+
+impl Demo {
+    /// Build the namespaces, the config (token `token_ms`; two_node for two
+    /// nodes) and the power switch with one outlet per node, all off.
+    pub(crate) fn start(
+        quiet: bool,
+        dir: &Path,
+        names: &[String],
+        token_ms: u32,
+    ) -> Result<Demo, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let conf = write_files(dir, &exe, names, token_ms)
+            .map_err(|e| format!("cannot write the demo files in {}: {e}", dir.display()))?;
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let lab = netlab::Lab::create(&refs, 2).map_err(|e| e.to_string())?;
+        let mut hosts = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            hosts.push((n.to_string(), lab.addr(i, 0)));
+            hosts.push((format!("{n}.sn"), lab.addr(i, 1)));
+        }
+        lab.write_hosts(&hosts).map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let outlets: Vec<powerswitch::OutletConfig> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let ns = lab.node_ns(i);
+                // Power-on is a boot: addresses a dead node left behind are gone.
+                let cmd = format!(
+                    "ip -n {ns} addr del {FLOATING_IP}/24 dev ring0 2>/dev/null; exec ip netns exec {ns} {exe} --config {conf} --state-dir {state} node --node {n}",
+                    exe = exe.display(),
+                    conf = conf.display(),
+                    state = dir.join(n).display()
+                );
+                let mut o = powerswitch::OutletConfig::shell(n, &cmd);
+                o.env.push(("QUORATE_LOG".into(), "info".into()));
+                o.log = Some(dir.join(format!("{n}.log")));
+                o
+            })
+            .collect();
+        let switch = powerswitch::PowerSwitch::new(outlets).map_err(|e| e.to_string())?;
+        let sock = dir.join("pdu.sock");
+        rt.block_on(powerswitch::serve_unix(switch.clone(), &sock))
+            .map_err(|e| e.to_string())?;
+        Ok(Demo {
+            names: names.to_vec(),
+            dir: dir.to_path_buf(),
+            lab,
+            switch,
+            rt,
+            quiet,
+            t0: Instant::now(),
+        })
+    }
+
+    /// Power every outlet on and wait until all nodes are quorate members and
+    /// the service runs; returns the node running it.
+    pub(crate) fn boot(&self, timeout: Duration) -> Result<usize, String> {
+        let t = Instant::now();
+        self.rt
+            .block_on(self.switch.all_on())
+            .map_err(|e| e.to_string())?;
+        let n = self.names.len();
+        let formed = self.narrate_until(0, t, timeout, |d| {
+            (0..n).all(|i| {
+                d.ask(i, "status").is_some_and(|v| {
+                    v["quorate"] == true
+                        && v["members"]
+                            .as_array()
+                            .is_some_and(|m| m.iter().all(|m| m["online"] == true))
+                })
+            })
+        });
+        if !formed {
+            return Err(format!(
+                "the {n} nodes did not form a quorate cluster within {timeout:?}"
+            ));
+        }
+        self.at(t, "all nodes are members; the cluster is quorate");
+        let mut holder = None;
+        let started = self.narrate_until(0, t, timeout, |d| {
+            let h = d.ip_holders();
+            holder = h.first().copied();
+            d.ask(0, "status")
+                .is_some_and(|v| v["services"][0]["state"] == "Started")
+                && h.len() == 1
+        });
+        match (started, holder) {
+            (true, Some(h)) => Ok(h),
+            _ => Err(format!(
+                "web did not start within {timeout:?} (the address is on {:?})",
+                self.ip_holders()
+            )),
+        }
+    }
+
+    /// SIGKILL node `i`'s whole node process group (a crash; its outlet stays on).
+    pub(crate) fn crash(&self, i: usize) -> Result<(), String> {
+        let pgid = self
+            .rt
+            .block_on(self.switch.list())
+            .into_iter()
+            .find(|o| o.name == self.names[i])
+            .and_then(|o| o.pgid)
+            .ok_or_else(|| {
+                format!(
+                    "the power switch does not know {}'s processes",
+                    self.names[i]
+                )
+            })?;
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .status();
+        Ok(())
+    }
+
+    /// The namespace-local truth: which nodes hold the floating address.
+    pub(crate) fn holders(&self) -> Vec<usize> {
+        self.ip_holders()
+    }
+
+    /// Whether node `i`'s outlet is off.
+    pub(crate) fn is_off(&self, i: usize) -> bool {
+        self.rt.block_on(self.switch.status(&self.names[i])).ok()
+            == Some(powerswitch::PowerState::Off)
+    }
+
+    /// Turn every outlet off.
+    pub(crate) fn power_off_all(&self) {
+        self.rt.block_on(self.switch.all_off());
+    }
 }
 
 fn scenario(d: &Demo) -> Result<(), String> {
@@ -323,31 +437,11 @@ fn scenario(d: &Demo) -> Result<(), String> {
     );
     d.step("Power on both nodes");
     let t = Instant::now();
-    d.rt.block_on(d.switch.all_on())
-        .map_err(|e| e.to_string())?;
-    let formed = d.narrate_until(0, t, Duration::from_secs(60), |d| {
-        (0..2).all(|i| {
-            d.ask(i, "status").is_some_and(|v| {
-                v["quorate"] == true
-                    && v["members"]
-                        .as_array()
-                        .is_some_and(|m| m.iter().all(|m| m["online"] == true))
-            })
-        })
-    });
-    if !formed {
-        return Err("the two nodes did not form a quorate cluster within 60 s".into());
-    }
-    d.at(t, "both nodes are members; the cluster is quorate");
-    let started = d.narrate_until(0, t, Duration::from_secs(60), |d| {
-        d.ask(0, "status")
-            .is_some_and(|v| v["services"][0]["state"] == "Started")
-            && d.ip_holders() == [0]
-    });
-    if !started {
+    let holder = d.boot(Duration::from_secs(60))?;
+    if holder != 0 {
         return Err(format!(
-            "web did not start on an-node01 (the address is on {:?})",
-            d.ip_holders()
+            "web started on {} instead of its preferred node an-node01",
+            NODES[holder]
         ));
     }
     d.at(
@@ -357,16 +451,8 @@ fn scenario(d: &Demo) -> Result<(), String> {
     d.clustat(1);
 
     d.step("an-node01 crashes (SIGKILL of its whole node process group)");
-    let pgid =
-        d.rt.block_on(d.switch.list())
-            .into_iter()
-            .find(|o| o.name == NODES[0])
-            .and_then(|o| o.pgid)
-            .ok_or("the power switch does not know an-node01's processes")?;
     let t = Instant::now();
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pgid}")])
-        .status();
+    d.crash(0)?;
     d.at(t, "an-node01 stopped answering; its floating address is still configured, as on a hung machine");
     let recovered = d.narrate_until(1, t, Duration::from_secs(60), |d| {
         d.ask(1, "status").is_some_and(|v| {

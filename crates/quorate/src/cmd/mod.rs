@@ -1,6 +1,7 @@
 //! One file per command group; each returns the process exit status.
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod node;
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Keygen { file } => tools::keygen(&file),
         Command::PowerSwitch(args) => tools::power_switch(args),
         Command::Demo { quiet, dir } => demo::run(quiet, dir),
+        Command::Bench(b) => bench::run(b),
         Command::Sim {
             layer,
             seeds,

@@ -1,0 +1,321 @@
+//! `quorate bench ...`: performance evidence, printed as tables.
+//!
+//! `failover` and `fence` run real clusters: three `quorate node` processes,
+//! each in its own network namespace (the demo's layout), fenced through the
+//! virtual power switch, which fences at once. Each run boots the cluster,
+//! SIGKILLs the node running the service, and reads the survivors' event logs
+//! (wall-clock stamps written by the nodes themselves) for when the new
+//! membership was installed, when the victim was fenced, and when the service
+//! was running again. Medians, because the machine is shared and noisy.
+//!
+//! `vm` and `replica` print the vm and replica crates' benchmarks.
+
+use super::demo::Demo;
+use super::{err, out};
+use crate::cli::{BenchCmd, EXIT_FAIL, EXIT_OK};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant, SystemTime};
+
+/// One failover, in seconds after the SIGKILL.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    detected: f64,
+    fenced: f64,
+    running: f64,
+}
+
+fn wall() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn p50(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn first_after(log: &serde_json::Value, since: f64, pred: impl Fn(&str) -> bool) -> Option<f64> {
+    log.as_array()?
+        .iter()
+        .filter_map(|e| Some((e["at"].as_f64()?, e["text"].as_str()?)))
+        .filter(|(at, text)| *at >= since && pred(text))
+        .map(|(at, _)| at)
+        .reduce(f64::min)
+}
+
+/// Boot a 3-node cluster at `token_ms`, crash the service's node, measure.
+fn one_run(dir: &std::path::Path, token_ms: u32) -> Result<Run, String> {
+    let names: Vec<String> = (1..=3).map(|i| format!("node{i}")).collect();
+    let d = Demo::start(true, dir, &names, token_ms)?;
+    let r = (|| {
+        let owner = d.boot(Duration::from_secs(60))?;
+        // Let the ring settle after the start-up storm.
+        std::thread::sleep(Duration::from_millis(500));
+        let killed = wall();
+        d.crash(owner)?;
+        let start = Instant::now();
+        let survivors: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+        loop {
+            let moved = d.holders().iter().any(|h| survivors.contains(h));
+            if moved && d.is_off(owner) {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(format!("no failover within 60 s at token {token_ms} ms"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut run = Run {
+            detected: f64::NAN,
+            fenced: f64::NAN,
+            running: f64::NAN,
+        };
+        for s in &survivors {
+            let Some(log) = d.ask(*s, "log") else {
+                continue;
+            };
+            let victim = &names[owner];
+            if let Some(t) = first_after(&log, killed, |x| {
+                x.starts_with("membership:") && x.contains(&format!("lost {victim}"))
+            }) {
+                run.detected = if run.detected.is_nan() {
+                    t - killed
+                } else {
+                    run.detected.min(t - killed)
+                };
+            }
+            if let Some(t) = first_after(&log, killed, |x| {
+                x.contains(&format!("fence: {victim} fenced by"))
+            }) {
+                run.fenced = if run.fenced.is_nan() {
+                    t - killed
+                } else {
+                    run.fenced.min(t - killed)
+                };
+            }
+            if let Some(t) = first_after(&log, killed, |x| {
+                x.starts_with("rm: web op") && x.contains("StartOk")
+            }) {
+                run.running = t - killed;
+            }
+        }
+        if run.running.is_nan() || run.fenced.is_nan() {
+            return Err("a survivor's log does not show the fencing and the restart".into());
+        }
+        if run.running < run.fenced {
+            return Err(format!(
+                "the service started {:.3} s before its node was fenced: a safety violation",
+                run.fenced - run.running
+            ));
+        }
+        Ok(run)
+    })();
+    d.power_off_all();
+    drop(d);
+    r
+}
+
+fn cluster_runs(tokens: &[u32], runs: u32) -> Result<Vec<(u32, Vec<Run>)>, String> {
+    let base = std::env::temp_dir().join(format!("quorate-bench-{}", std::process::id()));
+    let mut all = Vec::new();
+    for &token in tokens {
+        let mut v = Vec::new();
+        for k in 0..runs {
+            let dir = base.join(format!("t{token}-r{k}"));
+            let r = one_run(&dir, token)?;
+            if super::is_terminal() {
+                err(&format!(
+                    "\rtoken {token} ms: run {}/{runs}: fenced {:.3} s, running {:.3} s   ",
+                    k + 1,
+                    r.fenced,
+                    r.running
+                ));
+            }
+            v.push(r);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        if super::is_terminal() {
+            err("\n");
+        }
+        all.push((token, v));
+    }
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(all)
+}
+
+fn table(all: &[(u32, Vec<Run>)]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:>8}  {:>4}  {:>14}  {:>14}  {:>14}  {:>10}  {:>10}",
+        "token ms",
+        "runs",
+        "detect p50 s",
+        "fenced p50 s",
+        "running p50 s",
+        "run min s",
+        "run max s"
+    );
+    for (token, runs) in all {
+        let det: Vec<f64> = runs
+            .iter()
+            .map(|r| r.detected)
+            .filter(|x| x.is_finite())
+            .collect();
+        let fen: Vec<f64> = runs.iter().map(|r| r.fenced).collect();
+        let run: Vec<f64> = runs.iter().map(|r| r.running).collect();
+        let _ = writeln!(
+            t,
+            "{:>8}  {:>4}  {:>14.3}  {:>14.3}  {:>14.3}  {:>10.3}  {:>10.3}",
+            token,
+            runs.len(),
+            p50(&det),
+            p50(&fen),
+            p50(&run),
+            run.iter().copied().fold(f64::INFINITY, f64::min),
+            run.iter().copied().fold(0.0, f64::max)
+        );
+    }
+    t
+}
+
+/// `quorate bench ...`.
+pub fn run(cmd: BenchCmd) -> u8 {
+    match cmd {
+        BenchCmd::Failover { .. } | BenchCmd::Fence { .. }
+            if netlab::check_prerequisites().is_err() =>
+        {
+            err("quorate bench: this benchmark runs nodes in network namespaces: run it as root\n");
+            EXIT_FAIL
+        }
+        BenchCmd::Failover { runs, tokens } => match cluster_runs(&tokens, runs) {
+            Ok(all) => {
+                out("failover on 3 nodes in namespaces: SIGKILL of the service's node -> new ring -> fenced (power switch) -> service running on a survivor\n");
+                out(&table(&all));
+                for (token, r) in &all {
+                    let run: Vec<f64> = r.iter().map(|r| r.running).collect();
+                    out(&format!(
+                        "failover: p50 {:.2} s over {} runs at token {token} ms\n",
+                        p50(&run),
+                        r.len()
+                    ));
+                }
+                EXIT_OK
+            }
+            Err(e) => {
+                err(&format!("quorate bench failover: {e}\n"));
+                EXIT_FAIL
+            }
+        },
+        BenchCmd::Fence { runs, tokens } => match cluster_runs(&tokens, runs) {
+            Ok(all) => {
+                out("fencing on 3 nodes in namespaces: SIGKILL of a node -> fenced through fence_quorate by the lowest survivor\n");
+                out(&table(&all));
+                for (token, r) in &all {
+                    let fen: Vec<f64> = r.iter().map(|r| r.fenced).collect();
+                    out(&format!(
+                        "fence: death to fenced p50 {:.2} s over {} runs at token {token} ms\n",
+                        p50(&fen),
+                        r.len()
+                    ));
+                }
+                EXIT_OK
+            }
+            Err(e) => {
+                err(&format!("quorate bench fence: {e}\n"));
+                EXIT_FAIL
+            }
+        },
+        BenchCmd::Vm { runs } => {
+            let dir = std::env::temp_dir().join(format!("quorate-bench-vm-{}", std::process::id()));
+            let mut opts = vm::bench::BenchOptions::new(&dir);
+            if let Some(r) = runs {
+                opts.migrations = r;
+            }
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    err(&format!("quorate bench vm: {e}\n"));
+                    return EXIT_FAIL;
+                }
+            };
+            let r = rt.block_on(vm::bench::run_embedded(&opts));
+            let _ = std::fs::remove_dir_all(&dir);
+            match r {
+                Ok(report) => {
+                    out(&format!("{report}\n"));
+                    EXIT_OK
+                }
+                Err(e) => {
+                    err(&format!("quorate bench vm: {e}\n"));
+                    EXIT_FAIL
+                }
+            }
+        }
+        BenchCmd::Replica { dir } => {
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("quorate-bench-replica-{}", std::process::id()))
+            });
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                err(&format!("quorate bench replica: {}: {e}\n", dir.display()));
+                return EXIT_FAIL;
+            }
+            let r = replica::bench::run(&replica::bench::BenchConfig::new(dir.clone()));
+            match r {
+                Ok(report) => {
+                    out(&format!("{report}\n"));
+                    EXIT_OK
+                }
+                Err(e) => {
+                    err(&format!("quorate bench replica: {e}\n"));
+                    EXIT_FAIL
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(p50(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(p50(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(p50(&[]).is_nan());
+    }
+
+    #[test]
+    fn log_search_takes_the_first_matching_line_after_the_kill() {
+        let log = serde_json::json!([
+            {"at": 10.0, "text": "membership: ring 1/4 members [a, b], lost c"},
+            {"at": 12.5, "text": "membership: ring 1/8 members [a], lost b"},
+            {"at": 12.9, "text": "fence: b fenced by a with method power (device pdu)"}
+        ]);
+        assert_eq!(
+            first_after(&log, 11.0, |t| t.starts_with("membership:")),
+            Some(12.5)
+        );
+        assert_eq!(
+            first_after(&log, 11.0, |t| t.contains("b fenced by")),
+            Some(12.9)
+        );
+        assert_eq!(first_after(&log, 13.0, |t| t.contains("fenced")), None);
+    }
+}
