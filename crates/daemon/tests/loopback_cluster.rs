@@ -143,40 +143,68 @@ fn dump(states: &[PathBuf]) {
     }
 }
 
+/// A cluster of `n` nodes (127.0.0.1..n) in this process, each stopped
+/// cleanly by sending on its channel.
+struct Nodes {
+    /// Keeps the nodes' tasks running; dropped with the test.
+    _rt: tokio::runtime::Runtime,
+    stops: Vec<Option<tokio::sync::oneshot::Sender<()>>>,
+    states: Vec<PathBuf>,
+}
+
+impl Nodes {
+    fn start(dir: &Path, cfg: &Path, n: usize) -> Nodes {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut stops = Vec::new();
+        let mut states = Vec::new();
+        for i in 1..=n {
+            let state = dir.join(format!("n{i}"));
+            states.push(state.clone());
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            stops.push(Some(tx));
+            let opts = NodeOptions {
+                config_path: cfg.to_path_buf(),
+                node: Some(format!("127.0.0.{i}")),
+                state_dir: state,
+            };
+            let r = runner(dir, i);
+            rt.spawn(async move {
+                if let Err(e) = run(opts, r, async move {
+                    let _ = rx.await;
+                })
+                .await
+                {
+                    panic!("node {i} failed: {e}");
+                }
+            });
+        }
+        Nodes {
+            _rt: rt,
+            stops,
+            states,
+        }
+    }
+
+    /// Node `i` (0-based) leaves cleanly.
+    fn stop(&mut self, i: usize) {
+        if let Some(tx) = self.stops[i].take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
 #[test]
 fn three_nodes_form_a_ring_and_track_quorum_as_nodes_leave() {
     let dir = tempfile::tempdir().unwrap();
     // A port of our own so parallel test runs do not meet.
     let port = 20000 + (std::process::id() % 20000) as u16;
     let cfg = conf(dir.path(), port);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut stops = Vec::new();
-    let mut states = Vec::new();
-    for i in 1..=3 {
-        let state = dir.path().join(format!("n{i}"));
-        states.push(state.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        stops.push(Some(tx));
-        let opts = NodeOptions {
-            config_path: cfg.clone(),
-            node: Some(format!("127.0.0.{i}")),
-            state_dir: state,
-        };
-        let runner_for_node = runner(dir.path(), i);
-        rt.spawn(async move {
-            if let Err(e) = run(opts, runner_for_node, async move {
-                let _ = rx.await;
-            })
-            .await
-            {
-                panic!("node {i} failed: {e}");
-            }
-        });
-    }
+    let mut nodes = Nodes::start(dir.path(), &cfg, 3);
+    let states = nodes.states.clone();
     let formed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         wait_for(
             "all three nodes to be members and quorate",
@@ -219,7 +247,7 @@ fn three_nodes_form_a_ring_and_track_quorum_as_nodes_leave() {
     assert_eq!(cman["total_votes"], 3);
 
     // Node 3 leaves cleanly: two of three votes remain, still quorate.
-    stops[2].take().unwrap().send(()).unwrap();
+    nodes.stop(2);
     wait_for(
         "nodes 1 and 2 to see node 3 gone",
         Duration::from_secs(20),
@@ -229,7 +257,7 @@ fn three_nodes_form_a_ring_and_track_quorum_as_nodes_leave() {
         },
     );
     // Node 2 leaves too: one vote of three is not a majority.
-    stops[1].take().unwrap().send(()).unwrap();
+    nodes.stop(1);
     wait_for("node 1 to lose quorum", Duration::from_secs(20), || {
         ask(&states[0], "quorum")["quorate"] == false
     });
@@ -241,7 +269,7 @@ fn three_nodes_form_a_ring_and_track_quorum_as_nodes_leave() {
         reason.contains('1') && reason.contains('2'),
         "reason should give the votes: {reason}"
     );
-    stops[0].take().unwrap().send(()).unwrap();
+    nodes.stop(0);
 }
 
 #[test]
@@ -268,32 +296,8 @@ fn two_nodes_with_a_quorum_disk_keep_quorum_when_one_leaves() {
     );
     let cfg = dir.path().join("cluster.conf");
     std::fs::write(&cfg, text).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut stops = Vec::new();
-    let mut states = Vec::new();
-    for i in 1..=2 {
-        let state = dir.path().join(format!("n{i}"));
-        states.push(state.clone());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        stops.push(Some(tx));
-        let opts = NodeOptions {
-            config_path: cfg.clone(),
-            node: Some(format!("127.0.0.{i}")),
-            state_dir: state,
-        };
-        let runner_for_node = runner(dir.path(), i);
-        rt.spawn(async move {
-            run(opts, runner_for_node, async move {
-                let _ = rx.await;
-            })
-            .await
-            .expect("node runs");
-        });
-    }
+    let mut nodes = Nodes::start(dir.path(), &cfg, 2);
+    let states = nodes.states.clone();
     wait_for(
         "both nodes quorate with the disk's vote",
         Duration::from_secs(30),
@@ -312,7 +316,7 @@ fn two_nodes_with_a_quorum_disk_keep_quorum_when_one_leaves() {
             })
         },
     );
-    stops[1].take().unwrap().send(()).unwrap();
+    nodes.stop(1);
     wait_for(
         "node 1 alone with the disk: 2 of 3 votes",
         Duration::from_secs(30),
@@ -322,7 +326,7 @@ fn two_nodes_with_a_quorum_disk_keep_quorum_when_one_leaves() {
         },
     );
     assert_eq!(ask(&states[0], "quorum")["quorate"], true);
-    stops[0].take().unwrap().send(()).unwrap();
+    nodes.stop(0);
 }
 
 /// A node that dies (its task aborted: no leave message) is fenced by the
