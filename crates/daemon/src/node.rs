@@ -41,6 +41,10 @@ pub const TAG_QUORUM: u8 = 1;
 pub const TAG_FENCE: u8 = 2;
 /// Layer tag of the resource manager's messages.
 pub const TAG_RM: u8 = 3;
+/// Layer tag of the config distribution's messages.
+pub const TAG_CONFSYNC: u8 = 4;
+/// How often the config file is checked for hand edits.
+const DRIFT_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Process groups a node joins: one per service layer, so `status` can show
 /// which services run where (as clustat shows rgmanager per member).
 pub const GROUPS: [&str; 2] = ["cman", "fenced"];
@@ -334,6 +338,10 @@ pub struct Node {
     running_ops: BTreeMap<String, rm::OpId>,
     /// Vms this node is preparing to receive (migration targets).
     incoming: std::collections::BTreeSet<String>,
+    confsync: confsync::ConfigSync,
+    config_path: PathBuf,
+    /// `config push` requests waiting for their outcome, by ticket.
+    pushes: BTreeMap<u64, tokio::sync::oneshot::Sender<Response>>,
     tick_sent_for: Option<Instant>,
 }
 
@@ -534,6 +542,18 @@ impl Node {
                 self.run_service_action(a);
             }
             self.prepare_migration_targets();
+            while let Some(m) = self.confsync.poll_message() {
+                moved = true;
+                self.multicast(TAG_CONFSYNC, m.encode());
+            }
+            while let Some(a) = self.confsync.poll_action() {
+                moved = true;
+                self.on_confsync_action(a);
+            }
+            while let Some(ev) = self.confsync.poll_event() {
+                moved = true;
+                self.on_confsync_event(ev);
+            }
             while let Some(ev) = self.rm.scheduler().poll_event() {
                 moved = true;
                 self.note(format!("rm: {}", wall_times(&ev.message)));
@@ -601,6 +621,9 @@ impl Node {
                 // that holds at this point of the order.
                 let quorate = self.quorum.is_quorate();
                 self.rm.handle_membership(ring, c.members.clone(), quorate);
+                self.confsync
+                    .handle_membership(now, ring, &c.members, &c.joined);
+                self.feed_confsync_quorum();
             }
             totem::Event::Deliver(d) => {
                 let (tag, body) = match d.payload.split_first() {
@@ -609,7 +632,10 @@ impl Node {
                 };
                 match tag {
                     TAG_QUORUM => match quorum::QuorumMsg::decode(body) {
-                        Ok(m) => self.quorum.handle_message(now, d.sender, m),
+                        Ok(m) => {
+                            self.quorum.handle_message(now, d.sender, m);
+                            self.feed_confsync_quorum();
+                        }
                         Err(e) => {
                             tracing::warn!(from = d.sender.0, error = %e, "dropping quorum message")
                         }
@@ -618,6 +644,12 @@ impl Node {
                         Ok(o) => self.fence.handle_fence_outcome(now, o),
                         Err(e) => {
                             tracing::warn!(from = d.sender.0, error = %e, "dropping fence message")
+                        }
+                    },
+                    TAG_CONFSYNC => match confsync::ConfSyncMsg::decode(body) {
+                        Ok(m) => self.confsync.handle_message(now, d.sender, m),
+                        Err(e) => {
+                            tracing::warn!(from = d.sender.0, error = %e, "dropping config message")
                         }
                     },
                     TAG_RM => match crate::rmglue::RmMsg::decode(body) {
@@ -782,6 +814,110 @@ impl Node {
         let _ = self.totem.handle_command(now, totem::Command::Leave);
         self.leaving = true;
         self.note("left the cluster".to_string());
+    }
+
+    /// The config distribution needs the quorum every member agrees on.
+    fn feed_confsync_quorum(&mut self) {
+        let settled = self.quorum.is_quorate() && !self.quorum.is_syncing();
+        let now = self.now();
+        self.confsync.handle_quorum(now, settled);
+    }
+
+    fn on_confsync_action(&mut self, a: confsync::Action) {
+        let confsync::Action::WriteConfig { text, version, .. } = a;
+        if let Err(e) = confsync::files::write_atomic(&self.config_path, &text) {
+            let now = self.now();
+            self.note(format!(
+                "config: cannot write config_version {version} to {}: {e}",
+                self.config_path.display()
+            ));
+            self.confsync
+                .handle_write_failed(now, version, &e.to_string());
+        }
+        // Every member adopts it at this same point of the order: apply it.
+        let conf = self.confsync.config().clone();
+        let now = self.now();
+        match crate::plan::fence_config(&conf) {
+            Ok(f) => self.fence.set_config(now, f),
+            Err(e) => tracing::warn!("config_version {version}: fencing unchanged: {e}"),
+        }
+        self.rm.handle_config(crate::plan::rm_spec(&conf));
+        self.conf = conf;
+    }
+
+    fn on_confsync_event(&mut self, ev: confsync::Event) {
+        let text = match &ev {
+            confsync::Event::Reloaded {
+                from, to, changes, ..
+            } => {
+                format!(
+                    "config: now running config_version {to} (was {from}): {}",
+                    changes.join("; ")
+                )
+            }
+            confsync::Event::PushResult {
+                ticket,
+                mine,
+                outcome,
+                ..
+            } => {
+                if *mine {
+                    if let Some(reply) = self.pushes.remove(&ticket.0) {
+                        let r = match outcome {
+                            confsync::PushOutcome::Applied { version } => {
+                                Response::ok(json!({"applied": true, "config_version": version}))
+                            }
+                            confsync::PushOutcome::Refused { reason } => Response::refused(
+                                reason.clone(),
+                                "fix it and push again with a higher config_version",
+                            ),
+                        };
+                        let _ = reply.send(r);
+                    }
+                }
+                format!("config: push {outcome:?}")
+            }
+            confsync::Event::RefusedNewer { message, .. }
+            | confsync::Event::RefusedConflict { message, .. }
+            | confsync::Event::Conflict { message, .. }
+            | confsync::Event::WriteFailed { message, .. }
+            | confsync::Event::Drift { message } => format!("config: {message}"),
+            other => format!("config: {other:?}"),
+        };
+        self.note(text);
+    }
+
+    /// `quorate config push`: answered when the push is decided.
+    fn config_push(&mut self, req: &Request, reply: tokio::sync::oneshot::Sender<Response>) {
+        let text = req
+            .args
+            .get("text")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let now = self.now();
+        match self.confsync.push(now, text) {
+            Ok(ticket) => {
+                self.pushes.insert(ticket.0, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Response::refused(
+                    e.to_string(),
+                    "`quorate config validate FILE` checks a file",
+                ));
+            }
+        }
+    }
+
+    fn check_drift(&mut self) {
+        match confsync::files::check_drift(&self.config_path) {
+            Ok(text) => {
+                let now = self.now();
+                self.confsync.handle_local_file(now, &text);
+            }
+            Err(e) => tracing::warn!("cannot read {}: {e}", self.config_path.display()),
+        }
+        self.pump();
     }
 
     /// A vm migrating to this node: start its incoming side once.
@@ -1122,6 +1258,9 @@ impl Node {
                 }
             }
             "log" => Response::ok(json!(self.log)),
+            "config.status" => {
+                Response::ok(serde_json::to_value(self.confsync.status()).unwrap_or_default())
+            }
             cmd if cmd.starts_with("svc.") => self.svc_request(req),
             other => {
                 Response::refused(format!("unknown command {other:?}"), "see `quorate --help`")
@@ -1205,6 +1344,16 @@ pub async fn run(
     let conf = load_config(&opts.config_path)?;
     let me_name = local_node_name(&conf, opts.node.as_deref())?;
     let plan = make_plan(&conf, &me_name)?;
+    let text = std::fs::read_to_string(&opts.config_path).map_err(|e| {
+        NodeError::Load(config::LoadError::Io {
+            path: opts.config_path.clone(),
+            source: e,
+        })
+    })?;
+    let confsync = confsync::ConfigSync::new(plan.me, text).map_err(|e| NodeError::Invalid {
+        path: opts.config_path.display().to_string(),
+        errors: e.to_string(),
+    })?;
     std::fs::create_dir_all(&opts.state_dir).map_err(|source| NodeError::State {
         path: opts.state_dir.clone(),
         source,
@@ -1277,6 +1426,9 @@ pub async fn run(
         service_tx,
         running_ops: BTreeMap::new(),
         incoming: std::collections::BTreeSet::new(),
+        confsync,
+        config_path: opts.config_path.clone(),
+        pushes: BTreeMap::new(),
         tick_sent_for: None,
     };
     if let Some((device, cfg)) = node.plan.qdisk.clone() {
@@ -1307,6 +1459,7 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     let mut qdisk_tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut drift_tick = tokio::time::interval(DRIFT_POLL);
     loop {
         let deadline = node
             .deadline()
@@ -1320,9 +1473,14 @@ pub async fn run(
         tokio::select! {
             Some(d) = udp_rx.recv() => node.on_datagram(d),
             Some(p) = ipc_rx.recv() => {
-                let r = node.handle_request(&p.request);
-                let _ = p.reply.send(r);
+                if p.request.cmd == "config.push" {
+                    node.config_push(&p.request, p.reply);
+                } else {
+                    let r = node.handle_request(&p.request);
+                    let _ = p.reply.send(r);
+                }
             }
+            _ = drift_tick.tick() => node.check_drift(),
             Some(d) = agent_rx.recv() => node.on_agent_done(d),
             Some(d) = service_rx.recv() => node.on_service_done(d),
             _ = qdisk_tick.tick(), if node.qdisk.is_some() => node.poll_qdisk(),

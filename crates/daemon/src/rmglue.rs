@@ -181,6 +181,13 @@ impl RmReplica {
         }
     }
 
+    /// A new configuration was adopted at this point of the order (on every
+    /// member alike).
+    pub fn handle_config(&mut self, spec: rm::ClusterSpec) {
+        let at = self.agreed;
+        self.ordered(at, rm::Input::Config(spec));
+    }
+
     /// A node was fenced (its outcome was agreed through totem).
     pub fn handle_fenced(&mut self, victim: NodeId, method: String) {
         let at = self.agreed;

@@ -159,34 +159,38 @@ impl Nodes {
             .enable_all()
             .build()
             .unwrap();
-        let mut stops = Vec::new();
-        let mut states = Vec::new();
-        for i in 1..=n {
-            let state = dir.join(format!("n{i}"));
-            states.push(state.clone());
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            stops.push(Some(tx));
-            let opts = NodeOptions {
-                config_path: cfg.to_path_buf(),
-                node: Some(format!("127.0.0.{i}")),
-                state_dir: state,
-            };
-            let r = runner(dir, i);
-            rt.spawn(async move {
-                if let Err(e) = run(opts, r, async move {
-                    let _ = rx.await;
-                })
-                .await
-                {
-                    panic!("node {i} failed: {e}");
-                }
-            });
-        }
-        Nodes {
+        let mut nodes = Nodes {
             _rt: rt,
-            stops,
-            states,
+            stops: Vec::new(),
+            states: Vec::new(),
+        };
+        for i in 1..=n {
+            nodes.spawn(dir, cfg, i);
         }
+        nodes
+    }
+
+    /// Start node 127.0.0.`i` with its own config file `cfg`.
+    fn spawn(&mut self, dir: &Path, cfg: &Path, i: usize) {
+        let state = dir.join(format!("n{i}"));
+        self.states.push(state.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.stops.push(Some(tx));
+        let opts = NodeOptions {
+            config_path: cfg.to_path_buf(),
+            node: Some(format!("127.0.0.{i}")),
+            state_dir: state,
+        };
+        let r = runner(dir, i);
+        self._rt.spawn(async move {
+            if let Err(e) = run(opts, r, async move {
+                let _ = rx.await;
+            })
+            .await
+            {
+                panic!("node {i} failed: {e}");
+            }
+        });
     }
 
     /// Node `i` (0-based) leaves cleanly.
@@ -445,5 +449,150 @@ fn a_dead_owner_is_fenced_and_its_service_recovered_on_a_survivor() {
     eprintln!("failover after power loss took {took:?} at token 1000 ms");
     for t in tasks {
         t.abort();
+    }
+}
+
+/// `quorate config push`: a higher config_version is adopted by every member
+/// and written to each node's own cluster.conf; a node that starts later with
+/// the old file takes the cluster's version when it joins; a hand edit is
+/// reported as drift.
+#[test]
+fn a_pushed_config_reaches_every_node_and_a_stale_node_is_updated_on_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = 20000 + ((std::process::id() + 1237) % 20000) as u16;
+    let shared = conf(dir.path(), port);
+    let v1 = std::fs::read_to_string(&shared).unwrap();
+    let v2 = v1
+        .replace(r#"config_version="1""#, r#"config_version="2""#)
+        .replace(
+            r#"<fence_daemon clean_start="1"/>"#,
+            r#"<fence_daemon clean_start="1" post_fail_delay="1"/>"#,
+        );
+    assert_ne!(v1, v2);
+    let files: Vec<PathBuf> = (1..=3)
+        .map(|i| dir.path().join(format!("node{i}.conf")))
+        .collect();
+    for f in &files {
+        std::fs::write(f, &v1).unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut nodes = Nodes {
+        _rt: rt,
+        stops: Vec::new(),
+        states: Vec::new(),
+    };
+    nodes.spawn(dir.path(), &files[0], 1);
+    nodes.spawn(dir.path(), &files[1], 2);
+    let states = nodes.states.clone();
+    wait_or_dump(
+        &states,
+        "nodes 1 and 2 quorate",
+        Duration::from_secs(20),
+        || {
+            states.iter().all(|s| {
+                call(
+                    s,
+                    &Request {
+                        cmd: "quorum".into(),
+                        args: serde_json::Value::Null,
+                    },
+                    Duration::from_secs(2),
+                )
+                .map(|r| r.data["quorate"] == true)
+                .unwrap_or(false)
+            })
+        },
+    );
+    // A push of the same version is refused with both numbers.
+    let same = call(
+        &states[0],
+        &Request {
+            cmd: "config.push".into(),
+            args: serde_json::json!({"text": v1}),
+        },
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(!same.ok);
+    assert!(
+        same.error.as_deref().unwrap_or_default().contains('1'),
+        "{:?}",
+        same.error
+    );
+    // Version 2 is adopted by both and written to both files.
+    let mut pushed = None;
+    wait_or_dump(
+        &states,
+        "the push of version 2 to be applied",
+        Duration::from_secs(20),
+        || {
+            let r = call(
+                &states[0],
+                &Request {
+                    cmd: "config.push".into(),
+                    args: serde_json::json!({"text": v2}),
+                },
+                Duration::from_secs(10),
+            )
+            .unwrap();
+            let done = r.ok;
+            pushed = Some(r);
+            done
+        },
+    );
+    assert_eq!(pushed.unwrap().data["config_version"], 2);
+    wait_or_dump(
+        &states,
+        "both files at version 2",
+        Duration::from_secs(10),
+        || {
+            files[..2]
+                .iter()
+                .all(|f| std::fs::read_to_string(f).unwrap() == v2)
+        },
+    );
+    assert_eq!(ask(&states[1], "status")["config_version"], 2);
+    // Node 3 starts with version 1 and is brought up to date when it joins.
+    nodes.spawn(dir.path(), &files[2], 3);
+    let states = nodes.states.clone();
+    wait_or_dump(
+        &states,
+        "node 3 to take version 2",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&files[2]).unwrap() == v2,
+    );
+    wait_or_dump(
+        &states,
+        "node 3 to run version 2",
+        Duration::from_secs(10),
+        || ask(&states[2], "status")["config_version"] == 2,
+    );
+    // A hand edit on node 2 is reported as drift, not adopted.
+    std::fs::write(
+        &files[1],
+        v2.replace(r#"config_version="2""#, r#"config_version="3""#),
+    )
+    .unwrap();
+    wait_or_dump(
+        &states,
+        "drift reported on node 2",
+        Duration::from_secs(15),
+        || ask(&states[1], "config.status")["drift"]["on_disk_version"] == 3,
+    );
+    assert!(
+        ask(&states[1], "log").to_string().contains("hand edit on"),
+        "the event log says it too"
+    );
+    assert_eq!(
+        ask(&states[1], "status")["config_version"],
+        2,
+        "a hand edit is not adopted"
+    );
+    for i in 0..3 {
+        nodes.stop(i);
     }
 }

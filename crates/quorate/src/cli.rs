@@ -324,6 +324,20 @@ pub enum ConfigCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Distribute a new config_version to every member (ccs_tool update / cman_tool version -r): validated, then adopted by all members at once.
+    Push {
+        /// The new cluster.conf (default: --config).
+        file: Option<PathBuf>,
+        /// Print {applied, config_version} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The config version each member runs, whether they agree, and hand edits (drift).
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Say which <clusternode> this machine is: the one whose name resolves to a local address.
     LocalNode {
         /// Print {name, nodeid, votes} as JSON.

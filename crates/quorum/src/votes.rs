@@ -487,6 +487,13 @@ impl VoteQuorum {
         self.quorate
     }
 
+    /// Members' states for the current membership are still arriving: until
+    /// they have, members may disagree on [`VoteQuorum::is_quorate`]. Layers
+    /// that need the same answer on every member wait for this to be false.
+    pub fn is_syncing(&self) -> bool {
+        self.syncing
+    }
+
     /// The configuration this core was built with.
     pub fn config(&self) -> &QuorumConfig {
         &self.cfg

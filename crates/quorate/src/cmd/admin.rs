@@ -656,6 +656,60 @@ pub fn svc(state_dir: &Path, cmd: SvcCmd) -> u8 {
     }
 }
 
+/// `quorate config push [FILE]`.
+pub fn config_push(state_dir: &Path, file: &Path, json: bool) -> u8 {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            err(&format!(
+                "quorate: error: cannot read {}: {e}\n",
+                file.display()
+            ));
+            return EXIT_IO;
+        }
+    };
+    let v = match ask(state_dir, "config.push", json!({"text": text})) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    if json {
+        print_json(&v);
+    } else {
+        out(&format!(
+            "config_version {} is in force on every member (each wrote it to its cluster.conf)\n",
+            s(&v["config_version"])
+        ));
+    }
+    EXIT_OK
+}
+
+/// `quorate config status`.
+pub fn config_status(state_dir: &Path, json: bool) -> u8 {
+    let v = match ask(state_dir, "config.status", Value::Null) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    if json || !v.is_object() {
+        print_json(&v);
+        return EXIT_OK;
+    }
+    let mut t = String::new();
+    for (k, val) in v.as_object().into_iter().flatten() {
+        let _ = writeln!(
+            t,
+            "{:<16} {}",
+            format!("{k}:"),
+            if val.is_string() {
+                s(val)
+            } else {
+                val.to_string()
+            }
+        );
+    }
+    out(&t);
+    EXIT_OK
+}
+
 fn find_service(status: &Value, name: &str) -> Option<Value> {
     status["services"]
         .as_array()

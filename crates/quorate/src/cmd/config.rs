@@ -16,6 +16,8 @@ pub fn run(config_path: &Path, cmd: ConfigCmd) -> u8 {
         ConfigCmd::Show { json } => show(config_path, json),
         ConfigCmd::Diff { old, new, json } => diff(&old, &new, json),
         ConfigCmd::LocalNode { json } => local_node(config_path, json),
+        // Both talk to a running node: dispatched in `cmd::run`.
+        ConfigCmd::Push { .. } | ConfigCmd::Status { .. } => crate::cli::EXIT_FAIL,
     }
 }
 

@@ -14,6 +14,12 @@ use std::io::{IsTerminal, Write};
 pub fn run(cli: Cli) -> u8 {
     let state = cli.state_dir.as_path();
     match cli.command {
+        Command::Config(crate::cli::ConfigCmd::Push { file, json }) => {
+            admin::config_push(state, file.as_deref().unwrap_or(&cli.config), json)
+        }
+        Command::Config(crate::cli::ConfigCmd::Status { json }) => {
+            admin::config_status(state, json)
+        }
         Command::Config(c) => config::run(&cli.config, c),
         Command::Node { node } => node::run(&cli.config, state, node),
         Command::Status { interval, json } => admin::status(state, interval, json),
