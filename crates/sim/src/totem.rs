@@ -18,7 +18,9 @@
 //! delivers in strictly increasing (ring, seq) positions and all nodes agree
 //! on the message at each position; no gap within a regular configuration;
 //! FIFO per sender; virtual synchrony: nodes that go from configuration C to
-//! the same next configuration delivered the same messages in C.
+//! the same next configuration delivered the same messages in C; safe
+//! delivery only of messages every member still in the ring holds; process
+//! group views equal at the same point of the order once synchronised.
 //!
 //! Liveness phase: all faults heal, crashed nodes restart, paused nodes
 //! wake; within a bound every node must be operational in one ring of all
@@ -176,6 +178,8 @@ pub struct Report {
     pub deliveries: u64,
     /// Regular configurations installed (summed over nodes).
     pub configs: u64,
+    /// Process-group view comparisons made (all agreed).
+    pub cpg_agreements: u64,
     /// Time from the start of the liveness phase to one full ring.
     pub converge: Duration,
     /// Rolling hash of the whole trace (for determinism checks).
@@ -251,10 +255,14 @@ pub struct Checker {
     content: BTreeMap<Key, (NodeId, u64)>,
     ring_all: BTreeMap<RingId, BTreeSet<u64>>,
     transitions: BTreeMap<(Conf, Conf), (NodeId, Vec<Key>)>,
+    cpg_views: BTreeMap<Key, (NodeId, Vec<Vec<NodeId>>)>,
+    cpg_seen: BTreeMap<(NodeId, u32), Key>,
     /// Application messages delivered.
     pub deliveries: u64,
     /// Regular configurations installed.
     pub configs: u64,
+    /// Process-group view comparisons that agreed.
+    pub cpg_agreements: u64,
 }
 
 fn fnv(h: &mut u64, b: &[u8]) {
@@ -680,6 +688,7 @@ impl Sim {
                 )),
             }
         }
+        self.check_cpg(i)?;
         for t in out {
             self.send(id, t.ring, t.to, t.bytes);
         }
@@ -690,6 +699,36 @@ impl Sim {
             self.at(g, Ev::Timer { node: id, gen });
         }
         Ok(())
+    }
+
+    /// Process groups: once a node's views are synchronised with its ring,
+    /// they equal every other node's views at the same point of the order.
+    fn check_cpg(&mut self, i: usize) -> Result<(), Failure> {
+        let (id, inc) = (self.nodes[i].id, self.nodes[i].inc);
+        let Some(t) = self.nodes[i].node.as_ref() else {
+            return Ok(());
+        };
+        let Some(pos) = t.last_cpg_position() else {
+            return Ok(());
+        };
+        if !t.cpg().synced() || self.checker.cpg_seen.get(&(id, inc)) == Some(&pos) {
+            return Ok(());
+        }
+        self.checker.cpg_seen.insert((id, inc), pos);
+        let views: Vec<Vec<NodeId>> = ["g0", "g1", "g2"].iter().map(|g| t.cpg().view(g)).collect();
+        match self.checker.cpg_views.get(&pos) {
+            Some((other, v)) if *v != views => Err(self.fail(format!(
+                "process groups: at {pos:?} {id:?} has views {views:?} but {other:?} had {v:?}"
+            ))),
+            Some(_) => {
+                self.checker.cpg_agreements += 1;
+                Ok(())
+            }
+            None => {
+                self.checker.cpg_views.insert(pos, (id, views));
+                Ok(())
+            }
+        }
     }
 
     /// Safe delivery in a regular configuration: every member that is still
@@ -1205,6 +1244,7 @@ impl Sim {
             end: self.now,
             deliveries: self.checker.deliveries,
             configs: self.checker.configs,
+            cpg_agreements: self.checker.cpg_agreements,
             converge,
             trace_hash: self.hash,
         })

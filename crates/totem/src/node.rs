@@ -378,6 +378,7 @@ pub struct TotemNode {
     rr_token: u8,
     rr_other: u8,
     cpg: Cpg,
+    last_cpg: Option<(RingId, u64)>,
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
@@ -456,6 +457,7 @@ impl TotemNode {
             rr_token: 0,
             rr_other: 0,
             cpg: Cpg::new(me),
+            last_cpg: None,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -522,6 +524,12 @@ impl TotemNode {
     /// Messages waiting for the token.
     pub fn send_queue_len(&self) -> usize {
         self.pending.len()
+    }
+    /// Position (ring, seq) of the last process-group message delivered:
+    /// nodes whose [`Cpg::synced`] views are taken at the same position hold
+    /// the same views.
+    pub fn last_cpg_position(&self) -> Option<(RingId, u64)> {
+        self.last_cpg
     }
     /// Process-group state (views, local groups).
     pub fn cpg(&self) -> &Cpg {
@@ -1239,6 +1247,7 @@ impl TotemNode {
     fn deliver_one(&mut self, ring: RingId, seq: u64, m: &Stored) {
         self.stats.delivered += 1;
         if m.payload.channel == 1 {
+            self.last_cpg = Some((ring, seq));
             let mut out = Vec::new();
             self.cpg
                 .on_deliver(m.payload.origin, &m.payload.data, &mut out);
