@@ -56,19 +56,22 @@ fn first_after(log: &serde_json::Value, since: f64, pred: impl Fn(&str) -> bool)
 
 /// Boot a 3-node cluster at `token_ms`, crash the service's node, measure.
 fn one_run(dir: &std::path::Path, token_ms: u32) -> Result<Run, String> {
-    let names: Vec<String> = (1..=3).map(|i| format!("node{i}")).collect();
+    let names = ["node1", "node2", "node3"];
     let d = Demo::start(true, dir, &names, token_ms)?;
     let r = (|| {
         let owner = d.boot(Duration::from_secs(60))?;
         // Let the ring settle after the start-up storm.
         std::thread::sleep(Duration::from_millis(500));
         let killed = wall();
-        d.crash(owner)?;
+        d.c.crash(owner)?;
         let start = Instant::now();
         let survivors: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
         loop {
-            let moved = d.holders().iter().any(|h| survivors.contains(h));
-            if moved && d.is_off(owner) {
+            let moved =
+                d.c.holders(super::demo::FLOATING_IP)
+                    .iter()
+                    .any(|h| survivors.contains(h));
+            if moved && d.c.is_off(owner) {
                 break;
             }
             if start.elapsed() > Duration::from_secs(60) {
@@ -82,7 +85,7 @@ fn one_run(dir: &std::path::Path, token_ms: u32) -> Result<Run, String> {
             running: f64::NAN,
         };
         for s in &survivors {
-            let Some(log) = d.ask(*s, "log") else {
+            let Some(log) = d.c.ask(*s, "log") else {
                 continue;
             };
             let victim = &names[owner];
@@ -121,7 +124,6 @@ fn one_run(dir: &std::path::Path, token_ms: u32) -> Result<Run, String> {
         }
         Ok(run)
     })();
-    d.power_off_all();
     drop(d);
     r
 }

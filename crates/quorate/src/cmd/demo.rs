@@ -16,20 +16,17 @@
 
 use super::{err, out};
 use crate::cli::{EXIT_FAIL, EXIT_OK};
-use daemon::ipc::{call, Request};
-use serde_json::Value;
+use labcluster::{Files, LabCluster};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const NODES: [&str; 2] = ["an-node01", "an-node02"];
-const FLOATING_IP: &str = "192.168.3.100";
+/// The service's floating address.
+pub(crate) const FLOATING_IP: &str = "192.168.3.100";
 
+/// A lab cluster with the demo's service, and how to narrate it.
 pub(crate) struct Demo {
-    names: Vec<String>,
-    dir: PathBuf,
-    lab: netlab::Lab,
-    switch: powerswitch::PowerSwitch,
-    rt: tokio::runtime::Runtime,
+    pub(crate) c: LabCluster,
     quiet: bool,
     t0: Instant,
 }
@@ -41,24 +38,6 @@ fn say(quiet: bool, text: &str) {
 }
 
 impl Demo {
-    fn state(&self, i: usize) -> PathBuf {
-        self.dir.join(&self.names[i])
-    }
-
-    pub(crate) fn ask(&self, i: usize, cmd: &str) -> Option<Value> {
-        call(
-            &self.state(i),
-            &Request {
-                cmd: cmd.into(),
-                args: Value::Null,
-            },
-            Duration::from_secs(2),
-        )
-        .ok()
-        .filter(|r| r.ok)
-        .map(|r| r.data)
-    }
-
     fn step(&self, text: &str) {
         say(self.quiet, &format!("\n== {text}"));
     }
@@ -70,20 +49,6 @@ impl Demo {
         );
     }
 
-    /// Which node's namespace holds the floating address right now.
-    fn ip_holders(&self) -> Vec<usize> {
-        (0..self.names.len())
-            .filter(|i| {
-                self.lab
-                    .exec(*i, &["ip", "-o", "addr", "show", "dev", "ring0"])
-                    .map(|o| {
-                        String::from_utf8_lossy(&o.stdout).contains(&format!("{FLOATING_IP}/"))
-                    })
-                    .unwrap_or(false)
-            })
-            .collect()
-    }
-
     /// Wait for `f`, narrating every new event line of node `watch` as it appears.
     fn narrate_until(
         &self,
@@ -92,23 +57,14 @@ impl Demo {
         timeout: Duration,
         mut f: impl FnMut(&Self) -> bool,
     ) -> bool {
-        let mut seen: Vec<String> = self
-            .ask(watch, "log")
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .map(|e| e["text"].as_str().unwrap_or_default().to_string())
-            .collect();
+        let mut seen: Vec<String> = self.c.log(watch).into_iter().map(|(_, t)| t).collect();
         let start = Instant::now();
         loop {
-            if let Some(log) = self.ask(watch, "log").and_then(|v| v.as_array().cloned()) {
-                let lines: Vec<String> = log
-                    .iter()
-                    .map(|e| e["text"].as_str().unwrap_or_default().to_string())
-                    .collect();
+            let lines: Vec<String> = self.c.log(watch).into_iter().map(|(_, t)| t).collect();
+            if !lines.is_empty() {
                 let skip = common_prefix(&seen, &lines);
                 for l in &lines[skip..] {
-                    self.at(since, &format!("{}: {l}", self.names[watch]));
+                    self.at(since, &format!("{}: {l}", self.c.names()[watch]));
                 }
                 seen = lines;
             }
@@ -123,7 +79,7 @@ impl Demo {
     }
 
     fn clustat(&self, i: usize) {
-        if let Some(v) = self.ask(i, "status") {
+        if let Some(v) = self.c.ask(i, "status") {
             let text = super::admin::render_status(&v);
             let cut: String = text
                 .split("\nRecent events")
@@ -134,10 +90,61 @@ impl Demo {
                 self.quiet,
                 &format!(
                     "$ quorate status   # on {}\n{}",
-                    self.names[i],
+                    self.c.names()[i],
                     cut.trim_end()
                 ),
             );
+        }
+    }
+
+    /// Build the cluster (`names`, token `token_ms`; two_node for two nodes),
+    /// all outlets off.
+    pub(crate) fn start(
+        quiet: bool,
+        dir: &Path,
+        names: &[&str],
+        token_ms: u32,
+    ) -> Result<Demo, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let script = write_script(dir)
+            .map_err(|e| format!("cannot write the demo files in {}: {e}", dir.display()))?;
+        let c = LabCluster::new(&exe, dir, names, 2, |f| {
+            cluster_conf(f, names, token_ms, &script)
+        })?;
+        Ok(Demo {
+            c,
+            quiet,
+            t0: Instant::now(),
+        })
+    }
+
+    /// Power every outlet on and wait until all nodes are quorate members and
+    /// the service runs; returns the node running it.
+    pub(crate) fn boot(&self, timeout: Duration) -> Result<usize, String> {
+        let t = Instant::now();
+        self.c.power_on_all()?;
+        let all: Vec<usize> = (0..self.c.names().len()).collect();
+        let formed = self.narrate_until(0, t, timeout, |d| {
+            all.iter().all(|i| d.c.sees(*i, &all, true))
+        });
+        if !formed {
+            return Err(format!(
+                "the nodes did not form a quorate cluster within {timeout:?}\n{}",
+                self.c.post_mortem()
+            ));
+        }
+        self.at(t, "all nodes are members; the cluster is quorate");
+        let started = self.narrate_until(0, t, timeout, |d| {
+            d.c.ask(0, "status")
+                .is_some_and(|v| v["services"][0]["state"] == "Started")
+                && d.c.holders(FLOATING_IP).len() == 1
+        });
+        match (started, self.c.holders(FLOATING_IP).first()) {
+            (true, Some(h)) => Ok(*h),
+            _ => Err(format!(
+                "web did not start within {timeout:?} (the address is on {:?})",
+                self.c.holders(FLOATING_IP)
+            )),
         }
     }
 }
@@ -154,21 +161,9 @@ fn common_prefix(old: &[String], new: &[String]) -> usize {
     }
 }
 
-fn write_files(
-    dir: &Path,
-    exe: &Path,
-    names: &[String],
-    token_ms: u32,
-) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir.join("bin"))?;
-    let agent = dir.join("bin/fence_quorate");
-    let _ = std::fs::remove_file(&agent);
-    std::os::unix::fs::symlink(exe, &agent)?;
-    let key = totem::generate_authkey(std::array::from_fn(|i| {
-        (i as u8).wrapping_mul(151).wrapping_add(7)
-    }));
-    std::fs::write(dir.join("authkey"), key)?;
-    // An LSB init script whose daemon is a sleep, one per network namespace.
+/// An LSB init script whose daemon is a sleep, one per network namespace.
+fn write_script(dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
     let script = dir.join("web.sh");
     std::fs::write(
         &script,
@@ -189,34 +184,48 @@ esac
         ),
     )?;
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let conf = dir.join("cluster.conf");
+    Ok(script)
+}
+
+/// The seed's cluster.conf, with the nodes fenced through the power switch
+/// and the service `web` (a floating address and the init script).
+fn cluster_conf(f: &Files, names: &[&str], token_ms: u32, script: &Path) -> String {
     let mut nodes = String::new();
     for (i, n) in names.iter().enumerate() {
         // action="off": a fenced node stays off until the operator powers it on
-        // (RHCS's default is reboot). an-node02's device waits: in a split,
-        // an-node01 shoots first and survives.
+        // (RHCS's default is reboot). In a two-node split the second node's
+        // device waits, so the first shoots first and survives.
         let delay = if i == 1 { r#" delay="3""# } else { "" };
         nodes.push_str(&format!(
-            r#"		<clusternode name="{n}" nodeid="{id}">
-			<altname name="{n}.sn"/>
-			<fence><method name="power"><device name="pdu" port="{n}" action="off"{delay}/></method></fence>
-		</clusternode>
-"#,
+            "\t\t<clusternode name=\"{n}\" nodeid=\"{id}\">\n\t\t\t<altname name=\"{n}.sn\"/>\n\t\t\t<fence><method name=\"power\"><device name=\"pdu\" port=\"{n}\" action=\"off\"{delay}/></method></fence>\n\t\t</clusternode>\n",
             id = i + 1
         ));
     }
-    std::fs::write(
-        &conf,
-        format!(
-            r#"<?xml version="1.0"?>
+    let domain: String = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "\t\t\t\t<failoverdomainnode name=\"{n}\" priority=\"{}\"/>\n",
+                i + 1
+            )
+        })
+        .collect();
+    let cman = if names.len() == 2 {
+        r#"<cman expected_votes="1" two_node="1"/>"#
+    } else {
+        "<cman/>"
+    };
+    format!(
+        r#"<?xml version="1.0"?>
 <cluster name="an-cluster" config_version="5">
 	{cman}
-	<totem token="{token_ms}" keyfile="{dir}/authkey"/>
+	<totem token="{token_ms}" keyfile="{key}"/>
 	<fence_daemon post_join_delay="6" post_fail_delay="0" clean_start="1"/>
 	<clusternodes>
 {nodes}	</clusternodes>
 	<fencedevices>
-		<fencedevice name="pdu" agent="{agent}" socket="{dir}/pdu.sock"/>
+		<fencedevice name="pdu" agent="{agent}" socket="{socket}"/>
 	</fencedevices>
 	<rm>
 		<failoverdomains>
@@ -230,25 +239,11 @@ esac
 	</rm>
 </cluster>
 "#,
-            dir = dir.display(),
-            agent = agent.display(),
-            script = script.display(),
-            cman = if names.len() == 2 {
-                r#"<cman expected_votes="1" two_node="1"/>"#
-            } else {
-                "<cman/>"
-            },
-            domain = names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| format!(
-                    "\t\t\t\t<failoverdomainnode name=\"{n}\" priority=\"{}\"/>\n",
-                    i + 1
-                ))
-                .collect::<String>(),
-        ),
-    )?;
-    Ok(conf)
+        key = f.authkey.display(),
+        agent = f.agent.display(),
+        socket = f.socket.display(),
+        script = script.display()
+    )
 }
 
 /// `quorate demo [--quiet] [--dir DIR]`.
@@ -260,7 +255,8 @@ pub fn run(quiet: bool, dir: Option<PathBuf>) -> u8 {
     let dir = dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("quorate-demo-{}", std::process::id()))
     });
-    match demo(quiet, &dir) {
+    let r = Demo::start(quiet, &dir, &NODES, 1000).and_then(|d| scenario(&d));
+    match r {
         Ok(()) => {
             say(quiet, "\nThe demo removed its namespaces and processes; its files stay in place for reading:");
             say(
@@ -284,156 +280,12 @@ pub fn run(quiet: bool, dir: Option<PathBuf>) -> u8 {
     }
 }
 
-fn demo(quiet: bool, dir: &Path) -> Result<(), String> {
-    let names: Vec<String> = NODES.iter().map(|s| s.to_string()).collect();
-    let d = Demo::start(quiet, dir, &names, 1000)?;
-    let r = scenario(&d);
-    d.power_off_all();
-    r
-}
-
-impl Demo {
-    /// Build the namespaces, the config (token `token_ms`; two_node for two
-    /// nodes) and the power switch with one outlet per node, all off.
-    pub(crate) fn start(
-        quiet: bool,
-        dir: &Path,
-        names: &[String],
-        token_ms: u32,
-    ) -> Result<Demo, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let conf = write_files(dir, &exe, names, token_ms)
-            .map_err(|e| format!("cannot write the demo files in {}: {e}", dir.display()))?;
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let lab = netlab::Lab::create(&refs, 2).map_err(|e| e.to_string())?;
-        let mut hosts = Vec::new();
-        for (i, n) in names.iter().enumerate() {
-            hosts.push((n.to_string(), lab.addr(i, 0)));
-            hosts.push((format!("{n}.sn"), lab.addr(i, 1)));
-        }
-        lab.write_hosts(&hosts).map_err(|e| e.to_string())?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let outlets: Vec<powerswitch::OutletConfig> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let ns = lab.node_ns(i);
-                // Power-on is a boot: addresses a dead node left behind are gone.
-                let cmd = format!(
-                    "ip -n {ns} addr del {FLOATING_IP}/24 dev ring0 2>/dev/null; exec ip netns exec {ns} {exe} --config {conf} --state-dir {state} node --node {n}",
-                    exe = exe.display(),
-                    conf = conf.display(),
-                    state = dir.join(n).display()
-                );
-                let mut o = powerswitch::OutletConfig::shell(n, &cmd);
-                o.env.push(("QUORATE_LOG".into(), "info".into()));
-                o.log = Some(dir.join(format!("{n}.log")));
-                o
-            })
-            .collect();
-        let switch = powerswitch::PowerSwitch::new(outlets).map_err(|e| e.to_string())?;
-        let sock = dir.join("pdu.sock");
-        rt.block_on(powerswitch::serve_unix(switch.clone(), &sock))
-            .map_err(|e| e.to_string())?;
-        Ok(Demo {
-            names: names.to_vec(),
-            dir: dir.to_path_buf(),
-            lab,
-            switch,
-            rt,
-            quiet,
-            t0: Instant::now(),
-        })
-    }
-
-    /// Power every outlet on and wait until all nodes are quorate members and
-    /// the service runs; returns the node running it.
-    pub(crate) fn boot(&self, timeout: Duration) -> Result<usize, String> {
-        let t = Instant::now();
-        self.rt
-            .block_on(self.switch.all_on())
-            .map_err(|e| e.to_string())?;
-        let n = self.names.len();
-        let formed = self.narrate_until(0, t, timeout, |d| {
-            (0..n).all(|i| {
-                d.ask(i, "status").is_some_and(|v| {
-                    v["quorate"] == true
-                        && v["members"]
-                            .as_array()
-                            .is_some_and(|m| m.iter().all(|m| m["online"] == true))
-                })
-            })
-        });
-        if !formed {
-            return Err(format!(
-                "the {n} nodes did not form a quorate cluster within {timeout:?}"
-            ));
-        }
-        self.at(t, "all nodes are members; the cluster is quorate");
-        let mut holder = None;
-        let started = self.narrate_until(0, t, timeout, |d| {
-            let h = d.ip_holders();
-            holder = h.first().copied();
-            d.ask(0, "status")
-                .is_some_and(|v| v["services"][0]["state"] == "Started")
-                && h.len() == 1
-        });
-        match (started, holder) {
-            (true, Some(h)) => Ok(h),
-            _ => Err(format!(
-                "web did not start within {timeout:?} (the address is on {:?})",
-                self.ip_holders()
-            )),
-        }
-    }
-
-    /// SIGKILL node `i`'s whole node process group (a crash; its outlet stays on).
-    pub(crate) fn crash(&self, i: usize) -> Result<(), String> {
-        let pgid = self
-            .rt
-            .block_on(self.switch.list())
-            .into_iter()
-            .find(|o| o.name == self.names[i])
-            .and_then(|o| o.pgid)
-            .ok_or_else(|| {
-                format!(
-                    "the power switch does not know {}'s processes",
-                    self.names[i]
-                )
-            })?;
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{pgid}")])
-            .status();
-        Ok(())
-    }
-
-    /// The namespace-local truth: which nodes hold the floating address.
-    pub(crate) fn holders(&self) -> Vec<usize> {
-        self.ip_holders()
-    }
-
-    /// Whether node `i`'s outlet is off.
-    pub(crate) fn is_off(&self, i: usize) -> bool {
-        self.rt.block_on(self.switch.status(&self.names[i])).ok()
-            == Some(powerswitch::PowerState::Off)
-    }
-
-    /// Turn every outlet off.
-    pub(crate) fn power_off_all(&self) {
-        self.rt.block_on(self.switch.all_off());
-    }
-}
-
 fn scenario(d: &Demo) -> Result<(), String> {
     d.step("The seed's cluster: an-node01 and an-node02, two_node=\"1\", fenced through a power switch");
-    say(d.quiet, &format!("  namespaces {} and {}, back-channel 192.168.3.0/24 (ring 0), storage 192.168.2.0/24 (ring 1)", d.lab.node_ns(0), d.lab.node_ns(1)));
+    say(d.quiet, &format!("  namespaces {} and {}, back-channel 192.168.3.0/24 (ring 0), storage 192.168.2.0/24 (ring 1)", d.c.lab().node_ns(0), d.c.lab().node_ns(1)));
     say(
         d.quiet,
-        &format!("  cluster.conf: {}/cluster.conf", d.dir.display()),
+        &format!("  cluster.conf: {}", d.c.conf_path().display()),
     );
     d.step("Power on both nodes");
     let t = Instant::now();
@@ -452,21 +304,18 @@ fn scenario(d: &Demo) -> Result<(), String> {
 
     d.step("an-node01 crashes (SIGKILL of its whole node process group)");
     let t = Instant::now();
-    d.crash(0)?;
+    d.c.crash(0)?;
     d.at(t, "an-node01 stopped answering; its floating address is still configured, as on a hung machine");
     let recovered = d.narrate_until(1, t, Duration::from_secs(60), |d| {
-        d.ask(1, "status").is_some_and(|v| {
+        d.c.ask(1, "status").is_some_and(|v| {
             v["services"][0]["state"] == "Started" && v["services"][0]["owner_name"] == "an-node02"
-        }) && d.ip_holders().contains(&1)
+        }) && d.c.holders(FLOATING_IP).contains(&1)
     });
     if !recovered {
         return Err("web was not recovered on an-node02 within 60 s".into());
     }
     let took = t.elapsed();
-    let off =
-        d.rt.block_on(d.switch.status(NODES[0]))
-            .map_err(|e| e.to_string())?;
-    if off != powerswitch::PowerState::Off {
+    if !d.c.is_off(0) {
         return Err("an-node01's outlet is not off: recovery happened without fencing".into());
     }
     d.at(t, &format!("web runs on an-node02; an-node01's outlet is OFF (fenced). Failover took {:.2} s at token 1000 ms", took.as_secs_f64()));
@@ -474,10 +323,9 @@ fn scenario(d: &Demo) -> Result<(), String> {
 
     d.step("Power an-node01 back on: it rejoins; nofailback keeps web on an-node02");
     let t = Instant::now();
-    d.rt.block_on(d.switch.on(NODES[0]))
-        .map_err(|e| e.to_string())?;
+    d.c.power_on(0)?;
     let rejoined = d.narrate_until(1, t, Duration::from_secs(60), |d| {
-        d.ask(1, "status").is_some_and(|v| {
+        d.c.ask(1, "status").is_some_and(|v| {
             v["members"]
                 .as_array()
                 .is_some_and(|m| m.iter().all(|m| m["online"] == true))
@@ -487,10 +335,10 @@ fn scenario(d: &Demo) -> Result<(), String> {
         return Err("an-node01 did not rejoin within 60 s".into());
     }
     std::thread::sleep(Duration::from_secs(2));
-    if d.ip_holders() != [1] {
+    if d.c.holders(FLOATING_IP) != [1] {
         return Err(format!(
             "after the rejoin the address is on {:?}, expected only an-node02",
-            d.ip_holders()
+            d.c.holders(FLOATING_IP)
         ));
     }
     d.at(t, "an-node01 is back; web stays on an-node02 (nofailback)");
