@@ -43,6 +43,8 @@ pub const TAG_FENCE: u8 = 2;
 pub const TAG_RM: u8 = 3;
 /// Layer tag of the config distribution's messages.
 pub const TAG_CONFSYNC: u8 = 4;
+/// Layer tag of "I am leaving cleanly: do not fence me" (empty body).
+pub const TAG_LEAVING: u8 = 5;
 /// How often the config file is checked for hand edits.
 const DRIFT_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Process groups a node joins: one per service layer, so `status` can show
@@ -329,6 +331,9 @@ pub struct Node {
     leaving: bool,
     /// A clean leave was asked for: (remove, give up waiting for services at).
     leave_requested: Option<(bool, Instant)>,
+    /// The clean-leave announcement went out; leave once it comes back ordered.
+    leave_announced: bool,
+    leave_delivered: bool,
     qdisk: Option<qdisk::QdiskHandle>,
     self_fence: Option<String>,
     rm: crate::rmglue::RmReplica,
@@ -646,6 +651,12 @@ impl Node {
                             tracing::warn!(from = d.sender.0, error = %e, "dropping fence message")
                         }
                     },
+                    TAG_LEAVING => {
+                        self.fence.handle_clean_leave(d.sender);
+                        if d.sender == self.plan.me {
+                            self.leave_delivered = true;
+                        }
+                    }
                     TAG_CONFSYNC => match confsync::ConfSyncMsg::decode(body) {
                         Ok(m) => self.confsync.handle_message(now, d.sender, m),
                         Err(e) => {
@@ -808,6 +819,16 @@ impl Node {
             self.note(
                 "leaving with services still here: the wait is over or quorum is gone".to_string(),
             );
+        }
+        if !self.leave_announced && self.members.len() > 1 {
+            // Tell the fence domain first, in order, so nobody fences us; we
+            // leave when our own announcement is delivered back to us.
+            self.leave_announced = true;
+            self.multicast(TAG_LEAVING, Vec::new());
+            return;
+        }
+        if self.leave_announced && !self.leave_delivered {
+            return;
         }
         self.quorum.leave(now, remove);
         self.pump();
@@ -1419,6 +1440,8 @@ pub async fn run(
         log: VecDeque::new(),
         leaving: false,
         leave_requested: None,
+        leave_announced: false,
+        leave_delivered: false,
         qdisk: None,
         self_fence: None,
         rm,

@@ -335,6 +335,9 @@ pub struct FenceDomain {
     victims: BTreeMap<NodeId, Victim>,
     fenced: BTreeMap<NodeId, FencedRecord>,
     fenced_while_member: BTreeSet<NodeId>,
+    /// Members that announced a clean leave (fence_tool leave): when they
+    /// drop out of the membership they are not victims.
+    leaving: BTreeSet<NodeId>,
     unfence: BTreeMap<NodeId, UnfenceJob>,
     /// The one agent slot: (kind, node) using it.
     slot: Option<(JobKind, NodeId)>,
@@ -360,6 +363,7 @@ impl FenceDomain {
             victims: BTreeMap::new(),
             fenced: BTreeMap::new(),
             fenced_while_member: BTreeSet::new(),
+            leaving: BTreeSet::new(),
             unfence: BTreeMap::new(),
             slot: None,
             next_run_id: 1,
@@ -368,6 +372,16 @@ impl FenceDomain {
             stale_results: 0,
             ignored_outcomes: 0,
             dropped_events: 0,
+        }
+    }
+
+    /// `node` announced, in totem order, that it leaves the cluster cleanly
+    /// (`quorate cman leave`, SIGTERM): when it drops out of the membership it
+    /// is not fenced, as fenced spares a node that ran `fence_tool leave`. A
+    /// node that is already a victim stays one.
+    pub fn handle_clean_leave(&mut self, node: NodeId) {
+        if self.members.contains(&node) && node != self.me {
+            self.leaving.insert(node);
         }
     }
 
@@ -436,6 +450,10 @@ impl FenceDomain {
             }
             if self.fenced_while_member.remove(&l) {
                 info!(node = %l, "left after being fenced: no further fencing");
+                continue;
+            }
+            if self.leaving.remove(&l) && !self.victims.contains_key(&l) {
+                info!(node = %l, "left the fence domain cleanly: not a victim");
                 continue;
             }
             if let Some(v) = self.victims.get_mut(&l) {

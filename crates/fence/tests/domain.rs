@@ -750,3 +750,24 @@ fn joiners_learn_pending_victims() {
     assert_eq!(d1.status().victims[0].fencer, n(2));
     assert_eq!(d1.status().victims[0].state, VictimState::WaitingFencer);
 }
+
+#[test]
+fn a_node_that_announced_a_clean_leave_is_not_fenced_when_it_goes() {
+    let mut d = FenceDomain::new(NodeId(1), FenceConfig::default());
+    let m = |ids: &[u32]| Membership {
+        members: ids.iter().map(|i| NodeId(*i)).collect(),
+        quorate: true,
+    };
+    d.handle_membership(Instant(0), m(&[1, 2, 3]));
+    d.handle_clean_leave(NodeId(3));
+    d.handle_membership(Instant(1_000), m(&[1, 2]));
+    d.handle_timeout(Instant(10_000_000_000));
+    assert!(
+        d.blocked().is_empty(),
+        "a clean leave makes no victim: {:?}",
+        d.status()
+    );
+    // Without the announcement the same loss makes a victim.
+    d.handle_membership(Instant(20_000_000_000), m(&[1]));
+    assert_eq!(d.blocked(), vec![NodeId(2)]);
+}

@@ -177,6 +177,14 @@ impl LabCluster {
             .map_err(|e| e.to_string())
     }
 
+    /// Power-cycle outlet `i` (off, then on): a reboot.
+    pub fn restart(&self, i: usize) -> LabResult<()> {
+        self.rt
+            .block_on(self.switch.reboot(&self.names[i]))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// Power every outlet on.
     pub fn power_on_all(&self) -> LabResult<()> {
         self.rt

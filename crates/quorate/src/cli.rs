@@ -98,6 +98,9 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Prepare or inspect a quorum disk (mkqdisk).
+    #[command(subcommand)]
+    Qdisk(QdiskCmd),
     /// Benchmarks that print a table (medians; the machine is shared).
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -378,5 +381,26 @@ pub enum BenchCmd {
         /// Scratch directory (default: under /tmp; use /dev/shm to take the disk out).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+/// `quorate qdisk ...`
+#[derive(Debug, Subcommand)]
+pub enum QdiskCmd {
+    /// Write an empty quorum disk layout (mkqdisk -c): run once, from one node.
+    Format {
+        /// The shared device or file.
+        device: PathBuf,
+        /// The cluster name (must match <cluster name>).
+        #[arg(long)]
+        cluster: String,
+        /// A label (mkqdisk -l).
+        #[arg(long, default_value = "quorate")]
+        label: String,
+    },
+    /// Show the disk's header and every node's status block (mkqdisk -L).
+    List {
+        /// The shared device or file.
+        device: PathBuf,
     },
 }

@@ -44,6 +44,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::PowerSwitch(args) => tools::power_switch(args),
         Command::Demo { quiet, dir } => demo::run(quiet, dir),
         Command::Bench(b) => bench::run(b),
+        Command::Qdisk(q) => tools::qdisk(q),
         Command::Sim {
             layer,
             seeds,

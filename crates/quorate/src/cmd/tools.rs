@@ -97,3 +97,36 @@ pub fn sim(layer: &str, seeds: u64, first: u64, nodes: Option<usize>) -> u8 {
     ));
     EXIT_OK
 }
+
+/// `quorate qdisk format|list`.
+pub fn qdisk(cmd: crate::cli::QdiskCmd) -> u8 {
+    match cmd {
+        crate::cli::QdiskCmd::Format {
+            device,
+            cluster,
+            label,
+        } => match qdisk::format(&device, &cluster, &label) {
+            Ok(()) => {
+                out(&format!(
+                    "{} is a quorum disk for cluster {cluster} (label {label})\n",
+                    device.display()
+                ));
+                EXIT_OK
+            }
+            Err(e) => {
+                err(&format!("quorate: error: {e}\n"));
+                EXIT_FAIL
+            }
+        },
+        crate::cli::QdiskCmd::List { device } => match qdisk::list(&device) {
+            Ok(l) => {
+                out(&format!("{l:#?}\n"));
+                EXIT_OK
+            }
+            Err(e) => {
+                err(&format!("quorate: error: {e}\n"));
+                EXIT_FAIL
+            }
+        },
+    }
+}
