@@ -225,6 +225,25 @@ impl LabCluster {
         }
     }
 
+    /// Resident memory of node `i`'s `quorate node` process, in KiB (VmRSS;
+    /// the outlet's shell execs into it, so it is the group leader).
+    pub fn rss_kib(&self, i: usize) -> Option<u64> {
+        let pgid = self
+            .rt
+            .block_on(self.switch.list())
+            .into_iter()
+            .find(|o| o.name == self.names[i])?
+            .pgid?;
+        let status = std::fs::read_to_string(format!("/proc/{pgid}/status")).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
     /// SIGKILL node `i`'s whole process group: a crash (the outlet stays on).
     pub fn crash(&self, i: usize) -> LabResult<()> {
         self.signal(i, "-KILL")

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 /// One failover, in seconds after the SIGKILL.
 #[derive(Clone, Copy, Debug)]
 struct Run {
+    /// Resident memory of the nodes before the crash, MiB (median of the nodes).
+    rss_mib: f64,
     detected: f64,
     fenced: f64,
     running: f64,
@@ -62,6 +64,10 @@ fn one_run(dir: &std::path::Path, token_ms: u32) -> Result<Run, String> {
         let owner = d.boot(Duration::from_secs(60))?;
         // Let the ring settle after the start-up storm.
         std::thread::sleep(Duration::from_millis(500));
+        let rss: Vec<f64> = (0..3)
+            .filter_map(|i| d.c.rss_kib(i))
+            .map(|k| k as f64 / 1024.0)
+            .collect();
         let killed = wall();
         d.c.crash(owner)?;
         let start = Instant::now();
@@ -70,7 +76,11 @@ fn one_run(dir: &std::path::Path, token_ms: u32) -> Result<Run, String> {
             let moved =
                 d.c.holders(super::demo::FLOATING_IP)
                     .iter()
-                    .any(|h| survivors.contains(h));
+                    .any(|h| survivors.contains(h))
+                    && survivors.iter().any(|s| {
+                        d.c.ask(*s, "status")
+                            .is_some_and(|v| v["services"][0]["state"] == "Started")
+                    });
             if moved && d.c.is_off(owner) {
                 break;
             }
@@ -80,6 +90,7 @@ fn one_run(dir: &std::path::Path, token_ms: u32) -> Result<Run, String> {
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut run = Run {
+            rss_mib: p50(&rss),
             detected: f64::NAN,
             fenced: f64::NAN,
             running: f64::NAN,
@@ -177,16 +188,22 @@ fn table(all: &[(u32, Vec<Run>)]) -> String {
             .collect();
         let fen: Vec<f64> = runs.iter().map(|r| r.fenced).collect();
         let run: Vec<f64> = runs.iter().map(|r| r.running).collect();
+        let rss: Vec<f64> = runs
+            .iter()
+            .map(|r| r.rss_mib)
+            .filter(|x| x.is_finite())
+            .collect();
         let _ = writeln!(
             t,
-            "{:>8}  {:>4}  {:>14.3}  {:>14.3}  {:>14.3}  {:>10.3}  {:>10.3}",
+            "{:>8}  {:>4}  {:>14.3}  {:>14.3}  {:>14.3}  {:>10.3}  {:>10.3}  {:>12.1}",
             token,
             runs.len(),
             p50(&det),
             p50(&fen),
             p50(&run),
             run.iter().copied().fold(f64::INFINITY, f64::min),
-            run.iter().copied().fold(0.0, f64::max)
+            run.iter().copied().fold(0.0, f64::max),
+            p50(&rss)
         );
     }
     t

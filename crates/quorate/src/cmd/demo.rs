@@ -195,7 +195,11 @@ fn cluster_conf(f: &Files, names: &[&str], token_ms: u32, script: &Path) -> Stri
         // action="off": a fenced node stays off until the operator powers it on
         // (RHCS's default is reboot). In a two-node split the second node's
         // device waits, so the first shoots first and survives.
-        let delay = if i == 1 { r#" delay="3""# } else { "" };
+        let delay = if i == 1 && names.len() == 2 {
+            r#" delay="3""#
+        } else {
+            ""
+        };
         nodes.push_str(&format!(
             "\t\t<clusternode name=\"{n}\" nodeid=\"{id}\">\n\t\t\t<altname name=\"{n}.sn\"/>\n\t\t\t<fence><method name=\"power\"><device name=\"pdu\" port=\"{n}\" action=\"off\"{delay}/></method></fence>\n\t\t</clusternode>\n",
             id = i + 1
