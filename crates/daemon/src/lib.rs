@@ -13,6 +13,7 @@
 
 pub mod clock;
 pub mod ipc;
+pub mod load;
 pub mod node;
 pub mod plan;
 pub mod rmglue;

@@ -45,6 +45,8 @@ pub const TAG_RM: u8 = 3;
 pub const TAG_CONFSYNC: u8 = 4;
 /// Layer tag of "I am leaving cleanly: do not fence me" (empty body).
 pub const TAG_LEAVING: u8 = 5;
+/// Layer tag of benchmark load (`quorate bench totem`), acted on by no layer.
+pub const TAG_LOAD: u8 = 6;
 /// How often the config file is checked for hand edits.
 const DRIFT_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 /// Process groups a node joins: one per service layer, so `status` can show
@@ -311,6 +313,8 @@ pub struct LogLine {
 
 /// One running node.
 pub struct Node {
+    load_tx: crate::load::Generator,
+    load_rx: crate::load::Receiver,
     clock: MonotonicClock,
     conf: ClusterConf,
     plan: NodePlan,
@@ -651,6 +655,7 @@ impl Node {
                             tracing::warn!(from = d.sender.0, error = %e, "dropping fence message")
                         }
                     },
+                    TAG_LOAD => self.load_rx.deliver(body),
                     TAG_LEAVING => {
                         self.fence.handle_clean_leave(d.sender);
                         if d.sender == self.plan.me {
@@ -835,6 +840,25 @@ impl Node {
         let _ = self.totem.handle_command(now, totem::Command::Leave);
         self.leaving = true;
         self.note("left the cluster".to_string());
+    }
+
+    /// Offer due benchmark messages to totem until its send queue is full.
+    fn pump_load(&mut self) {
+        let now = self.now();
+        for _ in 0..self.load_tx.due() {
+            let mut payload = vec![TAG_LOAD];
+            payload.extend_from_slice(&self.load_tx.next_body());
+            match self.totem.handle_command(
+                now,
+                totem::Command::Multicast {
+                    payload,
+                    safe: false,
+                },
+            ) {
+                Ok(()) => self.load_tx.accepted(),
+                Err(_) => break, // queue full: retry after the next event
+            }
+        }
     }
 
     /// The config distribution needs the quorum every member agrees on.
@@ -1279,6 +1303,26 @@ impl Node {
                 }
             }
             "log" => Response::ok(json!(self.log)),
+            "load.start" => {
+                let count = req.args.get("count").and_then(|v| v.as_u64()).unwrap_or(0);
+                let size = req
+                    .args
+                    .get("size")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(1024) as usize;
+                let rate = req.args.get("rate").and_then(|v| v.as_u64()).unwrap_or(0);
+                if size > 60 * 1024 {
+                    return Response::refused("message size above 60 KiB", "use a smaller --size");
+                }
+                self.load_tx.start(count, size, rate);
+                self.pump_load();
+                Response::ok(json!({"count": count, "size": size, "rate": rate}))
+            }
+            "load.stats" => Response::ok(self.load_rx.stats()),
+            "load.reset" => {
+                self.load_rx.reset();
+                Response::ok(json!({}))
+            }
             "config.status" => {
                 Response::ok(serde_json::to_value(self.confsync.status()).unwrap_or_default())
             }
@@ -1421,6 +1465,8 @@ pub async fn run(
         .flat_map(|p| p.addrs.iter().map(move |a| (*a, p.id)))
         .collect();
     let mut node = Node {
+        load_tx: crate::load::Generator::default(),
+        load_rx: crate::load::Receiver::default(),
         clock,
         conf,
         plan,
@@ -1483,6 +1529,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut qdisk_tick = tokio::time::interval(std::time::Duration::from_millis(100));
     let mut drift_tick = tokio::time::interval(DRIFT_POLL);
+    let mut load_tick = tokio::time::interval(std::time::Duration::from_millis(1));
     loop {
         let deadline = node
             .deadline()
@@ -1504,11 +1551,15 @@ pub async fn run(
                 }
             }
             _ = drift_tick.tick() => node.check_drift(),
+            _ = load_tick.tick(), if node.load_tx.active() => {}
             Some(d) = agent_rx.recv() => node.on_agent_done(d),
             Some(d) = service_rx.recv() => node.on_service_done(d),
             _ = qdisk_tick.tick(), if node.qdisk.is_some() => node.poll_qdisk(),
             _ = sleep => node.on_timeout(),
             _ = &mut shutdown, if node.leave_requested.is_none() => node.begin_leave(false),
+        }
+        if node.load_tx.active() {
+            node.pump_load();
         }
         node.pump();
         node.try_finish_leave();

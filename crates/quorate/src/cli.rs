@@ -370,6 +370,15 @@ pub enum BenchCmd {
         #[arg(long, value_delimiter = ',', default_values_t = [300u32, 1000])]
         tokens: Vec<u32>,
     },
+    /// Ordered 1 KiB messages/s and latency on 2, 3 and 5 nodes, and failure detection at token 300 and 1000 ms (needs root).
+    Totem {
+        /// Messages per throughput run.
+        #[arg(long, default_value_t = 20000)]
+        count: u64,
+        /// Detection runs per token timeout.
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+    },
     /// The tiny guest: live migration time and downtime, crash to running.
     Vm {
         /// Migrations to measure (default: the vm crate's).

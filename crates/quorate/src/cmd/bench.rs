@@ -209,10 +209,66 @@ fn table(all: &[(u32, Vec<Run>)]) -> String {
     t
 }
 
+/// Ordered 1 KiB messages through a cluster of `n` nodes: (msgs/s at the
+/// slowest receiver, p50 and p99 latency in us at half that rate).
+fn totem_load(n: usize, count: u64) -> Result<(f64, u64, u64), String> {
+    let base = std::env::temp_dir().join(format!("quorate-bench-totem-{}-{n}", std::process::id()));
+    let names: Vec<String> = (1..=n).map(|i| format!("t{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let d = Demo::start(true, &base, &refs, 1000)?;
+    let r = (|| {
+        d.boot(Duration::from_secs(60))?;
+        std::thread::sleep(Duration::from_millis(500));
+        let run = |count: u64, rate: u64| -> Result<Vec<serde_json::Value>, String> {
+            for i in 0..n {
+                d.c.ask_with(i, "load.reset", serde_json::Value::Null)?;
+            }
+            d.c.ask_with(
+                0,
+                "load.start",
+                serde_json::json!({"count": count, "size": 1024, "rate": rate}),
+            )?;
+            d.c.wait(
+                "every node to deliver the load",
+                Duration::from_secs(120),
+                |c| (0..n).all(|i| c.ask(i, "load.stats").is_some_and(|v| v["count"] == count)),
+            )?;
+            Ok((0..n).filter_map(|i| d.c.ask(i, "load.stats")).collect())
+        };
+        let full = run(count, 0)?;
+        let rate = full
+            .iter()
+            .map(|v| {
+                let span = v["last_ns"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(v["first_ns"].as_u64().unwrap_or(0));
+                count as f64 / (span.max(1) as f64 / 1e9)
+            })
+            .fold(f64::INFINITY, f64::min);
+        let half = ((rate / 2.0) as u64).max(1);
+        let paced = run((half * 3).min(count), half)?;
+        let p50 = paced
+            .iter()
+            .filter_map(|v| v["latency_p50_us"].as_u64())
+            .max()
+            .unwrap_or(0);
+        let p99 = paced
+            .iter()
+            .filter_map(|v| v["latency_p99_us"].as_u64())
+            .max()
+            .unwrap_or(0);
+        Ok((rate, p50, p99))
+    })();
+    drop(d);
+    let _ = std::fs::remove_dir_all(&base);
+    r
+}
+
 /// `quorate bench ...`.
 pub fn run(cmd: BenchCmd) -> u8 {
     match cmd {
-        BenchCmd::Failover { .. } | BenchCmd::Fence { .. }
+        BenchCmd::Failover { .. } | BenchCmd::Fence { .. } | BenchCmd::Totem { .. }
             if netlab::check_prerequisites().is_err() =>
         {
             err("quorate bench: this benchmark runs nodes in network namespaces: run it as root\n");
@@ -256,6 +312,52 @@ pub fn run(cmd: BenchCmd) -> u8 {
                 EXIT_FAIL
             }
         },
+        BenchCmd::Totem { count, runs } => {
+            out("totem: one sender multicasts 1 KiB messages; every node in its own namespace (debug build)\n");
+            out(&format!(
+                "{:>5}  {:>10}  {:>8}  {:>14}  {:>14}\n",
+                "nodes", "msgs/s", "MB/s", "p50 us (half)", "p99 us (half)"
+            ));
+            let mut three = 0.0;
+            for n in [2usize, 3, 5] {
+                match totem_load(n, count) {
+                    Ok((rate, p50, p99)) => {
+                        if n == 3 {
+                            three = rate;
+                        }
+                        out(&format!(
+                            "{n:>5}  {rate:>10.0}  {:>8.1}  {p50:>14}  {p99:>14}\n",
+                            rate * 1024.0 / 1e6
+                        ));
+                    }
+                    Err(e) => {
+                        err(&format!("quorate bench totem: {n} nodes: {e}\n"));
+                        return EXIT_FAIL;
+                    }
+                }
+            }
+            match cluster_runs(&[300, 1000], runs) {
+                Ok(all) => {
+                    out("failure detection: SIGKILL of a node to the survivors installing the new ring (3 nodes)\n");
+                    out(&table(&all));
+                    let det300: Vec<f64> = all[0]
+                        .1
+                        .iter()
+                        .map(|r| r.detected)
+                        .filter(|x| x.is_finite())
+                        .collect();
+                    out(&format!(
+                        "totem: {three:.0} msgs/s 1KiB on 3 nodes; detection p50 {:.0} ms at token 300\n",
+                        p50(&det300) * 1000.0
+                    ));
+                    EXIT_OK
+                }
+                Err(e) => {
+                    err(&format!("quorate bench totem: {e}\n"));
+                    EXIT_FAIL
+                }
+            }
+        }
         BenchCmd::Vm { runs } => {
             let dir = std::env::temp_dir().join(format!("quorate-bench-vm-{}", std::process::id()));
             let mut opts = vm::bench::BenchOptions::new(&dir);
