@@ -223,11 +223,16 @@ fn totem_load(n: usize, count: u64) -> Result<(f64, u64, u64), String> {
             for i in 0..n {
                 d.c.ask_with(i, "load.reset", serde_json::Value::Null)?;
             }
-            d.c.ask_with(
-                0,
-                "load.start",
-                serde_json::json!({"count": count, "size": 1024, "rate": rate}),
-            )?;
+            // Every node sends its share, as applications on every node would.
+            let share = count / n as u64;
+            for i in 0..n {
+                d.c.ask_with(
+                    i,
+                    "load.start",
+                    serde_json::json!({"count": share, "size": 1024, "rate": rate / n as u64}),
+                )?;
+            }
+            let count = share * n as u64;
             d.c.wait(
                 "every node to deliver the load",
                 Duration::from_secs(120),
@@ -247,7 +252,7 @@ fn totem_load(n: usize, count: u64) -> Result<(f64, u64, u64), String> {
             })
             .fold(f64::INFINITY, f64::min);
         let half = ((rate / 2.0) as u64).max(1);
-        let paced = run((half * 3).min(count), half)?;
+        let paced = run((half * 3).clamp(n as u64, count), half.max(n as u64))?;
         let p50 = paced
             .iter()
             .filter_map(|v| v["latency_p50_us"].as_u64())
@@ -313,7 +318,10 @@ pub fn run(cmd: BenchCmd) -> u8 {
             }
         },
         BenchCmd::Totem { count, runs } => {
-            out("totem: one sender multicasts 1 KiB messages; every node in its own namespace (debug build)\n");
+            out(&format!(
+                "totem: every node multicasts 1 KiB messages, each in its own namespace ({} build)\n",
+                if cfg!(debug_assertions) { "debug" } else { "release" }
+            ));
             out(&format!(
                 "{:>5}  {:>10}  {:>8}  {:>14}  {:>14}\n",
                 "nodes", "msgs/s", "MB/s", "p50 us (half)", "p99 us (half)"
@@ -364,16 +372,8 @@ pub fn run(cmd: BenchCmd) -> u8 {
             if let Some(r) = runs {
                 opts.migrations = r;
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    err(&format!("quorate bench vm: {e}\n"));
-                    return EXIT_FAIL;
-                }
+            let Some(rt) = super::runtime() else {
+                return EXIT_FAIL;
             };
             let r = rt.block_on(vm::bench::run_embedded(&opts));
             let _ = std::fs::remove_dir_all(&dir);

@@ -54,6 +54,22 @@ pub fn run(cli: Cli) -> u8 {
     }
 }
 
+/// The tokio runtime of the commands that need one (two workers: the node
+/// and the tools do little work at once); says why when it cannot start.
+pub fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            err(&format!("quorate: error: cannot start the runtime: {e}\n"));
+            None
+        }
+    }
+}
+
 /// True when stderr is a terminal (progress lines go there).
 pub fn is_terminal() -> bool {
     std::io::stderr().is_terminal()

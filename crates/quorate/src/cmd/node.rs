@@ -172,16 +172,8 @@ impl ServiceRunner for Runner {
 /// `quorate node`: load the config, find this node, run until SIGTERM/SIGINT
 /// (then leave cleanly: services move away first).
 pub fn run(config: &Path, state_dir: &Path, node: Option<String>) -> u8 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            err(&format!("quorate: error: cannot start the runtime: {e}\n"));
-            return EXIT_FAIL;
-        }
+    let Some(rt) = super::runtime() else {
+        return EXIT_FAIL;
     };
     let result = rt.block_on(async {
         let conf = daemon::node::load_config(config)?;

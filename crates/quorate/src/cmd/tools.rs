@@ -50,16 +50,8 @@ pub fn keygen(file: &Path) -> u8 {
 
 /// `quorate power-switch ...`.
 pub fn power_switch(args: powerswitch::PowerSwitchArgs) -> u8 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            err(&format!("quorate: error: cannot start the runtime: {e}\n"));
-            return EXIT_FAIL;
-        }
+    let Some(rt) = super::runtime() else {
+        return EXIT_FAIL;
     };
     match rt.block_on(powerswitch::run_server(args)) {
         Ok(()) => EXIT_OK,
