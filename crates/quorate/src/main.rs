@@ -31,7 +31,16 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let filter = std::env::var("QUORATE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn".to_string());
+        // The simulator runs thousands of nodes whose warnings are expected
+        // faults; its own report says what matters.
+        .unwrap_or_else(|_| {
+            if matches!(cli.command, cli::Command::Sim { .. }) {
+                "error"
+            } else {
+                "warn"
+            }
+            .to_string()
+        });
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
