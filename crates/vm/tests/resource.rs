@@ -100,7 +100,12 @@ async fn start_adopt_crash_restart_and_stop_through_the_manager() {
     wait_counter_above(&serial, before, Duration::from_secs(60));
     assert!(resumed(&serial).last().copied().unwrap() >= 1);
 
-    assert_eq!(m.stop(&attrs).await.unwrap(), StopOutcome::PoweredOff);
+    // ACPI power-off, or quit when a loaded machine's guest is slower than the stop timeout.
+    let stopped = m.stop(&attrs).await.unwrap();
+    assert!(
+        matches!(stopped, StopOutcome::PoweredOff | StopOutcome::Quit),
+        "{stopped:?}"
+    );
     assert!(pid_of(&m, &attrs).is_none());
     assert!(m.status(&attrs).await.is_err());
     assert_eq!(m.stop(&attrs).await.unwrap(), StopOutcome::AlreadyDead);
@@ -262,7 +267,15 @@ async fn migration_between_two_managers_unprepared_aborted_late_and_pause() {
     assert_eq!(a.stop(&other_port).await.unwrap(), StopOutcome::Quit);
     assert!(pid_of(&a, &attrs).is_none());
 
-    assert_eq!(b.stop(&attrs).await.unwrap(), StopOutcome::PoweredOff);
+    // The guest honours the ACPI power button; on a loaded machine it may not
+    // within the stop timeout, and the stop escalates to quit (tested on its
+    // own in tests/lifecycle.rs). Either way it is stopped.
+    let stopped = b.stop(&attrs).await.unwrap();
+    assert!(
+        matches!(stopped, StopOutcome::PoweredOff | StopOutcome::Quit),
+        "{stopped:?}"
+    );
+    assert!(pid_of(&b, &attrs).is_none(), "the guest is gone after stop");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -383,6 +396,11 @@ async fn two_nodes_in_namespaces_migrate_then_survivor_restarts() {
         "first {first}, last before the crash {before}"
     );
     assert!(b.status(&attrs).await.unwrap_err().contains("gone"));
-    assert_eq!(a.stop(&attrs).await.unwrap(), StopOutcome::PoweredOff);
+    // ACPI power-off, or quit when a loaded machine's guest is slower than the stop timeout.
+    let stopped = a.stop(&attrs).await.unwrap();
+    assert!(
+        matches!(stopped, StopOutcome::PoweredOff | StopOutcome::Quit),
+        "{stopped:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
