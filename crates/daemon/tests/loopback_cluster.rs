@@ -103,6 +103,21 @@ fn ask(state: &Path, cmd: &str) -> serde_json::Value {
     r.data
 }
 
+/// What node `state` answers to `cmd`, if it answers and agrees.
+fn try_ask(state: &Path, cmd: &str) -> Option<serde_json::Value> {
+    call(
+        state,
+        &Request {
+            cmd: cmd.into(),
+            args: serde_json::Value::Null,
+        },
+        Duration::from_secs(2),
+    )
+    .ok()
+    .filter(|r| r.ok)
+    .map(|r| r.data)
+}
+
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while start.elapsed() < timeout {
@@ -126,19 +141,14 @@ fn wait_or_dump(states: &[PathBuf], what: &str, timeout: Duration, f: impl FnMut
 /// On failure, what each node says (the test output is the post-mortem).
 fn dump(states: &[PathBuf]) {
     for s in states {
-        if let Ok(r) = call(
-            s,
-            &Request {
-                cmd: "status".into(),
-                args: serde_json::Value::Null,
-            },
-            Duration::from_secs(2),
-        ) {
-            eprintln!(
-                "{}: {}",
-                s.display(),
-                serde_json::to_string_pretty(&r.data).unwrap()
-            );
+        for cmd in ["totem.status", "status"] {
+            if let Some(v) = try_ask(s, cmd) {
+                eprintln!(
+                    "{} {cmd}: {}",
+                    s.display(),
+                    serde_json::to_string_pretty(&v).unwrap()
+                );
+            }
         }
     }
 }
@@ -209,40 +219,23 @@ fn three_nodes_form_a_ring_and_track_quorum_as_nodes_leave() {
     let cfg = conf(dir.path(), port);
     let mut nodes = Nodes::start(dir.path(), &cfg, 3);
     let states = nodes.states.clone();
-    let formed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for(
-            "all three nodes to be members and quorate",
-            Duration::from_secs(20),
-            || {
-                states.iter().all(|s| {
-                    call(
-                        s,
-                        &Request {
-                            cmd: "status".into(),
-                            args: serde_json::Value::Null,
-                        },
-                        Duration::from_secs(2),
-                    )
-                    .map(|r| {
-                        r.data["quorate"] == true
-                            && r.data["members"]
-                                .as_array()
-                                .unwrap()
-                                .iter()
-                                .all(|m| m["online"] == true)
-                    })
-                    .unwrap_or(false)
+    wait_or_dump(
+        &states,
+        "all three nodes to be members and quorate",
+        Duration::from_secs(20),
+        || {
+            states.iter().all(|s| {
+                try_ask(s, "status").is_some_and(|d| {
+                    d["quorate"] == true
+                        && d["members"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .all(|m| m["online"] == true)
                 })
-            },
-        )
-    }));
-    if formed.is_err() {
-        for s in &states {
-            eprintln!("{}: {}", s.display(), ask(s, "totem.status"));
-            eprintln!("{}: {}", s.display(), ask(s, "status"));
-        }
-        panic!("ring did not form");
-    }
+            })
+        },
+    );
     let totem = ask(&states[0], "totem.status");
     assert_eq!(totem["members"].as_array().unwrap().len(), 3, "{totem}");
     let cman = ask(&states[1], "cman.status");
@@ -307,16 +300,8 @@ fn two_nodes_with_a_quorum_disk_keep_quorum_when_one_leaves() {
         Duration::from_secs(30),
         || {
             states.iter().all(|s| {
-                call(
-                    s,
-                    &Request {
-                        cmd: "cman.status".into(),
-                        args: serde_json::Value::Null,
-                    },
-                    Duration::from_secs(2),
-                )
-                .map(|r| r.data["quorate"] == true && r.data["total_votes"] == 3)
-                .unwrap_or(false)
+                try_ask(s, "cman.status")
+                    .is_some_and(|d| d["quorate"] == true && d["total_votes"] == 3)
             })
         },
     );
@@ -493,18 +478,9 @@ fn a_pushed_config_reaches_every_node_and_a_stale_node_is_updated_on_join() {
         "nodes 1 and 2 quorate",
         Duration::from_secs(20),
         || {
-            states.iter().all(|s| {
-                call(
-                    s,
-                    &Request {
-                        cmd: "quorum".into(),
-                        args: serde_json::Value::Null,
-                    },
-                    Duration::from_secs(2),
-                )
-                .map(|r| r.data["quorate"] == true)
-                .unwrap_or(false)
-            })
+            states
+                .iter()
+                .all(|s| try_ask(s, "quorum").is_some_and(|d| d["quorate"] == true))
         },
     );
     // A push of the same version is refused with both numbers.
