@@ -19,25 +19,14 @@ use std::sync::{Arc, Mutex};
 struct Vms {
     manager: vm::resource::VmManager,
     addrs: BTreeMap<NodeId, IpAddr>,
-    /// Attributes last seen per vm: `migrate` is called by name only.
-    attrs: Mutex<BTreeMap<String, BTreeMap<String, String>>>,
-}
-
-impl Vms {
-    fn remember(&self, name: &str, attrs: &BTreeMap<String, String>) {
-        if let Ok(mut m) = self.attrs.lock() {
-            m.insert(name.to_string(), attrs.clone());
-        }
-    }
 }
 
 impl rmexec::VmHandler for Vms {
     fn start<'a>(
         &'a self,
-        name: &'a str,
+        _name: &'a str,
         attrs: &'a BTreeMap<String, String>,
     ) -> rmexec::VmFuture<'a, ()> {
-        self.remember(name, attrs);
         Box::pin(async move {
             self.manager
                 .start(attrs)
@@ -49,10 +38,9 @@ impl rmexec::VmHandler for Vms {
 
     fn stop<'a>(
         &'a self,
-        name: &'a str,
+        _name: &'a str,
         attrs: &'a BTreeMap<String, String>,
     ) -> rmexec::VmFuture<'a, ()> {
-        self.remember(name, attrs);
         Box::pin(async move {
             self.manager
                 .stop(attrs)
@@ -64,10 +52,9 @@ impl rmexec::VmHandler for Vms {
 
     fn status<'a>(
         &'a self,
-        name: &'a str,
+        _name: &'a str,
         attrs: &'a BTreeMap<String, String>,
     ) -> rmexec::VmFuture<'a, rmexec::VmStatus> {
-        self.remember(name, attrs);
         Box::pin(async move {
             match self.manager.status(attrs).await {
                 Ok(_) => Ok(rmexec::VmStatus::Running),
@@ -80,19 +67,22 @@ impl rmexec::VmHandler for Vms {
         &'a self,
         name: &'a str,
         to: NodeId,
-        _mode: rm::MigrateMode,
+        mode: rm::MigrateMode,
     ) -> rmexec::VmFuture<'a, ()> {
         Box::pin(async move {
-            let attrs = self
-                .attrs
-                .lock()
-                .ok()
-                .and_then(|m| m.get(name).cloned())
-                .ok_or_else(|| {
-                    format!(
-                        "{name} was not started by this node, so it cannot be migrated from here"
-                    )
-                })?;
+            // The handler is called by name: the manager knows the attributes
+            // it last ran the guest with; the scheduler says how to move it.
+            let mut attrs = self.manager.attrs_of(name).ok_or_else(|| {
+                format!("{name} was not started by this node, so it cannot be migrated from here")
+            })?;
+            attrs.insert(
+                "migrate".into(),
+                match mode {
+                    rm::MigrateMode::Live => "live",
+                    rm::MigrateMode::Pause => "pause",
+                }
+                .into(),
+            );
             let ip = *self
                 .addrs
                 .get(&to)
@@ -158,7 +148,6 @@ impl ServiceRunner for Runner {
                 return Ok(());
             }
             for r in resources.iter().filter(|r| r.rtype == "vm") {
-                vms.remember(&r.name, &r.attrs);
                 vms.manager
                     .prepare_incoming(&r.attrs, ip)
                     .await
@@ -191,7 +180,6 @@ pub fn run(config: &Path, state_dir: &Path, node: Option<String>) -> u8 {
         let vms = Arc::new(Vms {
             manager: vm::resource::VmManager::new(state_dir.join("vm")),
             addrs,
-            attrs: Mutex::new(BTreeMap::new()),
         });
         let executor = rmexec::Executor::new().with_vm_handler(vms.clone());
         let runner = Arc::new(Runner {
