@@ -330,6 +330,21 @@ impl<'a, 'i: 'a> P<'i> {
         n.children().filter(|c| c.is_element())
     }
 
+    /// Warn about the attributes left in `a` that `accepted` does not list,
+    /// suggesting spellings from `suggested`.
+    fn warn_unknown_except(&mut self, a: &Attrs, accepted: &[&str], suggested: &[&str]) {
+        let unknown = Attrs {
+            node: a.node,
+            left: a
+                .left
+                .iter()
+                .filter(|(k, _)| !accepted.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        self.warn_unknown_attrs(&unknown, suggested);
+    }
+
     fn warn_unknown_attrs(&mut self, a: &Attrs, known: &[&str]) {
         let el = elem_name(&a.node).to_string();
         for k in a.left.keys() {
@@ -1938,16 +1953,7 @@ impl<'a, 'i: 'a> P<'i> {
             "__max_restarts",
             "__restart_expire_time",
         ];
-        let unknown = Attrs {
-            node: c,
-            left: a
-                .left
-                .iter()
-                .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        };
-        self.warn_unknown_attrs(&unknown, &KNOWN[..10]);
+        self.warn_unknown_except(&a, KNOWN, &KNOWN[..10]);
         let mut resources = Vec::new();
         for e in Self::elements(c) {
             if elem_name(&e) == "action" {
@@ -2019,16 +2025,7 @@ impl<'a, 'i: 'a> P<'i> {
             "__max_failures",
             "__failure_expire_time",
         ];
-        let unknown = Attrs {
-            node: c,
-            left: a
-                .left
-                .iter()
-                .filter(|(k, _)| !KNOWN.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        };
-        self.warn_unknown_attrs(&unknown, &KNOWN[..9]);
+        self.warn_unknown_except(&a, KNOWN, &KNOWN[..9]);
         for e in Self::elements(c) {
             if elem_name(&e) != "action" {
                 self.warn_unknown_element(e, "vm", &["action"]);

@@ -163,17 +163,22 @@ struct Nodes {
 }
 
 impl Nodes {
-    fn start(dir: &Path, cfg: &Path, n: usize) -> Nodes {
+    /// No nodes yet; add them with [`Nodes::spawn`].
+    fn empty() -> Nodes {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
-        let mut nodes = Nodes {
+        Nodes {
             _rt: rt,
             stops: Vec::new(),
             states: Vec::new(),
-        };
+        }
+    }
+
+    fn start(dir: &Path, cfg: &Path, n: usize) -> Nodes {
+        let mut nodes = Nodes::empty();
         for i in 1..=n {
             nodes.spawn(dir, cfg, i);
         }
@@ -460,16 +465,7 @@ fn a_pushed_config_reaches_every_node_and_a_stale_node_is_updated_on_join() {
     for f in &files {
         std::fs::write(f, &v1).unwrap();
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut nodes = Nodes {
-        _rt: rt,
-        stops: Vec::new(),
-        states: Vec::new(),
-    };
+    let mut nodes = Nodes::empty();
     nodes.spawn(dir.path(), &files[0], 1);
     nodes.spawn(dir.path(), &files[1], 2);
     let states = nodes.states.clone();
