@@ -16,5 +16,4 @@ pub mod ipc;
 pub mod load;
 pub mod node;
 pub mod plan;
-pub mod rmglue;
 pub mod udp;
