@@ -39,6 +39,7 @@ pub struct LabCluster {
     switch: powerswitch::PowerSwitch,
     rt: tokio::runtime::Runtime,
     conf: PathBuf,
+    node_confs: Option<Vec<PathBuf>>,
 }
 
 /// What went wrong, in words.
@@ -55,6 +56,31 @@ impl LabCluster {
         names: &[&str],
         rings: usize,
         conf: impl FnOnce(&Files) -> String,
+    ) -> LabResult<LabCluster> {
+        Self::build(exe, dir, names, rings, conf, false)
+    }
+
+    /// Like [`LabCluster::new`], but every node reads its own copy of
+    /// cluster.conf (`DIR/NAME.conf`, see [`LabCluster::node_conf`]), as on
+    /// real machines: for tests of config distribution, where each node's
+    /// file on disk must change by itself.
+    pub fn new_with_node_configs(
+        exe: &Path,
+        dir: &Path,
+        names: &[&str],
+        rings: usize,
+        conf: impl FnOnce(&Files) -> String,
+    ) -> LabResult<LabCluster> {
+        Self::build(exe, dir, names, rings, conf, true)
+    }
+
+    fn build(
+        exe: &Path,
+        dir: &Path,
+        names: &[&str],
+        rings: usize,
+        conf: impl FnOnce(&Files) -> String,
+        separate: bool,
     ) -> LabResult<LabCluster> {
         std::fs::create_dir_all(dir.join("bin")).map_err(|e| format!("{}: {e}", dir.display()))?;
         let agent = dir.join("bin/fence_quorate");
@@ -73,8 +99,17 @@ impl LabCluster {
             socket: dir.join("pdu.sock"),
         };
         let conf_path = dir.join("cluster.conf");
-        std::fs::write(&conf_path, conf(&files))
-            .map_err(|e| format!("{}: {e}", conf_path.display()))?;
+        let text = conf(&files);
+        std::fs::write(&conf_path, &text).map_err(|e| format!("{}: {e}", conf_path.display()))?;
+        let node_confs: Option<Vec<PathBuf>> = separate.then(|| {
+            names
+                .iter()
+                .map(|n| dir.join(format!("{n}.conf")))
+                .collect()
+        });
+        for p in node_confs.iter().flatten() {
+            std::fs::write(p, &text).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
         let lab = netlab::Lab::create(names, rings).map_err(|e| e.to_string())?;
         let mut hosts = Vec::new();
         for (i, n) in names.iter().enumerate() {
@@ -101,7 +136,10 @@ impl LabCluster {
                     "for a in $(ip -n {ns} -o -4 addr show dev ring0 | awk '{{print $4}}'); do [ \"${{a%/*}}\" = {own} ] || ip -n {ns} addr del $a dev ring0; done; \
                      exec ip netns exec {ns} {exe} --config {conf} --state-dir {state} node --node {n}",
                     exe = exe.display(),
-                    conf = conf_path.display(),
+                    conf = node_confs
+                        .as_ref()
+                        .map_or(&conf_path, |v| &v[i])
+                        .display(),
                     state = dir.join(n).display()
                 );
                 let mut o = powerswitch::OutletConfig::shell(n, &cmd);
@@ -120,6 +158,7 @@ impl LabCluster {
             switch,
             rt,
             conf: conf_path,
+            node_confs,
         })
     }
 
@@ -138,9 +177,20 @@ impl LabCluster {
         &self.conf
     }
 
+    /// The cluster.conf node `i` reads: its own copy when built with
+    /// [`LabCluster::new_with_node_configs`], else the shared file.
+    pub fn node_conf(&self, i: usize) -> &Path {
+        self.node_confs.as_ref().map_or(&self.conf, |v| &v[i])
+    }
+
     /// The namespaces.
     pub fn lab(&self) -> &netlab::Lab {
         &self.lab
+    }
+
+    /// The namespaces, to add hosts (a BMC network) with [`netlab::Lab::add_host`].
+    pub fn lab_mut(&mut self) -> &mut netlab::Lab {
+        &mut self.lab
     }
 
     /// Node `i`'s state dir (its admin socket is there).
@@ -173,6 +223,14 @@ impl LabCluster {
     pub fn power_on(&self, i: usize) -> LabResult<()> {
         self.rt
             .block_on(self.switch.on(&self.names[i]))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Power outlet `i` off (SIGKILL of the node's whole process group; it stays off).
+    pub fn power_off(&self, i: usize) -> LabResult<()> {
+        self.rt
+            .block_on(self.switch.off(&self.names[i]))
             .map(|_| ())
             .map_err(|e| e.to_string())
     }

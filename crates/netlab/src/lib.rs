@@ -55,6 +55,7 @@ pub struct Lab {
     nodes: Vec<String>,
     rings: usize,
     children: Vec<Child>,
+    hosts: Vec<String>,
 }
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -123,6 +124,7 @@ impl Lab {
             nodes: nodes.iter().map(|s| s.to_string()).collect(),
             rings,
             children: Vec::new(),
+            hosts: Vec::new(),
         };
         // On any error below, Drop removes what was made so far.
         lab.build()?;
@@ -335,6 +337,69 @@ impl Lab {
         Ok(())
     }
 
+    /// Add a host that is not a cluster node (a BMC, a client) in a namespace
+    /// of its own, plugged into ring `r`'s bridge with the given addresses
+    /// (the first is its own, the others are aliases on the same interface,
+    /// e.g. one per simulated BMC). `tag` names it (a few letters). Returns
+    /// the namespace name, for `ip netns exec`; the lab deletes it on drop.
+    pub fn add_host(
+        &mut self,
+        tag: &str,
+        r: usize,
+        addrs: &[Ipv4Addr],
+    ) -> Result<String, LabError> {
+        if r >= self.rings {
+            return Err(LabError::Invalid(format!(
+                "ring {r} does not exist: this lab has {} ring(s)",
+                self.rings
+            )));
+        }
+        if addrs.is_empty() || tag.is_empty() || tag.len() > 6 {
+            return Err(LabError::Invalid(
+                "a host needs a tag of 1 to 6 characters and at least one address".into(),
+            ));
+        }
+        let ns = format!("{}-{tag}", self.prefix);
+        if self.hosts.contains(&ns) {
+            return Err(LabError::Invalid(format!("host {tag} already exists")));
+        }
+        let sw = self.switch_ns();
+        run(&["ip", "netns", "add", &ns])?;
+        self.hosts.push(ns.clone());
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        let outer = format!("h{}r{r}", self.hosts.len());
+        let inner = Self::ring_interface(r);
+        run(&[
+            "ip", "-n", &sw, "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            "netns", &ns,
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &sw,
+            "link",
+            "set",
+            &outer,
+            "master",
+            &format!("br{r}"),
+        ])?;
+        run(&["ip", "-n", &sw, "link", "set", &outer, "up"])?;
+        for a in addrs {
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{a}/24"),
+                "dev",
+                &inner,
+            ])?;
+        }
+        run(&["ip", "-n", &ns, "link", "set", &inner, "up"])?;
+        Ok(ns)
+    }
+
     /// Take ring `r` of node `i` down (its cable pulled) or up again.
     pub fn set_ring(&self, i: usize, r: usize, up: bool) -> Result<(), LabError> {
         let ifname = Self::ring_interface(r);
@@ -356,6 +421,9 @@ impl Drop for Lab {
             let _ = run(&["ip", "netns", "del", &self.node_ns(i)]);
             let _ =
                 std::fs::remove_dir_all(std::path::Path::new("/etc/netns").join(self.node_ns(i)));
+        }
+        for h in &self.hosts {
+            let _ = run(&["ip", "netns", "del", h]);
         }
         let _ = run(&["ip", "netns", "del", &self.switch_ns()]);
     }

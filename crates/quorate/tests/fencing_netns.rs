@@ -1,0 +1,355 @@
+//! Fencing of real `quorate node` processes in network namespaces
+//! (crates/labcluster): Debian's `fence_ipmilan` talking IPMI over LAN to
+//! OpenIPMI's `ipmi_sim` (one simulated BMC per node, on a "BMC host" of its
+//! own on the ring-0 bridge, whose chassis power control is the node's
+//! power-switch outlet), and methods that fail (missing agent, hanging agent)
+//! falling through to the power switch. Needs root, iproute2, nftables,
+//! fence-agents, ipmitool and openipmi (scripts/install-deps.sh).
+
+mod common;
+use common::*;
+use labcluster::LabCluster;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The lab BMCs' admin password: it must never show in a log.
+const PASSWORD: &str = "Lab-Bmc-Secret-77";
+
+fn need(program: &str, package: &str) -> PathBuf {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin", "/sbin", "/bin"])
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "{program} not found: install the Debian package {package} (apt-get install {package})"
+        )
+    })
+}
+
+/// The BMC of node `i`: 192.168.3.(201 + i), IPMI port 623.
+fn bmc_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 3, 201 + i as u8)
+}
+
+/// The `ipmi_sim` processes of the lab's BMC host, each in its own process
+/// group, killed with it on drop.
+struct Bmcs {
+    children: Vec<std::process::Child>,
+}
+
+impl Drop for Bmcs {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", c.id())])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Put one BMC per node on a host namespace of its own on ring 0; each one's
+/// chassis power control switches that node's outlet through fence_quorate.
+fn start_bmcs(c: &mut LabCluster) -> Bmcs {
+    let sim = need("ipmi_sim", "openipmi");
+    need("ipmitool", "ipmitool");
+    need("fence_ipmilan", "fence-agents");
+    let n = c.names().len();
+    let addrs: Vec<Ipv4Addr> = (0..n).map(bmc_addr).collect();
+    let ns = c
+        .lab_mut()
+        .add_host("bmc", 0, &addrs)
+        .unwrap_or_else(|e| panic!("BMC host: {e}"));
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../powerswitch/tests/fixtures");
+    let hook = fixtures.join("ipmi_power_hook.sh");
+    let mut bmcs = Bmcs { children: vec![] };
+    for (i, addr) in addrs.iter().enumerate() {
+        let dir = c.files().dir.join(format!("bmc{}", i + 1));
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let conf = dir.join("lan.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "name \"bmc{k}\"\nset_working_mc 0x20\n  startlan 1\n    addr {addr} 623\n    priv_limit admin\n    allowed_auths_callback none md5 straight\n    allowed_auths_user none md5 straight\n    allowed_auths_operator none md5 straight\n    allowed_auths_admin none md5 straight\n    guid a123456789abcdefa123456789abcde{k}\n  endlan\n  chassis_control \"{hook} {fq} {sock} {outlet}\"\n  user 2 true \"admin\" \"{PASSWORD}\" admin 10 none md5 straight\n",
+                k = i + 1,
+                hook = hook.display(),
+                fq = c.files().agent.display(),
+                sock = c.files().socket.display(),
+                outlet = c.names()[i],
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("ipmi_sim.log")).unwrap();
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(&sim)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-f")
+            .arg(fixtures.join("bmc.emu"))
+            .arg("-s")
+            .arg(dir.join("state"))
+            .arg("-n")
+            .env("HOOK_LOG", dir.join("hook.log"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        bmcs.children.push(child);
+    }
+    bmcs
+}
+
+/// Run fence_ipmilan from node `from`'s namespace against node `target`'s
+/// BMC (arguments on stdin, as the daemon does): its exit code and stdout
+/// (for `status`, 0 is on and 2 is off, per the FenceAgentAPI).
+fn ipmilan(c: &LabCluster, from: usize, target: usize, action: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut cmd = c.lab().command(from, "fence_ipmilan");
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("run fence_ipmilan");
+    let args = format!(
+        "ip={}\nusername=admin\npassword={PASSWORD}\nlanplus=1\ncipher=3\npower_wait=0\naction={action}\n",
+        bmc_addr(target)
+    );
+    let _ = child.stdin.take().unwrap().write_all(args.as_bytes());
+    let out = child.wait_with_output().expect("wait for fence_ipmilan");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Whether node `target`'s BMC answers `status` from node `from` with `power` ("ON"/"OFF").
+fn bmc_says(c: &LabCluster, from: usize, target: usize, power: &str) -> bool {
+    let (code, out) = ipmilan(c, from, target, "status");
+    let want = if power == "ON" { 0 } else { 2 };
+    code == Some(want) && out.contains(&format!("Status: {power}"))
+}
+
+fn node_log_file(c: &LabCluster, i: usize) -> String {
+    std::fs::read_to_string(c.files().dir.join(format!("{}.log", c.names()[i]))).unwrap_or_default()
+}
+
+#[test]
+fn a_crashed_owner_is_fenced_with_fence_ipmilan_through_ipmi_sim_and_its_service_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    // The seed's layout: two nodes, each fenced by its own IPMI BMC.
+    let mut conf = Conf::new(2);
+    conf.cman = r#"<cman expected_votes="1" two_node="1"/>"#.into();
+    conf.devices = (0..2)
+        .map(|i| {
+            format!(
+                r#"<fencedevice name="bmc{k}" agent="fence_ipmilan" ip="{addr}" username="admin" password="{PASSWORD}" lanplus="1" cipher="3" power_wait="0" timeout="30"/>"#,
+                k = i + 1,
+                addr = bmc_addr(i)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n    ");
+    conf.fence = Box::new(|_, i, _| {
+        format!(
+            r#"<fence><method name="ipmi"><device name="bmc{}" action="off"/></method></fence>"#,
+            i + 1
+        )
+    });
+    let mut c = conf.start(dir.path());
+    let _bmcs = start_bmcs(&mut c);
+    // Both BMCs answer over the BMC network from the other node's namespace.
+    let t0 = Instant::now();
+    for (from, to) in [(0, 1), (1, 0)] {
+        while !bmc_says(&c, from, to, "OFF") {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "BMC of {} at {} does not answer from {}: {:?}",
+                c.names()[to],
+                bmc_addr(to),
+                c.names()[from],
+                ipmilan(&c, from, to, "status")
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    boot(&c);
+    let owner = web_started(&c, 0);
+    let other = 1 - owner;
+    assert!(
+        bmc_says(&c, other, owner, "ON"),
+        "the owner's BMC reports power on: {:?}",
+        ipmilan(&c, other, owner, "status")
+    );
+    let killed = Instant::now();
+    ok(c.crash(owner));
+    ok(c.wait(
+        "the owner fenced through its BMC and web on the survivor",
+        Duration::from_secs(60),
+        |c| {
+            c.is_off(owner)
+                && c.holders(IP).contains(&other)
+                && service(c, other, "web")["state"] == "Started"
+        },
+    ));
+    let took = killed.elapsed();
+    eprintln!(
+        "SIGKILL of the owner -> fenced by fence_ipmilan -> web started on the survivor: {took:?}"
+    );
+    let oname = &c.names()[owner];
+    let events = log_text(&c, other);
+    let ran = log_pos(
+        &c,
+        other,
+        &format!(
+            "running fence_ipmilan (device bmc{}) action off against {oname}",
+            owner + 1
+        ),
+    );
+    let fenced = log_pos(
+        &c,
+        other,
+        &format!(
+            "{oname} fenced by {} with method ipmi (device bmc{})",
+            c.names()[other],
+            owner + 1
+        ),
+    );
+    assert!(
+        ran.is_some() && fenced.is_some() && ran < fenced,
+        "the fence log names fence_ipmilan:\n{events}"
+    );
+    // The BMC really switched the outlet: ipmi_sim ran its chassis control.
+    let hook = std::fs::read_to_string(dir.path().join(format!("bmc{}/hook.log", owner + 1)))
+        .unwrap_or_default();
+    assert!(
+        hook.contains("set power 0"),
+        "ipmi_sim's power hook: {hook}"
+    );
+    assert!(
+        bmc_says(&c, other, owner, "OFF"),
+        "the BMC reports the victim powered off: {:?}",
+        ipmilan(&c, other, owner, "status")
+    );
+    let s = service(&c, other, "web");
+    assert_eq!(s["last_owner_name"], oname.as_str(), "{s}");
+    let fs = c.ask(other, "fence.status").unwrap();
+    assert!(
+        fs["victims"].as_array().is_some_and(|v| v.is_empty()),
+        "{fs}"
+    );
+    assert!(fs["fenced"].to_string().contains("ipmi"), "{fs}");
+    for i in 0..2 {
+        assert!(
+            !node_log_file(&c, i).contains(PASSWORD),
+            "the BMC password reached {}'s log",
+            c.names()[i]
+        );
+    }
+    assert!(!events.contains(PASSWORD));
+}
+
+#[test]
+fn failing_fence_methods_fall_through_to_the_power_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    // An agent that hangs: it records its pid, then sleeps far past its timeout.
+    let bin = dir.path().join("agents");
+    std::fs::create_dir_all(&bin).unwrap();
+    let hang = bin.join("fence_hang");
+    write_script(
+        &hang,
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\necho $$ >> {}/hang.pids\nexec sleep 600\n",
+            dir.path().display()
+        ),
+    );
+    let mut conf = Conf::new(3);
+    conf.devices = format!(
+        r#"<fencedevice name="nothere" agent="fence_not_installed_anywhere"/>
+    <fencedevice name="stuck" agent="{}" timeout="3"/>"#,
+        hang.display()
+    );
+    // Methods in document order: a missing agent, a hanging one, the power switch.
+    conf.fence = Box::new(|_, _, n| {
+        format!(
+            r#"<fence><method name="gone"><device name="nothere" port="{n}"/></method><method name="slow"><device name="stuck" port="{n}"/></method><method name="power"><device name="pdu" port="{n}" action="off"/></method></fence>"#
+        )
+    });
+    let c = conf.start(dir.path());
+    boot(&c);
+    let owner = web_started(&c, 0);
+    let oname = c.names()[owner].clone();
+    let rest: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    // fenced's rule: the lowest node id among the members fences.
+    let fencer = rest[0];
+    ok(c.crash(owner));
+    // While the hanging agent runs, `fence status` already tells the first failure.
+    let mut seen_missing = None;
+    ok(c.wait(
+        "the owner fenced by the power switch and web moved",
+        Duration::from_secs(60),
+        |c| {
+            if seen_missing.is_none() {
+                if let Some(v) = c.ask(fencer, "fence.status") {
+                    let victim = &v["victims"][0];
+                    if victim["last_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("fence_not_installed_anywhere"))
+                    {
+                        seen_missing = Some(victim.clone());
+                    }
+                }
+            }
+            c.is_off(owner) && c.holders(IP).iter().any(|h| rest.contains(h))
+        },
+    ));
+    let v = seen_missing.expect("fence status showed the missing agent while the next method ran");
+    let err = v["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("not found") && err.contains("fence-agents"),
+        "a missing agent says what to install: {v}"
+    );
+    assert_eq!(v["tries"], 1, "the missing agent was the first try: {v}");
+    let events = log_text(&c, fencer);
+    let gone = log_pos(&c, fencer, &format!("fencing {oname} with method gone device nothere failed: fence agent \"fence_not_installed_anywhere\" not found"));
+    let slow = log_pos(&c, fencer, &format!("fencing {oname} with method slow device stuck failed: fence agent {} action reboot hung for 3s and was killed", hang.display()));
+    let power = log_pos(
+        &c,
+        fencer,
+        &format!(
+            "{oname} fenced by {} with method power (device pdu)",
+            c.names()[fencer]
+        ),
+    );
+    assert!(
+        gone.is_some() && slow.is_some() && power.is_some() && gone < slow && slow < power,
+        "methods tried in order, each failure in words, the last one fenced:\n{events}"
+    );
+    // The hung agent's process was killed, not left behind.
+    let pids = std::fs::read_to_string(dir.path().join("hang.pids")).unwrap_or_default();
+    assert!(!pids.trim().is_empty(), "the hanging agent ran");
+    for pid in pids.split_whitespace() {
+        let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split_whitespace().nth(2) != Some("Z"));
+        assert!(!alive, "hung agent {pid} still runs after its timeout");
+    }
+    let fs = c.ask(fencer, "fence.status").unwrap();
+    assert!(
+        fs["victims"].as_array().is_some_and(|v| v.is_empty()),
+        "{fs}"
+    );
+    assert!(fs["fenced"].to_string().contains("power"), "{fs}");
+    let s = service(&c, fencer, "web");
+    assert_eq!(s["state"], "Started", "{s}");
+    assert_eq!(s["last_owner_name"], oname.as_str(), "{s}");
+}
