@@ -6,6 +6,7 @@
 //! address, which outlet is off, what each node answers on its admin socket.
 
 use labcluster::{Files, LabCluster};
+use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -142,6 +143,18 @@ fn a_paused_or_crashed_owner_is_fenced_before_its_service_moves_and_a_lone_survi
         "web moved only after the owner was fenced (its outlet is off)"
     );
     assert!(c.sees(rest[0], &rest, true) && c.sees(rest[1], &rest, true));
+    // cman_tool status on a survivor: 2 of 3 votes, quorum 2 (3 / 2 + 1).
+    let q = c.ask(rest[0], "cman.status").unwrap();
+    assert_eq!(
+        [
+            &q["expected_votes"],
+            &q["total_votes"],
+            &q["quorum"],
+            &q["quorate"]
+        ],
+        [&json!(3), &json!(2), &json!(2), &json!(true)],
+        "{q}"
+    );
     // SIGKILL of the new owner: the last node holds one vote of three, is not
     // quorate, does not fence (no fencing while inquorate) and starts nothing.
     let owner2 = c.holders(IP).into_iter().find(|h| *h != owner).unwrap();
@@ -160,6 +173,11 @@ fn a_paused_or_crashed_owner_is_fenced_before_its_service_moves_and_a_lone_survi
     assert!(!c.is_off(owner2), "an inquorate partition must not fence");
     let q = c.ask(other, "cman.status").unwrap();
     assert_eq!(q["quorate"], false);
+    assert_eq!(
+        [&q["expected_votes"], &q["total_votes"], &q["quorum"]],
+        [&json!(3), &json!(1), &json!(2)],
+        "one vote of three is below quorum: {q}"
+    );
     assert!(q["flags"].to_string().contains("Activity blocked"), "{q}");
     let f = c.ask(other, "fence.status").unwrap();
     assert!(

@@ -1,0 +1,159 @@
+//! One config for the whole cluster, with real `quorate node` processes in
+//! network namespaces (crates/labcluster), each reading its own
+//! cluster.conf: `quorate config push` reaches every member, a node that was
+//! down takes the new version when it joins, and a push that does not raise
+//! config_version is refused. Needs root, iproute2 and nftables.
+
+mod common;
+use common::*;
+use labcluster::LabCluster;
+use std::time::{Duration, Instant};
+
+/// The address of the service `db` that version 2 adds.
+const IP2: &str = "192.168.3.101";
+
+fn conf(with_db: bool) -> Conf {
+    let mut c = Conf::new(3);
+    c.node_configs = true;
+    if with_db {
+        c.rm.push_str(&format!(
+            r#"
+    <service name="db" recovery="relocate"><ip address="{IP2}/24"/></service>"#
+        ));
+    }
+    c
+}
+
+fn read(p: &std::path::Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// `quorate config push FILE` on node `i`, again while the members are still
+/// exchanging versions after a membership change (the command says so).
+fn push(c: &LabCluster, i: usize, file: &std::path::Path) -> std::process::Output {
+    let start = Instant::now();
+    loop {
+        let out = cli(c, i, &["config", "push", file.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if out.status.success()
+            || !err.contains("push again in a few seconds")
+            || start.elapsed() > Duration::from_secs(20)
+        {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_pushed_config_reaches_every_node_and_a_node_that_was_down_takes_it_on_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf(false).start(dir.path());
+    let v1 = conf(false).render(c.files(), 1);
+    let v2 = conf(true).render(c.files(), 2);
+    for i in 0..3 {
+        assert_eq!(
+            read(c.node_conf(i)),
+            v1,
+            "every node starts from its own copy"
+        );
+    }
+    boot(&c);
+    web_started(&c, 0);
+    // n3 is powered off: the others fence it (its outlet is already off) and keep quorum.
+    ok(c.power_off(2));
+    ok(c.wait(
+        "n1 and n2 quorate without n3, n3 fenced",
+        Duration::from_secs(30),
+        |c| {
+            c.sees(0, &[0, 1], true)
+                && c.sees(1, &[0, 1], true)
+                && c.ask(0, "fence.status")
+                    .is_some_and(|f| f["victims"].as_array().is_some_and(|v| v.is_empty()))
+        },
+    ));
+    let new = dir.path().join("new.conf");
+    std::fs::write(&new, &v2).unwrap();
+    let out = push(&c, 0, &new);
+    assert!(
+        out.status.success(),
+        "push of version 2 refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("config_version 2 is in force"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Each member wrote it to its own file and runs it: cman and config status
+    // say version 2, and the service it adds is started without a restart.
+    ok(c.wait(
+        "n1 and n2 run version 2 from their own files",
+        Duration::from_secs(20),
+        |c| {
+            (0..2).all(|i| {
+                read(c.node_conf(i)) == v2
+                    && c.ask(i, "cman.status")
+                        .is_some_and(|v| v["config_version"] == 2)
+                    && c.ask(i, "config.status")
+                        .is_some_and(|v| v["version"] == 2 && v["in_sync"] == true)
+            })
+        },
+    ));
+    ok(c.wait(
+        "db (new in version 2) started once",
+        Duration::from_secs(20),
+        |c| {
+            c.holders(IP2).len() == 1
+                && service(c, 0, "db")["state"] == "Started"
+                && service(c, 1, "db")["state"] == "Started"
+        },
+    ));
+    assert_eq!(
+        read(c.node_conf(2)),
+        v1,
+        "n3 was off: its file is untouched"
+    );
+    // A push that does not raise config_version is refused, saying why.
+    for (text, version) in [(&v2, 2), (&v1, 1)] {
+        std::fs::write(&new, text).unwrap();
+        let out = push(&c, 1, &new);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "a push of version {version} must fail"
+        );
+        assert!(
+            err.contains(&format!(
+                "config_version {version} is not greater than the one in force (2)"
+            )) && err.contains("raise config_version to at least 3"),
+            "{err}"
+        );
+    }
+    assert_eq!(read(c.node_conf(0)), v2);
+    // n3 comes back with version 1 on disk and takes version 2 when it joins.
+    ok(c.power_on(2));
+    ok(c.wait(
+        "n3 joined and took version 2",
+        Duration::from_secs(40),
+        |c| {
+            c.sees(2, &all(3), true)
+                && read(c.node_conf(2)) == v2
+                && c.ask(2, "cman.status")
+                    .is_some_and(|v| v["config_version"] == 2)
+        },
+    ));
+    let st = cli(&c, 2, &["config", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+    assert_eq!(v["version"], 2, "{v}");
+    ok(c.wait(
+        "n3 in sync and every service running once",
+        Duration::from_secs(20),
+        |c| {
+            c.ask(2, "config.status")
+                .is_some_and(|v| v["in_sync"] == true)
+                && c.holders(IP).len() == 1
+                && c.holders(IP2).len() == 1
+        },
+    ));
+}
