@@ -48,6 +48,8 @@ fn push(c: &LabCluster, i: usize, file: &std::path::Path) -> std::process::Outpu
 #[test]
 fn a_pushed_config_reaches_every_node_and_a_node_that_was_down_takes_it_on_join() {
     let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let step = |what: &str| eprintln!("{:>7.2} s  {what}", t0.elapsed().as_secs_f64());
     let c = conf(false).start(dir.path());
     let v1 = conf(false).render(c.files(), 1);
     let v2 = conf(true).render(c.files(), 2);
@@ -60,6 +62,7 @@ fn a_pushed_config_reaches_every_node_and_a_node_that_was_down_takes_it_on_join(
     }
     boot(&c);
     web_started(&c, 0);
+    step("booted");
     // n3 is powered off: the others fence it (its outlet is already off) and keep quorum.
     ok(c.power_off(2));
     ok(c.wait(
@@ -72,6 +75,7 @@ fn a_pushed_config_reaches_every_node_and_a_node_that_was_down_takes_it_on_join(
                     .is_some_and(|f| f["victims"].as_array().is_some_and(|v| v.is_empty()))
         },
     ));
+    step("n3 off and fenced");
     let new = dir.path().join("new.conf");
     std::fs::write(&new, &v2).unwrap();
     let out = push(&c, 0, &new);
@@ -85,6 +89,7 @@ fn a_pushed_config_reaches_every_node_and_a_node_that_was_down_takes_it_on_join(
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    step("pushed");
     // Each member wrote it to its own file and runs it: cman and config status
     // say version 2, and the service it adds is started without a restart.
     ok(c.wait(
@@ -109,6 +114,7 @@ fn a_pushed_config_reaches_every_node_and_a_node_that_was_down_takes_it_on_join(
                 && service(c, 1, "db")["state"] == "Started"
         },
     ));
+    step("version 2 in force, db started");
     assert_eq!(
         read(c.node_conf(2)),
         v1,
@@ -131,6 +137,7 @@ fn a_pushed_config_reaches_every_node_and_a_node_that_was_down_takes_it_on_join(
         );
     }
     assert_eq!(read(c.node_conf(0)), v2);
+    step("stale pushes refused");
     // n3 comes back with version 1 on disk and takes version 2 when it joins.
     ok(c.power_on(2));
     ok(c.wait(
@@ -143,6 +150,7 @@ fn a_pushed_config_reaches_every_node_and_a_node_that_was_down_takes_it_on_join(
                     .is_some_and(|v| v["config_version"] == 2)
         },
     ));
+    step("n3 joined with version 2");
     let st = cli(&c, 2, &["config", "status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
     assert_eq!(v["version"], 2, "{v}");
