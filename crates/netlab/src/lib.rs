@@ -499,6 +499,61 @@ mod tests {
     }
 
     #[test]
+    fn a_host_on_a_ring_is_reachable_at_each_of_its_addresses_and_removed_on_drop() {
+        if let Err(e) = check_prerequisites() {
+            panic!("netlab needs root, iproute2 and nftables: {e}");
+        }
+        let mut lab = Lab::create(&["a", "b"], 1).unwrap();
+        assert!(
+            lab.add_host("bmc", 1, &[Ipv4Addr::new(192, 168, 2, 201)])
+                .is_err(),
+            "a lab of one ring has no ring 1"
+        );
+        let bmcs = [
+            Ipv4Addr::new(192, 168, 3, 201),
+            Ipv4Addr::new(192, 168, 3, 202),
+        ];
+        let ns = lab.add_host("bmc", 0, &bmcs).unwrap();
+        assert!(lab.add_host("bmc", 0, &bmcs).is_err(), "tags are unique");
+        let exe = std::env::current_exe().unwrap();
+        for dst in bmcs {
+            let mut recv = Command::new("ip");
+            recv.args(["netns", "exec", &ns])
+                .arg(&exe)
+                .args([
+                    "--exact",
+                    "tests::udp_receiver_helper",
+                    "--nocapture",
+                    "--include-ignored",
+                ])
+                .env("NETLAB_RECV_ADDR", format!("{dst}:7000"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+            let child = recv.spawn().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let mut send = lab.command(1, exe.to_str().unwrap());
+            send.args([
+                "--exact",
+                "tests::udp_sender_helper",
+                "--nocapture",
+                "--include-ignored",
+            ])
+            .env("NETLAB_SEND", format!("{}:0>{dst}:7000", lab.addr(1, 0)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            let _ = send.status();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("GOT hello"),
+                "node b cannot reach the host at {dst}"
+            );
+        }
+        drop(lab);
+        let listed = String::from_utf8(run(&["ip", "netns", "list"]).unwrap().stdout).unwrap();
+        assert!(!listed.contains(&ns), "host namespace {ns} left behind");
+    }
+
+    #[test]
     fn two_rings_connect_cut_heal_and_ring_down() {
         if let Err(e) = check_prerequisites() {
             panic!("netlab needs root, iproute2 and nftables: {e}");
