@@ -365,11 +365,11 @@ fn time_of_day(text: &str) -> Option<f64> {
 
 /// The recovery event must name when the node was fenced. Today it names
 /// when the node was lost: the resource manager stamps the fence outcome
-/// with the last agreed time (daemon rmglue.rs `handle_fenced` uses
+/// with the last agreed time (crates/stack rmglue.rs `handle_fenced` uses
 /// `self.agreed`, which only moves with resource-manager messages), so a
 /// fencing that took 3 s reads as if it happened at the loss.
 #[test]
-#[ignore = "bug: rm's 'fenced by ... at T' names the loss time, not the fence time (rmglue.rs handle_fenced)"]
+#[ignore = "bug: rm's 'fenced by ... at T' names the loss time, not the fence time (stack rmglue.rs handle_fenced)"]
 fn the_recovery_event_names_the_time_of_fencing() {
     let dir = tempfile::tempdir().unwrap();
     let hang = dir.path().join("fence_hang");
