@@ -206,6 +206,13 @@ pub enum Input {
         /// How (fence method or agent), for the log.
         method: String,
     },
+    /// A lost node rejoined before its fencing started, and the fence
+    /// domain will not fence it (fenced's clean-rejoin rule). Its services'
+    /// processes may still run there: they are stopped there, then recovered.
+    Rejoined {
+        /// The node.
+        node: NodeId,
+    },
     /// A node asks to leave cleanly: its services are moved off first.
     Leave {
         /// The leaving node.
@@ -661,6 +668,7 @@ impl Scheduler {
             }
             Input::Quorum { quorate } => self.handle_quorum(now, quorate),
             Input::Fenced { victim, method } => self.handle_fenced(now, victim, &method),
+            Input::Rejoined { node } => self.handle_rejoined(now, node),
             Input::Leave { node } => self.handle_leave(now, node),
             Input::Request { from, request } => self.handle_request(now, from, request)?,
             Input::Result(r) => self.handle_result(now, r),
@@ -987,6 +995,40 @@ impl Scheduler {
                     svc.reason = format!("{cause}; recovering");
                 }
             }
+        }
+        self.reconcile(now);
+    }
+
+    fn handle_rejoined(&mut self, now: Instant, node: NodeId) {
+        if !self.st.members.contains(&node) || !self.st.fence_pending.remove(&node) {
+            self.stats.ignored_fences += 1;
+            return;
+        }
+        let nname = self.node_name(node);
+        self.event(
+            now,
+            None,
+            format!(
+                "{nname} rejoined at {} before it was fenced; the fence domain will not fence it",
+                fmt_instant(now)
+            ),
+        );
+        for name in self.st.order.clone() {
+            let Some(mut svc) = self.st.services.remove(&name) else {
+                continue;
+            };
+            if svc.fence_wait.remove(&node) {
+                // Whatever it ran may still run there: stop it there first
+                // (a stop of something not running succeeds), then recover.
+                svc.owner = Some(node);
+                svc.target = None;
+                let cause = format!(
+                    "{nname} rejoined without being fenced; stopping {name} there before recovery"
+                );
+                svc.plan.cause = cause.clone();
+                self.stop_on(now, &mut svc, cause);
+            }
+            self.st.services.insert(name, svc);
         }
         self.reconcile(now);
     }

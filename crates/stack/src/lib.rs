@@ -636,16 +636,6 @@ impl Stack {
             }
             while let Some(ev) = self.fence.poll_event() {
                 moved = true;
-                if let fence::Event::Fenced {
-                    victim,
-                    method,
-                    device,
-                    ..
-                } = &ev
-                {
-                    self.rm
-                        .handle_fenced(*victim, format!("{method} ({device})"));
-                }
                 let text = format!(
                     "fence: {}",
                     describe_fence_event(&ev, |id| self.name_of(id))
@@ -760,7 +750,24 @@ impl Stack {
                         }
                     },
                     TAG_FENCE => match fence::FenceOutcome::decode(body) {
-                        Ok(o) => self.fence.handle_fence_outcome(now, o),
+                        Ok(o) => {
+                            // The resource manager learns outcomes from the
+                            // ordered message itself, not from this node's
+                            // fence domain, whose view of victims can differ
+                            // between members (a node that just booted knows
+                            // none): every replica must see the same inputs.
+                            match &o.kind {
+                                fence::OutcomeKind::Fenced { method, devices } => self
+                                    .rm
+                                    .handle_fenced(o.victim, format!("{method} ({})", devices.join(","))),
+                                fence::OutcomeKind::ManualAck => {
+                                    self.rm.handle_fenced(o.victim, "manual acknowledgement".into())
+                                }
+                                fence::OutcomeKind::Rejoined => self.rm.handle_rejoined(o.victim),
+                                fence::OutcomeKind::Pending | fence::OutcomeKind::StartupAbsent => {}
+                            }
+                            self.fence.handle_fence_outcome(now, o)
+                        }
                         Err(e) => {
                             tracing::warn!(from = d.sender.0, error = %e, "dropping fence message")
                         }

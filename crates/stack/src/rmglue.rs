@@ -45,6 +45,9 @@ pub enum RmMsg {
         ring: u64,
         /// The sender was quorate before this configuration.
         was_quorate: bool,
+        /// The last ring in which the sender's replica was quorate (0: never).
+        #[serde(default)]
+        quorate_ring: u64,
         /// The sender's state at the configuration change.
         snapshot: rm::Snapshot,
     },
@@ -66,7 +69,7 @@ struct Syncing {
     ring: u64,
     members: Vec<NodeId>,
     quorate: bool,
-    got: BTreeMap<NodeId, (bool, rm::Snapshot)>,
+    got: BTreeMap<NodeId, (u64, rm::Snapshot)>,
     buffered: Vec<(Instant, rm::Input)>,
 }
 
@@ -79,6 +82,10 @@ pub struct RmReplica {
     sync: Option<Syncing>,
     outbox: Vec<RmMsg>,
     known_members: BTreeSet<NodeId>,
+    /// The ring of the current configuration.
+    ring: u64,
+    /// The last ring in which this replica was quorate (0: never).
+    quorate_ring: u64,
 }
 
 impl RmReplica {
@@ -91,6 +98,8 @@ impl RmReplica {
             sync: None,
             outbox: Vec::new(),
             known_members: BTreeSet::new(),
+            ring: 0,
+            quorate_ring: 0,
         })
     }
 
@@ -130,11 +139,15 @@ impl RmReplica {
             // of them by watching the service (see the admin command).
             tracing::info!("resource manager refused an input: {e}");
         }
+        if self.sched.quorate() {
+            self.quorate_ring = self.quorate_ring.max(self.ring);
+        }
     }
 
     /// A regular configuration, at its place in the order, with the quorum
     /// that holds at that point.
     pub fn handle_membership(&mut self, ring: u64, members: Vec<NodeId>, quorate: bool) {
+        self.ring = ring;
         let joined = members.iter().any(|m| !self.known_members.contains(m));
         self.known_members = members.iter().copied().collect();
         if !joined {
@@ -151,6 +164,7 @@ impl RmReplica {
             return;
         }
         let was_quorate = self.sched.quorate();
+        let quorate_ring = self.quorate_ring;
         // A sync in progress restarts from the state we had before it; the
         // inputs it buffered are dropped on every member alike (each member of
         // the new configuration either never saw them or drops them too), so
@@ -160,6 +174,7 @@ impl RmReplica {
         self.outbox.push(RmMsg::Sync {
             ring,
             was_quorate,
+            quorate_ring,
             snapshot,
         });
         self.sync = Some(Syncing {
@@ -194,6 +209,12 @@ impl RmReplica {
         self.ordered(at, rm::Input::Fenced { victim, method });
     }
 
+    /// A lost node rejoined and will not be fenced (agreed through totem).
+    pub fn handle_rejoined(&mut self, node: NodeId) {
+        let at = self.agreed;
+        self.ordered(at, rm::Input::Rejoined { node });
+    }
+
     fn ordered(&mut self, at: Instant, input: rm::Input) {
         match &mut self.sync {
             Some(s) => s.buffered.push((at, input)),
@@ -216,11 +237,20 @@ impl RmReplica {
             RmMsg::Sync {
                 ring,
                 was_quorate,
+                quorate_ring,
                 snapshot,
             } => {
+                // A sender that was quorate just before this configuration
+                // was quorate in the previous ring, which is newer than any
+                // ring it reported (older senders did not send quorate_ring).
+                let q = if was_quorate {
+                    quorate_ring.max(1)
+                } else {
+                    quorate_ring
+                };
                 if let Some(s) = &mut self.sync {
                     if s.ring == ring && s.members.contains(&from) {
-                        s.got.insert(from, (was_quorate, snapshot));
+                        s.got.insert(from, (q, snapshot));
                     }
                     s.quorate = quorate;
                 }
@@ -238,15 +268,21 @@ impl RmReplica {
             return;
         }
         let Some(s) = self.sync.take() else { return };
+        // Adopt the state of the replica that was quorate most recently:
+        // ring sequences only grow, and two quorate partitions always share
+        // a member, so the highest ring in which a replica was quorate is the
+        // latest state that was allowed to act. A node that was never quorate
+        // (one that just booted, say) offers nothing. Ties: the lowest id.
+        let best = s.got.values().map(|(q, _)| *q).max().unwrap_or(0);
         let chosen = s
             .got
             .iter()
-            .find(|(_, (q, _))| *q)
-            .or_else(|| s.got.iter().next())
+            .find(|(_, (q, _))| *q == best)
             .map(|(_, (_, snap))| snap.clone());
         if let Some(snap) = chosen {
             let at = self.agreed;
             self.sched = rm::Scheduler::from_snapshot(self.me, snap, at);
+            self.quorate_ring = best;
         }
         let at = self.agreed;
         self.apply(
