@@ -165,3 +165,82 @@ fn a_pushed_config_reaches_every_node_and_a_node_that_was_down_takes_it_on_join(
         },
     ));
 }
+
+#[test]
+fn a_node_that_joins_with_a_newer_unagreed_config_is_refused_until_a_push_settles_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf(false).start(dir.path());
+    let v1 = conf(false).render(c.files(), 1);
+    // n3's file was edited by hand to version 2 (with db) while it was down.
+    let v2 = conf(true).render(c.files(), 2);
+    std::fs::write(c.node_conf(2), &v2).unwrap();
+    ok(c.power_on(0));
+    ok(c.power_on(1));
+    ok(c.wait(
+        "n1 and n2 quorate on version 1",
+        Duration::from_secs(60),
+        |c| c.sees(0, &[0, 1], true) && c.sees(1, &[0, 1], true),
+    ));
+    web_started(&c, 0);
+    ok(c.power_on(2));
+    // n3 stays in the ring (its vote counts) but does not impose version 2.
+    ok(
+        c.wait("n3 in the ring and refused", Duration::from_secs(40), |c| {
+            c.sees(0, &all(3), true)
+                && c.ask(2, "config.status").is_some_and(|v| {
+                    v["in_sync"] == false
+                        && v["problem"]
+                            .as_str()
+                            .is_some_and(|p| p.contains("will not override the cluster"))
+                })
+        }),
+    );
+    let p = c.ask(2, "config.status").unwrap()["problem"].clone();
+    assert!(
+        p.as_str().is_some_and(
+            |p| p.contains("config_version 2 but the quorate cluster runs 1")
+                && p.contains("push version 3")
+        ),
+        "the refusal says what is wrong and what to do: {p}"
+    );
+    holds_for(
+        &c,
+        "the cluster keeps version 1 and db stays unknown",
+        Duration::from_secs(3),
+        |c| {
+            (0..2).all(|i| {
+                read(c.node_conf(i)) == v1
+                    && c.ask(i, "cman.status")
+                        .is_some_and(|v| v["config_version"] == 1)
+            }) && c.holders(IP2).is_empty()
+                && c.holders(IP).len() == 1
+        },
+    );
+    assert_eq!(
+        read(c.node_conf(2)),
+        v2,
+        "a refused node keeps its own file"
+    );
+    // An operator settles it with version 3 from a quorate node: everyone takes it.
+    let v3 = conf(true).render(c.files(), 3);
+    let new = dir.path().join("v3.conf");
+    std::fs::write(&new, &v3).unwrap();
+    let out = push(&c, 0, &new);
+    assert!(
+        out.status.success(),
+        "push of version 3 refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(c.wait(
+        "every node on version 3, in sync, db started once",
+        Duration::from_secs(30),
+        |c| {
+            (0..3).all(|i| {
+                read(c.node_conf(i)) == v3
+                    && c.ask(i, "config.status")
+                        .is_some_and(|v| v["version"] == 3 && v["in_sync"] == true)
+            }) && c.holders(IP2).len() == 1
+                && c.holders(IP).len() == 1
+        },
+    ));
+}
