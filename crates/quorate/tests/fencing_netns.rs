@@ -145,7 +145,7 @@ fn node_log_file(c: &LabCluster, i: usize) -> String {
 }
 
 #[test]
-fn a_crashed_owner_is_fenced_with_fence_ipmilan_through_ipmi_sim_and_its_service_moves() {
+fn a_crashed_or_hung_owner_is_fenced_with_fence_ipmilan_through_ipmi_sim_and_its_service_moves() {
     let dir = tempfile::tempdir().unwrap();
     // The seed's layout: two nodes, each fenced by its own IPMI BMC.
     let mut conf = Conf::new(2);
@@ -257,6 +257,41 @@ fn a_crashed_owner_is_fenced_with_fence_ipmilan_through_ipmi_sim_and_its_service
         );
     }
     assert!(!events.contains(PASSWORD));
+    // The operator powers the victim back on through its BMC; it boots and rejoins.
+    let (code, out) = ipmilan(&c, other, owner, "on");
+    assert_eq!(code, Some(0), "fence_ipmilan on: {out}");
+    ok(c.wait(
+        "the victim powered on by IPMI and back in the ring",
+        Duration::from_secs(40),
+        |c| !c.is_off(owner) && c.sees(owner, &all(2), true) && c.sees(other, &all(2), true),
+    ));
+    // Now the new owner hangs (SIGSTOP): the other node fences it through its own BMC.
+    ok(c.pause(other));
+    ok(c.wait(
+        "the hung node fenced through its BMC and web back on the first node",
+        Duration::from_secs(60),
+        |c| {
+            c.is_off(other)
+                && c.holders(IP).contains(&owner)
+                && service(c, owner, "web")["state"] == "Started"
+        },
+    ));
+    let oname2 = &c.names()[other];
+    let events = log_text(&c, owner);
+    assert!(
+        events.contains(&format!(
+            "{oname2} fenced by {} with method ipmi (device bmc{})",
+            c.names()[owner],
+            other + 1
+        )),
+        "{events}"
+    );
+    let hook = std::fs::read_to_string(dir.path().join(format!("bmc{}/hook.log", other + 1)))
+        .unwrap_or_default();
+    assert!(
+        hook.contains("set power 0"),
+        "ipmi_sim's power hook: {hook}"
+    );
 }
 
 #[test]
