@@ -398,16 +398,10 @@ fn time_of_day(text: &str) -> Option<f64> {
     Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
 }
 
-/// The recovery event must name when the node was fenced. Today it names
-/// when the node was lost: the resource manager stamps the fence outcome
-/// with the last agreed time (crates/stack rmglue.rs `handle_fenced` uses
-/// `self.agreed`, which only moves with resource-manager messages), so a
-/// fencing that took 3 s reads as if it happened at the loss.
-#[test]
-#[ignore = "bug: rm's 'fenced by ... at T' names the loss time, not the fence time (stack rmglue.rs handle_fenced)"]
-fn the_recovery_event_names_the_time_of_fencing() {
-    let dir = tempfile::tempdir().unwrap();
-    let hang = dir.path().join("fence_hang");
+/// Three nodes whose first fence method hangs for 3 s (then is killed) and
+/// whose second is the power switch.
+fn slow_then_power(dir: &Path) -> LabCluster {
+    let hang = dir.join("fence_hang");
     write_script(&hang, "#!/bin/sh\ncat >/dev/null\nexec sleep 600\n");
     let mut conf = Conf::new(3);
     conf.devices = format!(
@@ -419,7 +413,19 @@ fn the_recovery_event_names_the_time_of_fencing() {
             r#"<fence><method name="slow"><device name="stuck" port="{n}"/></method><method name="power"><device name="pdu" port="{n}" action="off"/></method></fence>"#
         )
     });
-    let c = conf.start(dir.path());
+    conf.start(dir)
+}
+
+/// The recovery event must name when the node was fenced. Today it names
+/// when the node was lost: the resource manager stamps the fence outcome
+/// with the last agreed time (crates/stack rmglue.rs `handle_fenced` uses
+/// `self.agreed`, which only moves with resource-manager messages), so a
+/// fencing that took 3 s reads as if it happened at the loss.
+#[test]
+#[ignore = "bug: rm's 'fenced by ... at T' names the loss time, not the fence time (stack rmglue.rs handle_fenced)"]
+fn the_recovery_event_names_the_time_of_fencing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = slow_then_power(dir.path());
     boot(&c);
     let owner = web_started(&c, 0);
     let fencer = (0..3).find(|i| *i != owner).unwrap();
@@ -444,5 +450,47 @@ fn the_recovery_event_names_the_time_of_fencing() {
     assert!(
         (said - fenced_at).abs() < 1.0,
         "'{moved}' should name the fencing at {fenced_at:.3} s of the day, not {said:.3}"
+    );
+}
+
+/// `quorate fence status` (text) must name the victim, while it waits and
+/// once fenced. Today it prints "victim : ..." and "fenced : method power by
+/// n2": crates/quorate/src/cmd/admin.rs `render_fence_status` reads
+/// `vic["victim"]` and `f["victim"]`, but the JSON fields are `node`
+/// (fence::VictimStatus::node, fence::FencedRecord::node).
+#[test]
+#[ignore = "bug: quorate fence status text leaves the victim's name empty (admin.rs render_fence_status reads \"victim\", the field is \"node\")"]
+fn fence_status_text_names_the_victim() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = slow_then_power(dir.path());
+    boot(&c);
+    let owner = web_started(&c, 0);
+    let fencer = (0..3).find(|i| *i != owner).unwrap();
+    let oname = c.names()[owner].clone();
+    ok(c.crash(owner));
+    let mut waiting = None;
+    ok(c.wait("the owner fenced", Duration::from_secs(60), |c| {
+        if waiting.is_none() {
+            let o = cli(c, fencer, &["fence", "status"]);
+            let t = String::from_utf8_lossy(&o.stdout).into_owned();
+            if t.contains("victim ") {
+                waiting = Some(t);
+            }
+        }
+        c.is_off(owner)
+    }));
+    let waiting = waiting.expect("fence status listed the victim during the 3 s hang");
+    assert!(
+        waiting.contains(&format!("victim {oname}: running_agent")),
+        "{waiting}"
+    );
+    let o = cli(&c, fencer, &["fence", "status"]);
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        t.contains(&format!(
+            "fenced {oname}: method power by {}",
+            c.names()[fencer]
+        )),
+        "{t}"
     );
 }
