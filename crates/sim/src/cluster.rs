@@ -1061,7 +1061,17 @@ impl ClusterSim {
             match &view {
                 None => view = Some(v),
                 Some(v0) if *v0 != v => {
-                    return Err(format!("{}'s replica differs: {v:?} vs {v0:?}", n.name))
+                    let diff = v
+                        .services
+                        .iter()
+                        .zip(&v0.services)
+                        .find(|(a, b)| a != b)
+                        .map(|(a, b)| format!("{a:?} vs {b:?}"))
+                        .unwrap_or_else(|| format!("{:?} vs {:?}", v.members, v0.members));
+                    return Err(format!(
+                        "{}'s replica differs from the first node's: {diff}",
+                        n.name
+                    ));
                 }
                 _ => {}
             }

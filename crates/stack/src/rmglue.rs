@@ -15,19 +15,25 @@
 //!
 //! # State transfer
 //! Nodes that were apart have diverged (a restarted node knows nothing; a
-//! partition that lost quorum stopped everything). After a configuration with
-//! joiners, every member multicasts an [`RmMsg::Sync`] carrying its snapshot
-//! *as of that configuration change* and whether it was quorate before it.
-//! Until every member's sync message is delivered the replica only buffers
-//! inputs. Then every member adopts the same snapshot: the one of the lowest
-//! node id among members that were quorate (else of the lowest node id),
-//! applies the new membership, and replays the buffered inputs. All members
-//! receive the same sync messages and buffered inputs (virtual synchrony), so
-//! all end equal. A further configuration change during a sync restarts it.
+//! partition that lost quorum stopped everything). At every regular
+//! configuration, every member multicasts an [`RmMsg::Sync`] carrying its
+//! snapshot *as of that configuration change* and the last ring in which it
+//! was quorate. Until every member's sync message is delivered the replica
+//! only buffers inputs. Then every member adopts the same snapshot: the one
+//! of the replica that was quorate most recently (the highest such ring;
+//! ties: the lowest node id), applies the new membership, and replays the
+//! buffered inputs. All members receive the same sync messages and buffered
+//! inputs (virtual synchrony), so all end equal. A further configuration
+//! change during a sync restarts it.
+//!
+//! Why every configuration and not only those with joiners: members can
+//! disagree on who joined (a node that was paused through a partition never
+//! saw the others leave), so a rule based on joins lets some members wait for
+//! sync messages that others never send.
 
 use base::{Instant, NodeId};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// A message of the resource manager, multicast in agreed order.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -48,6 +54,9 @@ pub enum RmMsg {
         /// The last ring in which the sender's replica was quorate (0: never).
         #[serde(default)]
         quorate_ring: u64,
+        /// The sender's agreed clock at the configuration change (ns).
+        #[serde(default)]
+        agreed_ns: u64,
         /// The sender's state at the configuration change.
         snapshot: rm::Snapshot,
     },
@@ -69,8 +78,11 @@ struct Syncing {
     ring: u64,
     members: Vec<NodeId>,
     quorate: bool,
-    got: BTreeMap<NodeId, (u64, rm::Snapshot)>,
-    buffered: Vec<(Instant, rm::Input)>,
+    got: BTreeMap<NodeId, (u64, u64, rm::Snapshot)>,
+    /// Inputs delivered during the sync, with the sender's stamp for those
+    /// that came as messages (the others take the agreed time as it is when
+    /// they are replayed).
+    buffered: Vec<(Option<u64>, rm::Input)>,
 }
 
 /// One node's replica.
@@ -81,7 +93,6 @@ pub struct RmReplica {
     agreed: Instant,
     sync: Option<Syncing>,
     outbox: Vec<RmMsg>,
-    known_members: BTreeSet<NodeId>,
     /// The ring of the current configuration.
     ring: u64,
     /// The last ring in which this replica was quorate (0: never).
@@ -97,7 +108,6 @@ impl RmReplica {
             agreed: Instant::ZERO,
             sync: None,
             outbox: Vec::new(),
-            known_members: BTreeSet::new(),
             ring: 0,
             quorate_ring: 0,
         })
@@ -148,21 +158,11 @@ impl RmReplica {
     /// that holds at that point.
     pub fn handle_membership(&mut self, ring: u64, members: Vec<NodeId>, quorate: bool) {
         self.ring = ring;
-        let joined = members.iter().any(|m| !self.known_members.contains(m));
-        self.known_members = members.iter().copied().collect();
-        if !joined {
-            if let Some(s) = &mut self.sync {
-                // Somebody left during a sync: wait only for those still here.
-                s.members = members.clone();
-                s.quorate = quorate;
-                s.got.retain(|n, _| members.contains(n));
-                self.try_finish_sync();
-            } else {
-                let at = self.agreed;
-                self.apply(at, rm::Input::Membership { members, quorate });
-            }
-            return;
-        }
+        // Every configuration change starts a state transfer, whoever joined
+        // or left: members can disagree on who joined (a node that was
+        // paused never saw the others leave), and only a rule that depends
+        // on nothing but the configuration itself makes them all wait for
+        // the same sync messages.
         let was_quorate = self.sched.quorate();
         let quorate_ring = self.quorate_ring;
         // A sync in progress restarts from the state we had before it; the
@@ -175,6 +175,7 @@ impl RmReplica {
             ring,
             was_quorate,
             quorate_ring,
+            agreed_ns: self.agreed.0,
             snapshot,
         });
         self.sync = Some(Syncing {
@@ -217,7 +218,7 @@ impl RmReplica {
 
     fn ordered(&mut self, at: Instant, input: rm::Input) {
         match &mut self.sync {
-            Some(s) => s.buffered.push((at, input)),
+            Some(s) => s.buffered.push((None, input)),
             None => self.apply(at, input),
         }
     }
@@ -229,15 +230,21 @@ impl RmReplica {
     /// states precede the last sync message in the order.
     pub fn handle_message(&mut self, from: NodeId, msg: RmMsg, quorate: bool) {
         match msg {
-            RmMsg::Input { at_ns, input } => {
-                self.agreed = self.agreed.max(Instant(at_ns));
-                let at = self.agreed;
-                self.ordered(at, input);
-            }
+            RmMsg::Input { at_ns, input } => match &mut self.sync {
+                // Replicas may enter a sync with different clocks: the stamp
+                // is applied after the sync, from the agreed clock then.
+                Some(s) => s.buffered.push((Some(at_ns), input)),
+                None => {
+                    self.agreed = self.agreed.max(Instant(at_ns));
+                    let at = self.agreed;
+                    self.apply(at, input);
+                }
+            },
             RmMsg::Sync {
                 ring,
                 was_quorate,
                 quorate_ring,
+                agreed_ns,
                 snapshot,
             } => {
                 // A sender that was quorate just before this configuration
@@ -250,7 +257,7 @@ impl RmReplica {
                 };
                 if let Some(s) = &mut self.sync {
                     if s.ring == ring && s.members.contains(&from) {
-                        s.got.insert(from, (q, snapshot));
+                        s.got.insert(from, (q, agreed_ns, snapshot));
                     }
                     s.quorate = quorate;
                 }
@@ -273,12 +280,15 @@ impl RmReplica {
         // a member, so the highest ring in which a replica was quorate is the
         // latest state that was allowed to act. A node that was never quorate
         // (one that just booted, say) offers nothing. Ties: the lowest id.
-        let best = s.got.values().map(|(q, _)| *q).max().unwrap_or(0);
+        let best = s.got.values().map(|(q, _, _)| *q).max().unwrap_or(0);
         let chosen = s
             .got
             .iter()
-            .find(|(_, (q, _))| *q == best)
-            .map(|(_, (_, snap))| snap.clone());
+            .find(|(_, (q, _, _))| *q == best)
+            .map(|(_, (_, _, snap))| snap.clone());
+        // Every member leaves the sync with the same clock: the latest of
+        // the clocks the members reported.
+        self.agreed = Instant(s.got.values().map(|(_, a, _)| *a).max().unwrap_or(0));
         if let Some(snap) = chosen {
             let at = self.agreed;
             self.sched = rm::Scheduler::from_snapshot(self.me, snap, at);
@@ -292,7 +302,11 @@ impl RmReplica {
                 quorate: s.quorate,
             },
         );
-        for (at, input) in s.buffered {
+        for (stamp, input) in s.buffered {
+            if let Some(ns) = stamp {
+                self.agreed = self.agreed.max(Instant(ns));
+            }
+            let at = self.agreed;
             self.apply(at, input);
         }
     }
