@@ -144,7 +144,7 @@ pub struct VictimStatus {
     pub tries: u32,
     /// Full rounds over all methods that failed.
     pub rounds: u32,
-    /// The last agent error.
+    /// The last agent error, prefixed with the method and device that gave it.
     pub last_error: Option<String>,
     /// The method last tried.
     pub last_method: Option<String>,
@@ -1029,7 +1029,9 @@ impl FenceDomain {
             Ok(()) => true,
             Err(e) => {
                 warn!(victim = %node, method = %method.name, device = %dev_name, action = %step.action, error = %e, "fence agent failed");
-                v.last_error = Some(e.clone());
+                // Self-contained: last_method/last_device move on to the next
+                // run while this error stays the last one.
+                v.last_error = Some(format!("method {} device {dev_name}: {e}", method.name));
                 self.push_event(Event::AgentFailed {
                     victim: node,
                     method: method.name.clone(),

@@ -220,7 +220,11 @@ fn methods_in_order_failure_falls_through_and_on_failure_is_dont_care() {
         ),
         (1, "ipmi", "fence_ipmilan", "reboot")
     );
-    assert_eq!(d.status().victims[0].last_error.as_deref(), Some("exit 1"));
+    assert_eq!(
+        d.status().victims[0].last_error.as_deref(),
+        Some("method 1 device psu2: exit 1"),
+        "the error names the method and device it came from, while the next method runs"
+    );
     d.handle_agent_result(t(6300), r.run_id, Ok(()));
     let acts = actions(&mut d);
     assert_eq!(acts.len(), 1);
@@ -671,7 +675,7 @@ fn status_text_json_and_outcome_wire_form() {
         "{text}"
     );
     assert!(
-        text.contains("last error: fence agent fence_quorate"),
+        text.contains("last error: method 1 device psu1: fence agent fence_quorate"),
         "{text}"
     );
     let json = serde_json::to_value(&st).unwrap();
