@@ -496,3 +496,103 @@ fn fence_status_text_names_the_victim() {
         "{t}"
     );
 }
+
+/// fenced's rule: after every method failed, wait override_time and start
+/// again, forever; nothing the victim held is recovered meanwhile, and the
+/// daemon keeps answering. The BMC "comes back" when the flag file goes.
+#[test]
+fn a_failing_fence_agent_is_retried_in_rounds_and_nothing_moves_until_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("bmc-down");
+    let agent = dir.path().join("fence_flaky");
+    let mut conf = Conf::new(3);
+    conf.fence_daemon = r#"post_fail_delay="0" clean_start="1" override_time="1""#.into();
+    conf.fence = Box::new(|_, _, n| {
+        format!(
+            r#"<fence><method name="flaky"><device name="flaky" port="{n}" action="off"/></method></fence>"#
+        )
+    });
+    // The lab puts the switch's socket at DIR/pdu.sock (checked below).
+    conf.devices = format!(
+        r#"<fencedevice name="flaky" agent="{}" socket="{}"/>"#,
+        agent.display(),
+        dir.path().join("pdu.sock").display()
+    );
+    let c = conf.start(dir.path());
+    // Fails while the flag exists; then it is the power switch's agent
+    // (which reads the same key=value lines from stdin).
+    write_script(
+        &agent,
+        &format!(
+            "#!/bin/sh\nif [ -e {flag} ]; then echo 'simulated: BMC does not answer' >&2; exit 1; fi\nexec {fq}\n",
+            flag = flag.display(),
+            fq = c.files().agent.display()
+        ),
+    );
+    assert_eq!(c.files().socket, dir.path().join("pdu.sock"));
+    boot(&c);
+    let owner = web_started(&c, 0);
+    let fencer = (0..3).find(|i| *i != owner).unwrap();
+    let oname = c.names()[owner].clone();
+    std::fs::write(&flag, "").unwrap();
+    ok(c.crash(owner));
+    ok(c.wait(
+        "two failed rounds over every method",
+        Duration::from_secs(40),
+        |c| {
+            c.ask(fencer, "fence.status")
+                .is_some_and(|v| v["victims"][0]["rounds"].as_u64() >= Some(2))
+        },
+    ));
+    let v = c.ask(fencer, "fence.status").unwrap()["victims"][0].clone();
+    let err = v["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("method flaky device flaky")
+            && err.contains("exit code 1")
+            && err.contains("simulated: BMC does not answer"),
+        "the last error says which device failed and what it printed: {v}"
+    );
+    assert_eq!(v["name"], oname.as_str(), "{v}");
+    // Not fenced, so not recovered: web waits, on every survivor's view.
+    holds_for(&c, "web waits for fencing", Duration::from_secs(2), |c| {
+        let h = c.holders(IP);
+        !c.is_off(owner)
+            && h.iter().all(|i| *i == owner)
+            && (0..3)
+                .filter(|i| *i != owner)
+                .all(|i| service(c, i, "web")["state"] == "Recovering")
+    });
+    let st = c.ask(fencer, "status").unwrap();
+    assert!(
+        st["fence_blocked"].to_string().contains(&oname),
+        "status says what is blocked on fencing: {st}"
+    );
+    // The device answers again: the next round fences and web moves.
+    std::fs::remove_file(&flag).unwrap();
+    ok(c.wait(
+        "fenced in a later round and web moved",
+        Duration::from_secs(30),
+        |c| {
+            c.is_off(owner)
+                && c.holders(IP).iter().any(|h| *h != owner)
+                && service(c, fencer, "web")["state"] == "Started"
+        },
+    ));
+    let events = log_text(&c, fencer);
+    let failures = events
+        .lines()
+        .filter(|l| {
+            l.contains(&format!(
+                "fencing {oname} with method flaky device flaky failed"
+            ))
+        })
+        .count();
+    assert!(failures >= 2, "each failed try is logged:\n{events}");
+    assert!(
+        events.contains(&format!(
+            "{oname} fenced by {} with method flaky (device flaky)",
+            c.names()[fencer]
+        )),
+        "{events}"
+    );
+}

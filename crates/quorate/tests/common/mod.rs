@@ -24,6 +24,8 @@ pub struct Conf {
     pub cman: String,
     /// Extra elements under `<cluster>` (quorumd...).
     pub extra: String,
+    /// The attributes of `<fence_daemon>`.
+    pub fence_daemon: String,
     /// Each node's `<fence>` section; by default one method `power`
     /// with the lab's power switch (`pdu`), action off.
     pub fence: FenceFn,
@@ -67,6 +69,7 @@ impl Conf {
             token_ms: 1000,
             cman: "<cman/>".into(),
             extra: String::new(),
+            fence_daemon: r#"post_fail_delay="0" clean_start="1""#.into(),
             fence: Box::new(|_, _, n| power_fence(n)),
             devices: String::new(),
             rm_attrs: String::new(),
@@ -91,7 +94,7 @@ impl Conf {
 <cluster name="lab" config_version="{version}">
   {cman}
   <totem token="{token}" keyfile="{key}"/>
-  <fence_daemon post_fail_delay="0" clean_start="1"/>
+  <fence_daemon {fence_daemon}/>
   {extra}
   <clusternodes>{nodes}
   </clusternodes>
@@ -108,6 +111,7 @@ impl Conf {
             token = self.token_ms,
             key = f.authkey.display(),
             extra = self.extra,
+            fence_daemon = self.fence_daemon,
             agent = f.agent.display(),
             socket = f.socket.display(),
             devices = self.devices,
