@@ -502,6 +502,13 @@ struct Replicated {
     leaving: BTreeSet<NodeId>,
     next_op: OpId,
     services: BTreeMap<String, Svc>,
+    /// This state has been quorate at least once (false only on a cold start).
+    #[serde(default)]
+    ever_quorate: bool,
+    /// Cold start with startup fencing: configured nodes not seen since the
+    /// cluster formed. Nothing is placed until each has joined or been fenced.
+    #[serde(default)]
+    startup_unseen: BTreeSet<NodeId>,
 }
 
 /// The replicated state, for a node that joins: taken by a member at the
@@ -580,6 +587,8 @@ impl Scheduler {
                 leaving: BTreeSet::new(),
                 next_op: 0,
                 services,
+                ever_quorate: false,
+                startup_unseen: BTreeSet::new(),
             },
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -842,6 +851,9 @@ impl Scheduler {
         }
         for &n in new.difference(&old) {
             self.st.needs_rejoin.remove(&n);
+            if self.st.startup_unseen.remove(&n) {
+                self.st.fence_pending.remove(&n);
+            }
             let msg = if self.st.fence_pending.contains(&n) {
                 format!(
                     "{} joined, but it has not been fenced yet; it gets no service until it is",
@@ -853,6 +865,7 @@ impl Scheduler {
             self.event(now, None, msg);
         }
         self.st.members = new;
+        self.cold_start_check(now);
         // A membership change is a transition: failed-start memories and
         // operator stops are re-evaluated (rgmanager's "stopped" semantics).
         for svc in self.st.services.values_mut() {
@@ -933,8 +946,47 @@ impl Scheduler {
 
     fn handle_quorum(&mut self, now: Instant, quorate: bool) {
         if self.set_quorate(now, quorate) {
+            self.cold_start_check(now);
             self.reconcile(now);
         }
+    }
+
+    /// The first quorum of a cold-started cluster: with startup fencing,
+    /// configured nodes that are not members must join or be fenced before
+    /// anything is placed (they may still run services from before the
+    /// outage), as rgmanager waited for fenced's startup fencing.
+    fn cold_start_check(&mut self, now: Instant) {
+        if !self.st.quorate || self.st.ever_quorate {
+            return;
+        }
+        self.st.ever_quorate = true;
+        if !self.st.config.startup_fencing {
+            return;
+        }
+        let absent: Vec<NodeId> = self
+            .st
+            .config
+            .nodes
+            .iter()
+            .map(|n| n.id)
+            .filter(|n| !self.st.members.contains(n))
+            .collect();
+        if absent.is_empty() {
+            return;
+        }
+        for n in &absent {
+            self.st.startup_unseen.insert(*n);
+            self.st.fence_pending.insert(*n);
+        }
+        let names: Vec<String> = absent.iter().map(|n| self.node_name(*n)).collect();
+        self.event(
+            now,
+            None,
+            format!(
+                "cold start: {} not seen since the cluster formed; services wait until they join or are fenced (startup fencing; clean_start=\"1\" in <fence_daemon> skips it)",
+                names.join(", ")
+            ),
+        );
     }
 
     /// Record the quorum state; true if it changed.
@@ -969,6 +1021,7 @@ impl Scheduler {
     }
 
     fn handle_fenced(&mut self, now: Instant, victim: NodeId, method: &str) {
+        self.st.startup_unseen.remove(&victim);
         let pending = self.st.fence_pending.remove(&victim);
         let member = self.st.members.contains(&victim);
         if !pending && !member {
@@ -1886,6 +1939,19 @@ impl Scheduler {
         }
         if !self.st.quorate {
             svc.reason = "waiting for quorum".into();
+            return;
+        }
+        if !self.st.startup_unseen.is_empty() {
+            let names: Vec<String> = self
+                .st
+                .startup_unseen
+                .iter()
+                .map(|n| self.node_name(*n))
+                .collect();
+            svc.reason = format!(
+                "cold start: waiting for {} to join or be fenced (startup fencing)",
+                names.join(", ")
+            );
             return;
         }
         if let Some(dep) = svc.spec.depend.clone() {

@@ -266,6 +266,11 @@ impl ServiceSpec {
 pub struct ClusterSpec {
     /// `config_version`; a change is accepted only if it is higher.
     pub config_version: u64,
+    /// Startup fencing is on (`clean_start="0"`, RHCS's default): at a cold
+    /// start nothing is placed until every configured node has joined or
+    /// been fenced, as rgmanager waited for the fence domain.
+    #[serde(default)]
+    pub startup_fencing: bool,
     /// All configured nodes.
     pub nodes: Vec<NodeSpec>,
     /// All services and vms.

@@ -45,6 +45,7 @@ impl H {
     fn new(k: u32, services: Vec<ServiceSpec>) -> H {
         let cfg = ClusterSpec {
             config_version: 1,
+            startup_fencing: false,
             nodes: nodes(k),
             services,
         };
@@ -866,6 +867,7 @@ fn dependency_cycle_is_refused() {
     b.depend = Some("a".into());
     let cfg = ClusterSpec {
         config_version: 1,
+        startup_fencing: false,
         nodes: nodes(2),
         services: vec![a, b],
     };

@@ -195,6 +195,7 @@ fn config(k: u32) -> ClusterSpec {
     excl.exclusive = true;
     ClusterSpec {
         config_version: 1,
+        startup_fencing: false,
         nodes: (1..=k)
             .map(|i| NodeSpec {
                 id: n(i),

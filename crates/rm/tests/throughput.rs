@@ -44,6 +44,7 @@ fn replica_input_throughput() {
         .collect();
     let cfg = ClusterSpec {
         config_version: 1,
+        startup_fencing: false,
         nodes,
         services,
     };

@@ -61,6 +61,7 @@ async fn scheduler_actions_run_and_a_dead_daemon_is_restarted() {
     svc.resources = vec![dummy, sc];
     let spec = ClusterSpec {
         config_version: 1,
+        startup_fencing: false,
         nodes: vec![NodeSpec {
             id: ME,
             name: "an-node01".into(),

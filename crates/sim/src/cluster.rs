@@ -445,7 +445,10 @@ fn render_conf(
         ));
         services.push(name);
     }
-    let clean_start = if r.chance(0.5) { "1" } else { "0" };
+    // RHCS's default: startup fencing. (clean_start="1" is the operator
+    // accepting that a node absent at a cold start may still run services,
+    // which is exactly what the checker would flag.)
+    let clean_start = "0";
     let text = format!(
         r#"<?xml version="1.0"?>
 <cluster name="sim" config_version="1">
@@ -809,8 +812,7 @@ impl ClusterSim {
                     .fenced_at
                     .get(&host)
                     .is_some_and(|t| *t >= lost_at);
-                let rebooted = self.nodes[self.idx(host)].booted_at > lost_at
-                    && self.nodes[self.idx(host)].stack.is_some();
+                let rebooted = self.nodes[self.idx(host)].booted_at > lost_at;
                 if !fenced && !rebooted {
                     return Err(self.fail(format!(
                         "{name} starts {service}, last run by n{} which lost power at {lost_at} \
@@ -906,6 +908,7 @@ impl ClusterSim {
                         }
                     }
                     self.world.procs.insert(service.clone(), node);
+                    self.world.lost_with_power.remove(&service);
                     self.world.dead.remove(&(service.clone(), node));
                     self.starts += 1;
                 }
@@ -923,6 +926,7 @@ impl ClusterSim {
             rm::Action::StopService { service, op, .. } => {
                 if self.world.procs.get(&service) == Some(&node) {
                     self.world.procs.remove(&service);
+                    self.world.lost_with_power.remove(&service);
                 }
                 self.world.dead.remove(&(service.clone(), node));
                 self.log(format!("{name}: stop of {service} succeeds"));

@@ -267,6 +267,9 @@ pub fn rm_spec(conf: &ClusterConf) -> rm::ClusterSpec {
     }
     rm::ClusterSpec {
         config_version: conf.config_version,
+        // As fenced: startup fencing unless clean_start, or post_join_delay -1.
+        startup_fencing: !*conf.fence_daemon.clean_start.get()
+            && *conf.fence_daemon.post_join_delay.get() >= 0,
         nodes: conf
             .nodes
             .iter()

@@ -320,6 +320,7 @@ mod tests {
     fn spec() -> ClusterSpec {
         ClusterSpec {
             config_version: 1,
+            startup_fencing: false,
             nodes: (1..=3)
                 .map(|i| NodeSpec {
                     id: NodeId(i),
