@@ -207,3 +207,58 @@ fn a_restricted_domain_with_no_member_left_leaves_the_service_stopped() {
         c.holders(IP) == [2] && service(c, 0, "web")["state"] == "Started"
     }));
 }
+
+#[test]
+fn an_ordered_nofailback_domain_keeps_the_service_where_it_went_when_the_preferred_node_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default domain: ordered n1 > n2 > n3, nofailback="1".
+    let c = Conf::new(3).start(dir.path());
+    boot(&c);
+    // Put web on n1, the most preferred node (clusvcadm -r web -m n1), unless
+    // the first quorate ring already put it there.
+    if web_started(&c, 0) != 0 {
+        let out = cli(
+            &c,
+            1,
+            &["svc", "relocate", "web", "-m", "n1", "--timeout", "30"],
+        );
+        assert!(
+            out.status.success(),
+            "relocate to n1: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    ok(c.wait("web on n1", Duration::from_secs(15), |c| {
+        c.holders(IP) == [0]
+    }));
+    ok(c.crash(0));
+    ok(c.wait(
+        "n1 fenced and web on n2, the next in the domain",
+        Duration::from_secs(30),
+        |c| {
+            c.is_off(0)
+                && c.holders(IP).contains(&1)
+                && service(c, 1, "web")["state"] == "Started"
+                && service(c, 1, "web")["owner_name"] == "n2"
+        },
+    ));
+    ok(c.power_on(0));
+    ok(c.wait(
+        "n1 back in the ring with the resource manager in sync",
+        Duration::from_secs(40),
+        |c| {
+            c.sees(0, &all(3), true)
+                && c.ask(0, "status").is_some_and(|v| {
+                    v["rm_syncing"] == false && v["services"][0]["owner_name"] == "n2"
+                })
+        },
+    ));
+    // nofailback: web stays on n2 although n1 is preferred and back.
+    holds_for(&c, "web stays on n2", Duration::from_secs(3), |c| {
+        c.holders(IP) == [1]
+            && (0..3).all(|i| {
+                let s = service(c, i, "web");
+                s["owner_name"] == "n2" && s["state"] == "Started"
+            })
+    });
+}
