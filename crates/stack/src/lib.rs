@@ -264,8 +264,63 @@ impl Stack {
     }
 
     /// The next piece of work for the driver.
+    ///
+    /// A fence agent run or a service start decided while quorate is not
+    /// handed out once quorum is gone (the same input can bring both): it is
+    /// reported as failed instead, and the layers wait for quorum.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        loop {
+            let a = self.actions.pop_front()?;
+            if self.quorum.is_quorate() {
+                return Some(a);
+            }
+            match a {
+                Action::RunFenceAgent(run) => {
+                    self.note(format!(
+                        "fence: not running {} against {}: quorum was lost before it could begin",
+                        run.agent,
+                        self.name_of(run.victim)
+                    ));
+                    self.fence.handle_agent_result(
+                        self.now.mono,
+                        run.run_id,
+                        Err("not run: quorum lost".into()),
+                    );
+                    self.after();
+                }
+                Action::RunService(action)
+                    if matches!(
+                        action,
+                        rm::Action::StartService { .. } | rm::Action::Migrate { .. }
+                    ) =>
+                {
+                    let (service, op, outcome) = match action {
+                        rm::Action::StartService { service, op, .. } => {
+                            (service, op, rm::Outcome::StartFailed)
+                        }
+                        rm::Action::Migrate { service, op, .. } => {
+                            (service, op, rm::Outcome::MigrateFailed)
+                        }
+                        _ => unreachable!("matched above"),
+                    };
+                    self.note(format!(
+                        "rm: not starting {service} here: quorum was lost before it could begin"
+                    ));
+                    if self.running_ops.get(&service) == Some(&op) {
+                        self.running_ops.remove(&service);
+                    }
+                    let report = rm::Report {
+                        node: self.plan.me,
+                        service,
+                        op,
+                        outcome,
+                    };
+                    self.send_rm_input(rm::Input::Result(report));
+                    self.after();
+                }
+                other => return Some(other),
+            }
+        }
     }
 
     /// The next line for the event log ("why is it like this").
@@ -730,7 +785,9 @@ impl Stack {
                 // The resource manager learns the membership with the quorum
                 // that holds at this point of the order.
                 let quorate = self.quorum.is_quorate();
-                self.rm.handle_membership(ring, c.members.clone(), quorate);
+                let fencing = self.fence.blocked();
+                self.rm
+                    .handle_membership(ring, c.members.clone(), quorate, self.now.wall, fencing);
                 self.confsync
                     .handle_membership(now, ring, &c.members, &c.joined);
                 self.feed_confsync_quorum();

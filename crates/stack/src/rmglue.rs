@@ -54,9 +54,14 @@ pub enum RmMsg {
         /// The last ring in which the sender's replica was quorate (0: never).
         #[serde(default)]
         quorate_ring: u64,
-        /// The sender's agreed clock at the configuration change (ns).
+        /// The sender's agreed clock at the configuration change (ns), or its
+        /// wall clock if later: the agreed clock also moves at membership
+        /// changes.
         #[serde(default)]
         agreed_ns: u64,
+        /// Nodes the sender's fence domain still holds as victims.
+        #[serde(default)]
+        fencing: Vec<NodeId>,
         /// The sender's state at the configuration change.
         snapshot: rm::Snapshot,
     },
@@ -79,6 +84,8 @@ struct Syncing {
     members: Vec<NodeId>,
     quorate: bool,
     got: BTreeMap<NodeId, (u64, u64, rm::Snapshot)>,
+    /// Victims any member's fence domain still holds.
+    fencing: std::collections::BTreeSet<NodeId>,
     /// Inputs delivered during the sync, with the sender's stamp for those
     /// that came as messages (the others take the agreed time as it is when
     /// they are replayed).
@@ -156,7 +163,19 @@ impl RmReplica {
 
     /// A regular configuration, at its place in the order, with the quorum
     /// that holds at that point.
-    pub fn handle_membership(&mut self, ring: u64, members: Vec<NodeId>, quorate: bool) {
+    ///
+    /// `wall` is this node's wall clock; `fencing` the victims its fence
+    /// domain holds. A member that the resource manager waits to see fenced
+    /// but that no member's fence domain holds will never be fenced (its
+    /// fencer died, say): it is treated as rejoined without fencing.
+    pub fn handle_membership(
+        &mut self,
+        ring: u64,
+        members: Vec<NodeId>,
+        quorate: bool,
+        wall: Instant,
+        fencing: Vec<NodeId>,
+    ) {
         self.ring = ring;
         // Every configuration change starts a state transfer, whoever joined
         // or left: members can disagree on who joined (a node that was
@@ -175,7 +194,8 @@ impl RmReplica {
             ring,
             was_quorate,
             quorate_ring,
-            agreed_ns: self.agreed.0,
+            agreed_ns: self.agreed.max(wall).0,
+            fencing,
             snapshot,
         });
         self.sync = Some(Syncing {
@@ -183,6 +203,7 @@ impl RmReplica {
             members,
             quorate,
             got: BTreeMap::new(),
+            fencing: Default::default(),
             buffered: Vec::new(),
         });
     }
@@ -245,6 +266,7 @@ impl RmReplica {
                 was_quorate,
                 quorate_ring,
                 agreed_ns,
+                fencing,
                 snapshot,
             } => {
                 // A sender that was quorate just before this configuration
@@ -258,6 +280,7 @@ impl RmReplica {
                 if let Some(s) = &mut self.sync {
                     if s.ring == ring && s.members.contains(&from) {
                         s.got.insert(from, (q, agreed_ns, snapshot));
+                        s.fencing.extend(fencing);
                     }
                     s.quorate = quorate;
                 }
@@ -302,6 +325,19 @@ impl RmReplica {
                 quorate: s.quorate,
             },
         );
+        // Members still waited on for fencing that no fence domain holds.
+        let orphans: Vec<NodeId> = self
+            .sched
+            .view()
+            .members
+            .iter()
+            .filter(|m| m.online && m.fence_pending && !s.fencing.contains(&m.id))
+            .map(|m| m.id)
+            .collect();
+        for node in orphans {
+            let at = self.agreed;
+            self.apply(at, rm::Input::Rejoined { node });
+        }
         for (stamp, input) in s.buffered {
             if let Some(ns) = stamp {
                 self.agreed = self.agreed.max(Instant(ns));
@@ -352,7 +388,7 @@ mod tests {
         // Nodes 1 and 2 form a quorate cluster; web is placed on one of them.
         let m12 = vec![NodeId(1), NodeId(2)];
         for r in reps.iter_mut().take(2) {
-            r.handle_membership(10, m12.clone(), true);
+            r.handle_membership(10, m12.clone(), true, Instant::ZERO, Vec::new());
         }
         let syncs: Vec<(NodeId, RmMsg)> = reps
             .iter_mut()
@@ -390,7 +426,7 @@ mod tests {
         // Node 3 starts fresh and joins: all three sync to the quorate state.
         let m123 = vec![NodeId(1), NodeId(2), NodeId(3)];
         for r in reps.iter_mut() {
-            r.handle_membership(20, m123.clone(), true);
+            r.handle_membership(20, m123.clone(), true, Instant::ZERO, Vec::new());
         }
         let syncs: Vec<(NodeId, RmMsg)> = reps
             .iter_mut()
