@@ -311,7 +311,7 @@ fn failing_fence_methods_fall_through_to_the_power_switch() {
     let mut conf = Conf::new(3);
     conf.devices = format!(
         r#"<fencedevice name="nothere" agent="fence_not_installed_anywhere"/>
-    <fencedevice name="stuck" agent="{}" timeout="3"/>"#,
+    <fencedevice name="stuck" agent="{}" timeout="5"/>"#,
         hang.display()
     );
     // Methods in document order: a missing agent, a hanging one, the power switch.
@@ -328,7 +328,7 @@ fn failing_fence_methods_fall_through_to_the_power_switch() {
     // fenced's rule: the lowest node id among the members fences.
     let fencer = rest[0];
     ok(c.crash(owner));
-    // While the hanging agent runs, `fence status` already tells the first failure.
+    // While the hanging agent runs (5 s), `fence status` already tells the first failure.
     let mut seen_missing = None;
     ok(c.wait(
         "the owner fenced by the power switch and web moved",
@@ -359,7 +359,7 @@ fn failing_fence_methods_fall_through_to_the_power_switch() {
     assert_eq!(v["tries"], 1, "the missing agent was the first try: {v}");
     let events = log_text(&c, fencer);
     let gone = log_pos(&c, fencer, &format!("fencing {oname} with method gone device nothere failed: fence agent \"fence_not_installed_anywhere\" not found"));
-    let slow = log_pos(&c, fencer, &format!("fencing {oname} with method slow device stuck failed: fence agent {} action reboot hung for 3s and was killed", hang.display()));
+    let slow = log_pos(&c, fencer, &format!("fencing {oname} with method slow device stuck failed: fence agent {} action reboot hung for 5s and was killed", hang.display()));
     let power = log_pos(
         &c,
         fencer,
