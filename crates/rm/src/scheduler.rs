@@ -1941,6 +1941,22 @@ impl Scheduler {
             svc.reason = "waiting for quorum".into();
             return;
         }
+        if self.st.config.two_node {
+            let lost: Vec<String> = self
+                .st
+                .fence_pending
+                .iter()
+                .filter(|n| !self.st.members.contains(n))
+                .map(|n| self.node_name(*n))
+                .collect();
+            if !lost.is_empty() {
+                svc.reason = format!(
+                    "two_node: waiting for {} to be fenced before starting anything (both halves of a split keep quorum; fencing decides which survives)",
+                    lost.join(", ")
+                );
+                return;
+            }
+        }
         if !self.st.startup_unseen.is_empty() {
             let names: Vec<String> = self
                 .st

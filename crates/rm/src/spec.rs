@@ -271,6 +271,11 @@ pub struct ClusterSpec {
     /// been fenced, as rgmanager waited for the fence domain.
     #[serde(default)]
     pub startup_fencing: bool,
+    /// `<cman two_node="1">`: both halves of a split keep quorum and the fence
+    /// race decides, so while a member is lost and not yet fenced nothing is
+    /// started (the other half may be starting the same services).
+    #[serde(default)]
+    pub two_node: bool,
     /// All configured nodes.
     pub nodes: Vec<NodeSpec>,
     /// All services and vms.

@@ -46,6 +46,7 @@ impl H {
         let cfg = ClusterSpec {
             config_version: 1,
             startup_fencing: false,
+            two_node: false,
             nodes: nodes(k),
             services,
         };
@@ -868,6 +869,7 @@ fn dependency_cycle_is_refused() {
     let cfg = ClusterSpec {
         config_version: 1,
         startup_fencing: false,
+        two_node: false,
         nodes: nodes(2),
         services: vec![a, b],
     };

@@ -196,6 +196,7 @@ fn config(k: u32) -> ClusterSpec {
     ClusterSpec {
         config_version: 1,
         startup_fencing: false,
+        two_node: false,
         nodes: (1..=k)
             .map(|i| NodeSpec {
                 id: n(i),

@@ -45,6 +45,7 @@ fn replica_input_throughput() {
     let cfg = ClusterSpec {
         config_version: 1,
         startup_fencing: false,
+        two_node: false,
         nodes,
         services,
     };

@@ -62,6 +62,7 @@ async fn scheduler_actions_run_and_a_dead_daemon_is_restarted() {
     let spec = ClusterSpec {
         config_version: 1,
         startup_fencing: false,
+        two_node: false,
         nodes: vec![NodeSpec {
             id: ME,
             name: "an-node01".into(),

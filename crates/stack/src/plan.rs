@@ -270,6 +270,7 @@ pub fn rm_spec(conf: &ClusterConf) -> rm::ClusterSpec {
         // As fenced: startup fencing unless clean_start, or post_join_delay -1.
         startup_fencing: !*conf.fence_daemon.clean_start.get()
             && *conf.fence_daemon.post_join_delay.get() >= 0,
+        two_node: *conf.cman.two_node.get(),
         nodes: conf
             .nodes
             .iter()

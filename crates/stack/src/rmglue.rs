@@ -357,6 +357,7 @@ mod tests {
         ClusterSpec {
             config_version: 1,
             startup_fencing: false,
+            two_node: false,
             nodes: (1..=3)
                 .map(|i| NodeSpec {
                     id: NodeId(i),
