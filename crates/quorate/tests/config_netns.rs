@@ -164,6 +164,33 @@ fn a_pushed_config_reaches_every_node_and_a_node_that_was_down_takes_it_on_join(
                 && c.holders(IP2).len() == 1
         },
     ));
+    step("n3 in sync");
+    // A hand edit of n2's file is reported as drift, not adopted.
+    std::fs::write(
+        c.node_conf(1),
+        v2.replace(r#"config_version="2""#, r#"config_version="7""#),
+    )
+    .unwrap();
+    ok(c.wait(
+        "the hand edit on n2 reported as drift",
+        Duration::from_secs(30),
+        |c| {
+            c.ask(1, "config.status")
+                .is_some_and(|v| v["drift"]["on_disk_version"] == 7)
+        },
+    ));
+    step("drift reported");
+    assert!(
+        log_text(&c, 1).contains("hand edit on"),
+        "the event log says it too"
+    );
+    for i in 0..3 {
+        assert_eq!(
+            c.ask(i, "cman.status").unwrap()["config_version"],
+            2,
+            "a hand edit changes nothing in force"
+        );
+    }
 }
 
 #[test]
