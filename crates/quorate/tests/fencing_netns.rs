@@ -596,3 +596,36 @@ fn a_failing_fence_agent_is_retried_in_rounds_and_nothing_moves_until_it_succeed
         "{events}"
     );
 }
+
+/// The seed's two-node fence race: both sides of a split are quorate
+/// (two_node) and each tries to fence the other; `delay="3"` on the device
+/// that fences n1 makes n2 wait, so n1 shoots first and survives, whichever
+/// node ran the service.
+#[test]
+fn in_a_two_node_split_the_node_whose_device_has_a_delay_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conf = Conf::new(2);
+    conf.cman = r#"<cman expected_votes="1" two_node="1"/>"#.into();
+    conf.fence = Box::new(|_, i, n| {
+        let delay = if i == 0 { r#" delay="3""# } else { "" };
+        format!(
+            r#"<fence><method name="power"><device name="pdu" port="{n}" action="off"{delay}/></method></fence>"#
+        )
+    });
+    let c = conf.start(dir.path());
+    boot(&c);
+    web_started(&c, 0);
+    ok(c.lab().cut(0, 1).map_err(|e| e.to_string()));
+    ok(c.wait("n2 fenced by n1", Duration::from_secs(30), |c| c.is_off(1)));
+    holds_for(&c, "n1 survives the race", Duration::from_secs(5), |c| {
+        !c.is_off(0)
+    });
+    ok(c.wait("web on n1", Duration::from_secs(20), |c| {
+        c.holders(IP).contains(&0) && service(c, 0, "web")["state"] == "Started"
+    }));
+    let events = log_text(&c, 0);
+    assert!(
+        events.contains("n2 fenced by n1 with method power (device pdu)"),
+        "{events}"
+    );
+}
