@@ -74,9 +74,28 @@ impl Generator {
     }
 }
 
+/// CPU time (user + system, all threads) this process has used, from
+/// `/proc/self/stat`, in nanoseconds; `None` where there is no procfs.
+pub fn process_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // fields after the parenthesised command name: state is the first,
+    // utime and stime are the 12th and 13th
+    let mut f = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|t| *t > 0)?;
+    Some((utime + stime).saturating_mul(1_000_000_000 / tick))
+}
+
 /// What this node delivered.
 #[derive(Debug, Default)]
 pub struct Receiver {
+    /// Process CPU time at the last reset.
+    cpu_at_reset_ns: Option<u64>,
     count: u64,
     bytes: u64,
     first_ns: u64,
@@ -108,10 +127,14 @@ impl Receiver {
 
     /// Forget everything (before a new run).
     pub fn reset(&mut self) {
-        *self = Receiver::default();
+        *self = Receiver {
+            cpu_at_reset_ns: process_cpu_ns(),
+            ..Receiver::default()
+        };
     }
 
-    /// Counters and latency percentiles, as JSON.
+    /// Counters, latency percentiles and the CPU time this process used
+    /// since the last reset (`cpu_ns`, absent without procfs), as JSON.
     pub fn stats(&self) -> serde_json::Value {
         let mut l = self.latencies_us.clone();
         l.sort_unstable();
@@ -129,6 +152,9 @@ impl Receiver {
             "last_ns": self.last_ns,
             "latency_p50_us": pct(0.5),
             "latency_p99_us": pct(0.99),
+            "cpu_ns": self
+                .cpu_at_reset_ns
+                .and_then(|at| Some(process_cpu_ns()?.saturating_sub(at))),
         })
     }
 }
@@ -165,5 +191,19 @@ mod tests {
         assert!(s["latency_p99_us"].as_u64().unwrap() >= s["latency_p50_us"].as_u64().unwrap());
         r.reset();
         assert_eq!(r.stats()["count"], 0);
+    }
+
+    #[test]
+    fn cpu_time_since_reset_grows_with_work() {
+        let mut r = Receiver::default();
+        r.reset();
+        let before = r.stats()["cpu_ns"].as_u64().expect("procfs is mounted");
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = r.stats()["cpu_ns"].as_u64().unwrap();
+        assert!(after >= before + 20_000_000, "{before} -> {after} ns");
     }
 }

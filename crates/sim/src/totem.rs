@@ -110,6 +110,9 @@ pub struct Profile {
     pub safe_ratio: f64,
     /// Mean time between workload operations (cluster-wide).
     pub op_interval: Duration,
+    /// Flow control: (window_size, max_messages): quorate's default, corosync's
+    /// (50, 17), or a tiny window that makes senders wait for the token often.
+    pub window: (u32, u32),
 }
 
 impl Profile {
@@ -157,6 +160,7 @@ impl Profile {
             } else {
                 0.0
             },
+            window: (256, 64),
         }
     }
 }
@@ -509,6 +513,9 @@ impl Sim {
     pub fn new(opts: SimOptions) -> Sim {
         let mut rng = DetRng::new(opts.seed);
         let mut profile = Profile::derive(&mut rng, opts.faults);
+        // from its own stream, so every other draw of a seed stays as it was
+        let mut wr = DetRng::new(opts.seed ^ 0x7769_6e64_6f77);
+        profile.window = [(256, 64), (50, 17), (10, 4)][wr.below(3) as usize];
         if let Some(t) = opts.token {
             profile.token = t;
         }
@@ -607,6 +614,7 @@ impl Sim {
         c.rings = self.profile.rings;
         c.fail_recv_const = 50;
         c.hold = self.profile.hold;
+        (c.window_size, c.max_messages) = self.profile.window;
         c.key = self.key.clone();
         c.epoch = n.epoch;
         c.initial_ring_seq = n.ring_seq;

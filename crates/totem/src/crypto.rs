@@ -20,11 +20,21 @@
 //!
 //! The cipher key is SHA-256 over a domain tag and the authkey file's bytes,
 //! so an authkey of any length from 32 to 4096 bytes works, as corosync's.
+//!
+//! # Implementation
+//! XChaCha20-Poly1305 is HChaCha20 (key, first 16 nonce bytes) giving a
+//! subkey, then ChaCha20-Poly1305 (IETF, 12-byte nonce `0000 ‖ last 8 nonce
+//! bytes`) under it. The first 16 nonce bytes here are sender, epoch and the
+//! counter's high half, so the subkey changes only every 2^32 frames of one
+//! sender and boot: it is derived once and cached (per sender on receive,
+//! and only once a frame authenticated under it), and every frame is sealed
+//! and opened by `ring`'s assembly ChaCha20-Poly1305, in place. The bytes on
+//! the wire are exactly XChaCha20-Poly1305's (a test checks it against the
+//! `chacha20poly1305` crate); per 1 KiB frame this is several times cheaper.
 
 use crate::wire::{DecodeError, Message};
 use base::NodeId;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload as AeadPayload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -152,12 +162,47 @@ impl Window {
     }
 }
 
+/// A ChaCha20-Poly1305 key derived for one (sender, epoch, counter high half).
+struct Subkey {
+    /// First 16 bytes of the XChaCha nonce it was derived from.
+    prefix: [u8; 16],
+    key: LessSafeKey,
+}
+
+impl Subkey {
+    fn derive(master: &[u8; 32], prefix: [u8; 16]) -> Subkey {
+        let k = chacha20::hchacha::<chacha20::cipher::consts::U10>(master.into(), (&prefix).into());
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &k)
+            .expect("a 32-byte key is what CHACHA20_POLY1305 takes");
+        Subkey {
+            prefix,
+            key: LessSafeKey::new(key),
+        }
+    }
+}
+
+/// The 24-byte XChaCha nonce of a frame, split as the cipher uses it: the
+/// subkey prefix and the 12-byte inner nonce.
+fn nonce_parts(sender: NodeId, epoch: u64, ctr: u64) -> ([u8; 16], [u8; 12]) {
+    let mut prefix = [0u8; 16];
+    prefix[0..4].copy_from_slice(&sender.0.to_be_bytes());
+    prefix[4..12].copy_from_slice(&epoch.to_be_bytes());
+    prefix[12..16].copy_from_slice(&ctr.to_be_bytes()[0..4]);
+    let mut inner = [0u8; 12];
+    inner[4..8].copy_from_slice(&ctr.to_be_bytes()[4..8]);
+    (prefix, inner)
+}
+
 /// Seals outgoing and opens incoming frames for one node.
 pub struct Codec {
     me: NodeId,
     epoch: u64,
     counter: u64,
-    cipher: Option<XChaCha20Poly1305>,
+    master: Option<[u8; 32]>,
+    /// Subkey for our own frames.
+    own: Option<Subkey>,
+    /// Last subkey that authenticated a frame, per sender.
+    peers: BTreeMap<NodeId, Subkey>,
     windows: BTreeMap<NodeId, Window>,
 }
 
@@ -167,17 +212,9 @@ impl fmt::Debug for Codec {
             .field("me", &self.me)
             .field("epoch", &self.epoch)
             .field("counter", &self.counter)
-            .field("sealed", &self.cipher.is_some())
+            .field("sealed", &self.master.is_some())
             .finish()
     }
-}
-
-fn nonce(sender: NodeId, epoch: u64, ctr: u64) -> XNonce {
-    let mut n = [0u8; 24];
-    n[0..4].copy_from_slice(&sender.0.to_be_bytes());
-    n[4..12].copy_from_slice(&epoch.to_be_bytes());
-    n[12..20].copy_from_slice(&ctr.to_be_bytes());
-    XNonce::from(n)
 }
 
 impl Codec {
@@ -188,7 +225,9 @@ impl Codec {
             me,
             epoch,
             counter: 0,
-            cipher: key.map(|k| XChaCha20Poly1305::new((&k.key).into())),
+            master: key.map(|k| k.key),
+            own: None,
+            peers: BTreeMap::new(),
             windows: BTreeMap::new(),
         }
     }
@@ -196,30 +235,32 @@ impl Codec {
     /// Frames (and seals, with a key) one message.
     pub fn seal(&mut self, msg: &Message) -> Vec<u8> {
         self.counter += 1;
-        let mut out = Vec::with_capacity(64);
+        let mut out = Vec::with_capacity(128);
         out.extend_from_slice(&MAGIC.to_be_bytes());
         out.push(VERSION);
-        out.push(u8::from(self.cipher.is_some()));
+        out.push(u8::from(self.master.is_some()));
         out.extend_from_slice(&self.me.0.to_be_bytes());
         out.extend_from_slice(&self.epoch.to_be_bytes());
         out.extend_from_slice(&self.counter.to_be_bytes());
-        match &self.cipher {
-            None => msg.encode_into(&mut out),
-            Some(c) => {
-                let body = msg.encode();
-                let n = nonce(self.me, self.epoch, self.counter);
-                let ct = c
-                    .encrypt(
-                        &n,
-                        AeadPayload {
-                            msg: &body,
-                            aad: &out[..HEADER_LEN],
-                        },
-                    )
-                    .expect("XChaCha20-Poly1305 encryption of a bounded buffer cannot fail");
-                out.extend_from_slice(&ct);
-            }
+        msg.encode_into(&mut out);
+        let Some(master) = &self.master else {
+            return out;
+        };
+        let (prefix, inner) = nonce_parts(self.me, self.epoch, self.counter);
+        if self.own.as_ref().is_none_or(|k| k.prefix != prefix) {
+            self.own = Some(Subkey::derive(master, prefix));
         }
+        let key = &self.own.as_ref().expect("derived just above").key;
+        let mut aad = [0u8; HEADER_LEN];
+        aad.copy_from_slice(&out[..HEADER_LEN]);
+        let tag = key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(inner),
+                Aad::from(aad),
+                &mut out[HEADER_LEN..],
+            )
+            .expect("ChaCha20-Poly1305 sealing of a bounded buffer cannot fail");
+        out.extend_from_slice(tag.as_ref());
         out
     }
 
@@ -257,38 +298,50 @@ impl Codec {
             return Err(FrameError::UnknownSender(sender.0));
         }
         let body = &frame[HEADER_LEN..];
-        let msg = match &self.cipher {
-            None => {
-                if flags != 0 {
-                    return Err(FrameError::Auth);
-                }
-                Message::decode(body)?
+        let Some(master) = &self.master else {
+            if flags != 0 {
+                return Err(FrameError::Auth);
             }
-            Some(c) => {
-                if flags != 1 {
-                    return Err(FrameError::Auth);
-                }
-                let pt = c
-                    .decrypt(
-                        &nonce(sender, epoch, ctr),
-                        AeadPayload {
-                            msg: body,
-                            aad: &frame[..HEADER_LEN],
-                        },
-                    )
-                    .map_err(|_| FrameError::Auth)?;
-                let msg = Message::decode(&pt)?;
-                let w = self.windows.entry(sender).or_insert(Window {
-                    epoch,
-                    top: 0,
-                    bits: 0,
-                });
-                if !w.accept(epoch, ctr) {
-                    return Err(FrameError::Replay);
-                }
-                msg
+            return Ok((sender, Message::decode(body)?));
+        };
+        if flags != 1 {
+            return Err(FrameError::Auth);
+        }
+        if body.len() < TAG_LEN {
+            return Err(FrameError::Auth);
+        }
+        let (prefix, inner) = nonce_parts(sender, epoch, ctr);
+        let derived;
+        let key = match self.peers.get(&sender) {
+            Some(k) if k.prefix == prefix => &k.key,
+            _ => {
+                derived = Subkey::derive(master, prefix);
+                &derived.key
             }
         };
+        let mut aad = [0u8; HEADER_LEN];
+        aad.copy_from_slice(&frame[..HEADER_LEN]);
+        let mut buf = body.to_vec();
+        let pt = key
+            .open_in_place(
+                Nonce::assume_unique_for_key(inner),
+                Aad::from(aad),
+                &mut buf,
+            )
+            .map_err(|_| FrameError::Auth)?;
+        let msg = Message::decode(pt)?;
+        // authentic: remember the subkey (a forger cannot evict a good one)
+        if self.peers.get(&sender).is_none_or(|k| k.prefix != prefix) {
+            self.peers.insert(sender, Subkey::derive(master, prefix));
+        }
+        let w = self.windows.entry(sender).or_insert(Window {
+            epoch,
+            top: 0,
+            bits: 0,
+        });
+        if !w.accept(epoch, ctr) {
+            return Err(FrameError::Replay);
+        }
         Ok((sender, msg))
     }
 }
@@ -338,6 +391,86 @@ mod tests {
             b.open(&x.seal(&Message::Heartbeat), known),
             Err(FrameError::UnknownSender(9))
         );
+    }
+
+    /// The reference XChaCha20-Poly1305 opens what we seal, and we open what
+    /// it seals: the wire format is exactly the documented one.
+    #[test]
+    fn frames_are_exactly_xchacha20_poly1305() {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+        let k = key(4);
+        let reference = XChaCha20Poly1305::new((&k.key).into());
+        let xnonce = |sender: u32, epoch: u64, ctr: u64| {
+            let mut n = [0u8; 24];
+            n[0..4].copy_from_slice(&sender.to_be_bytes());
+            n[4..12].copy_from_slice(&epoch.to_be_bytes());
+            n[12..20].copy_from_slice(&ctr.to_be_bytes());
+            XNonce::from(n)
+        };
+        let msg = Message::MergeDetect {
+            ring: crate::wire::RingId {
+                seq: 77,
+                rep: NodeId(2),
+            },
+        };
+        let mut a = Codec::new(NodeId(2), 9, Some(&k));
+        // frames 1 and 2, and one across the counter's 2^32 boundary
+        for jump in [0u64, 0, (1u64 << 32) - 3] {
+            a.counter += jump;
+            let f = a.seal(&msg);
+            let pt = reference
+                .decrypt(
+                    &xnonce(2, 9, a.counter),
+                    Payload {
+                        msg: &f[HEADER_LEN..],
+                        aad: &f[..HEADER_LEN],
+                    },
+                )
+                .expect("reference opens our frame");
+            assert_eq!(Message::decode(&pt).unwrap(), msg);
+        }
+        // the other way: a frame sealed by the reference opens here
+        let mut b = Codec::new(NodeId(1), 1, Some(&k));
+        for ctr in [5u64, 6, 1 << 40] {
+            let mut hdr = Vec::new();
+            hdr.extend_from_slice(&MAGIC.to_be_bytes());
+            hdr.push(VERSION);
+            hdr.push(1);
+            hdr.extend_from_slice(&3u32.to_be_bytes());
+            hdr.extend_from_slice(&4u64.to_be_bytes());
+            hdr.extend_from_slice(&ctr.to_be_bytes());
+            let ct = reference
+                .encrypt(
+                    &xnonce(3, 4, ctr),
+                    Payload {
+                        msg: &msg.encode(),
+                        aad: &hdr,
+                    },
+                )
+                .unwrap();
+            let mut f = hdr.clone();
+            f.extend_from_slice(&ct);
+            assert_eq!(b.open(&f, |_| true).unwrap(), (NodeId(3), msg.clone()));
+        }
+    }
+
+    #[test]
+    fn a_forged_frame_does_not_evict_the_senders_key() {
+        let k = key(1);
+        let mut a = Codec::new(NodeId(1), 3, Some(&k));
+        let mut b = Codec::new(NodeId(2), 1, Some(&k));
+        let known = |_| true;
+        assert!(b.open(&a.seal(&Message::Heartbeat), known).is_ok());
+        // a forgery claiming another epoch fails and leaves the cache alone
+        let mut forged = a.seal(&Message::Heartbeat);
+        forged[15] ^= 1;
+        assert_eq!(b.open(&forged, known), Err(FrameError::Auth));
+        assert_eq!(b.peers[&NodeId(1)].prefix[4..12], 3u64.to_be_bytes());
+        assert!(b.open(&a.seal(&Message::Heartbeat), known).is_ok());
+        // too short to hold a tag
+        let short = a.seal(&Message::Heartbeat)[..HEADER_LEN + 3].to_vec();
+        assert_eq!(b.open(&short, known), Err(FrameError::Auth));
     }
 
     #[test]

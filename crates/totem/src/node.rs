@@ -14,8 +14,9 @@
 //! # Protocol
 //! Operational: a token circulates the ring in node-id order. Its holder
 //! first re-sends messages others asked for (`rtr`), then multicasts up to
-//! `min(max_messages, window_size - fcc)` new messages (scaled down by its
-//! share of the ring's backlog), each with `seq = ++token.seq`, lowers
+//! `min(max_messages, window_size - fcc)` new messages (and, as corosync,
+//! at most `window_size x` its share of the ring's backlog), each with
+//! `seq = ++token.seq`, lowers
 //! `token.aru` to its own all-received-up-to and asks for what it misses.
 //! The representative (lowest id) closes each rotation: `prev_aru` becomes
 //! the minimum `aru` over the whole last rotation, so every member holds every
@@ -1055,11 +1056,15 @@ impl TotemNode {
                 }
             }
         } else {
-            // new messages, with the backlog share rule
-            if tok.backlog > self.cfg.window_size && !self.pending.is_empty() {
-                let share =
-                    (u64::from(budget) * self.pending.len() as u64 / u64::from(tok.backlog)) as u32;
-                budget = budget.min(share.max(1));
+            // new messages, with corosync's backlog rule: a node may use the
+            // share of the whole window that its backlog is of the ring's
+            let mine = self.pending.len() as u64;
+            let total = u64::from(tok.backlog.saturating_sub(self.my_backlog)) + mine;
+            if mine > 0 {
+                let share = u64::from(self.cfg.window_size) * mine / total;
+                if share > 0 {
+                    budget = budget.min(u32::try_from(share).unwrap_or(u32::MAX));
+                }
             }
             while budget > 0 && room(&tok) {
                 let Some(p) = self.pending.pop_front() else {
