@@ -463,12 +463,10 @@ impl FenceDomain {
                 }
                 continue;
             }
-            self.add_victim(
-                now,
-                l,
-                VictimReason::MemberLost,
-                now + self.cfg.post_fail_delay,
-            );
+            // As fenced: after a change that also brought joiners (a merge
+            // still settling, say) wait post_join_delay, else post_fail_delay.
+            let delay = self.victim_delay(had_joins);
+            self.add_victim(now, l, VictimReason::MemberLost, now + delay);
         }
         // Members joined: tell them the victims we still wait for (they may never have seen
         // those nodes leave). Receivers that do not hold a victim add it; fencing again a node
@@ -539,7 +537,14 @@ impl FenceDomain {
                     self.ignored_outcomes += 1;
                 } else {
                     info!(%victim, fencer = %outcome.by, "learned of a victim from another member");
-                    self.add_victim(now, victim, VictimReason::MemberLost, now);
+                    // Learned at a join: when no member already fences it,
+                    // the join's delay applies here too.
+                    let start = if outcome.by != self.me && self.members.contains(&outcome.by) {
+                        now
+                    } else {
+                        now + self.victim_delay(true)
+                    };
+                    self.add_victim(now, victim, VictimReason::MemberLost, start);
                     if self.members.contains(&outcome.by) {
                         if let Some(v) = self.victims.get_mut(&victim) {
                             v.fencer = outcome.by;
@@ -818,6 +823,17 @@ impl FenceDomain {
             self.dropped_events += 1;
         }
         self.events.push_back(e);
+    }
+
+    /// How long a new victim waits before fencing starts: post_fail_delay,
+    /// or after a membership change with joiners the longer post_join_delay
+    /// (fenced's rule: give a forming or merging cluster time to settle, so
+    /// a node that was briefly left out is not shot).
+    fn victim_delay(&self, joins: bool) -> base::Duration {
+        match (joins, self.cfg.post_join_delay) {
+            (true, Some(j)) => j.max(self.cfg.post_fail_delay),
+            _ => self.cfg.post_fail_delay,
+        }
     }
 
     fn add_victim(&mut self, now: Instant, node: NodeId, reason: VictimReason, start_at: Instant) {

@@ -106,7 +106,9 @@ pub enum Command {
     Bench(BenchCmd),
     /// Run the deterministic simulator: exit 0 when every seed passes, else print the replay command and exit 1.
     Sim {
-        /// Which layer: totem.
+        /// Which layer: totem (membership and total order) or cluster (whole
+        /// node stacks: quorum, fencing and services, with simulated power
+        /// and processes).
         layer: String,
         /// How many seeds, starting at --seed.
         #[arg(long, default_value_t = 100)]
@@ -114,7 +116,8 @@ pub enum Command {
         /// First seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Nodes per cluster (default: 3 to 7, chosen by each seed).
+        /// Nodes per cluster (default: chosen by each seed, 3 to 7 for totem,
+        /// 2 to 5 for cluster).
         #[arg(long)]
         nodes: Option<usize>,
     },

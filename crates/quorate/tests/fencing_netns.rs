@@ -418,13 +418,9 @@ fn slow_then_power(dir: &Path) -> LabCluster {
     conf.start(dir)
 }
 
-/// The recovery event must name when the node was fenced. Today it names
-/// when the node was lost: the resource manager stamps the fence outcome
-/// with the last agreed time (crates/stack rmglue.rs `handle_fenced` uses
-/// `self.agreed`, which only moves with resource-manager messages), so a
-/// fencing that took 3 s reads as if it happened at the loss.
+/// The recovery event names when the node was fenced, not when it was lost
+/// (the fence outcome carries its sender's clock).
 #[test]
-#[ignore = "bug: rm's 'fenced by ... at T' names the loss time, not the fence time (stack rmglue.rs handle_fenced)"]
 fn the_recovery_event_names_the_time_of_fencing() {
     let dir = tempfile::tempdir().unwrap();
     let c = slow_then_power(dir.path());
@@ -455,13 +451,9 @@ fn the_recovery_event_names_the_time_of_fencing() {
     );
 }
 
-/// `quorate fence status` (text) must name the victim, while it waits and
-/// once fenced. Today it prints "victim : ..." and "fenced : method power by
-/// n2": crates/quorate/src/cmd/admin.rs `render_fence_status` reads
-/// `vic["victim"]` and `f["victim"]`, but the JSON fields are `node`
-/// (fence::VictimStatus::node, fence::FencedRecord::node).
+/// `quorate fence status` (text) names the victim and says its state in
+/// words, while it waits and once fenced.
 #[test]
-#[ignore = "bug: quorate fence status text leaves the victim's name empty (admin.rs render_fence_status reads \"victim\", the field is \"node\")"]
 fn fence_status_text_names_the_victim() {
     let dir = tempfile::tempdir().unwrap();
     let c = slow_then_power(dir.path());
@@ -483,7 +475,7 @@ fn fence_status_text_names_the_victim() {
     }));
     let waiting = waiting.expect("fence status listed the victim during the 3 s hang");
     assert!(
-        waiting.contains(&format!("victim {oname}: running_agent")),
+        waiting.contains(&format!("victim {oname}: fence agent running")),
         "{waiting}"
     );
     let o = cli(&c, fencer, &["fence", "status"]);

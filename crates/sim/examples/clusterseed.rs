@@ -14,6 +14,8 @@ fn main() {
         if let Ok(n) = std::env::var("SIM_TAIL") {
             o.trace_lines = n.parse().unwrap_or(60);
         }
+        o.echo = std::env::var("SIM_ECHO").is_ok();
+        o.faults = std::env::var("SIM_CALM").is_err();
         match sim::cluster::run(o) {
             Ok(r) => println!(
                 "seed {seed} nodes {} ok: steps {} starts {} fenced {} crashes {} converge {}",
@@ -25,5 +27,8 @@ fn main() {
             }
         }
     }
-    println!("{count} seeds, {fails} failed, {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "{count} seeds, {fails} failed, {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 }

@@ -63,12 +63,14 @@ pub struct ClusterOptions {
     pub broken_fence_lies: bool,
     /// How many trace lines a failure shows.
     pub trace_lines: usize,
+    /// Print every trace line to stderr as it happens (debugging a seed).
+    pub echo: bool,
 }
 
 impl ClusterOptions {
     /// Options for `seed`; `nodes` None derives 2..=5 from the seed.
     pub fn from_seed(seed: u64, nodes: Option<usize>) -> ClusterOptions {
-        let mut r = DetRng::new(seed ^ 0x636c_7573_7465_72);
+        let mut r = DetRng::new(seed ^ 0x0063_6c75_7374_6572);
         let n = nodes.unwrap_or_else(|| r.range(2, 5) as usize);
         ClusterOptions {
             seed,
@@ -78,6 +80,7 @@ impl ClusterOptions {
             liveness_bound: Duration::from_secs(120),
             broken_fence_lies: false,
             trace_lines: TAIL,
+            echo: false,
         }
     }
 }
@@ -208,7 +211,7 @@ impl fmt::Display for Failure {
         writeln!(f, "invariant: {}", self.invariant)?;
         writeln!(
             f,
-            "replay: quorate sim cluster --seed {} --nodes {}",
+            "replay: quorate sim cluster --seeds 1 --seed {} --nodes {}",
             self.seed, self.nodes
         )?;
         writeln!(f, "trace tail:")?;
@@ -362,7 +365,10 @@ fn resolve(name: &str, port: u16) -> Result<SocketAddr, String> {
         .trim_start_matches('n')
         .parse()
         .map_err(|_| format!("unknown sim node {name}"))?;
-    Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, k)), port))
+    Ok(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, k)),
+        port,
+    ))
 }
 
 /// cluster.conf for a seed: returns the text, the services and their domains.
@@ -376,7 +382,11 @@ fn render_conf(
     for i in 1..=n {
         // In a two-node cluster n1's device carries a delay, so in a split n1
         // shoots first and survives (the preferred node).
-        let delay = if two_node && i == 1 { r#" delay="3""# } else { "" };
+        let delay = if two_node && i == 1 {
+            r#" delay="3""#
+        } else {
+            ""
+        };
         let second = if p.second_method {
             format!(r#"<method name="backup"><device name="ipmi" port="n{i}"/></method>"#)
         } else {
@@ -572,6 +582,9 @@ impl ClusterSim {
 
     fn log(&mut self, s: String) {
         fnv(&mut self.hash, s.as_bytes());
+        if self.opts.echo {
+            eprintln!("{} {s}", self.now);
+        }
         if self.trace.len() >= self.tail_len {
             self.trace.pop_front();
         }
@@ -662,7 +675,9 @@ impl ClusterSim {
         }
         self.world.dead.retain(|(_, n)| *n != id);
         let name = self.nodes[i].name.clone();
-        self.log(format!("{name} loses power ({why}); processes gone: {lost:?}"));
+        self.log(format!(
+            "{name} loses power ({why}); processes gone: {lost:?}"
+        ));
     }
 
     // ---------------------------------------------------------- stepping
@@ -731,7 +746,8 @@ impl ClusterSim {
                         let d = Duration::from_millis(self.rng.range(5, 500));
                         (false, "exit status 1: connection refused".to_string(), d)
                     } else {
-                        let d = Duration::from_millis(self.rng.range(5, self.profile.fence_late_ms));
+                        let d =
+                            Duration::from_millis(self.rng.range(5, self.profile.fence_late_ms));
                         (true, String::new(), d)
                     }
                 } else {
@@ -778,7 +794,9 @@ impl ClusterSim {
                 );
             }
             Action::PrepareIncoming { service, .. } => {
-                return Err(self.fail(format!("{name}: migration of {service} in a cluster of plain services")));
+                return Err(self.fail(format!(
+                    "{name}: migration of {service} in a cluster of plain services"
+                )));
             }
             Action::WriteConfig { .. } | Action::PushResult { .. } => {}
             Action::PersistRingSeq(seq) => {
@@ -1095,7 +1113,11 @@ impl ClusterSim {
                     sv.owner
                 ));
             }
-            if self.world.dead.contains(&(svc.clone(), *truth.expect("checked"))) {
+            if self
+                .world
+                .dead
+                .contains(&(svc.clone(), *truth.expect("checked")))
+            {
                 return Err(format!("{svc} died and is not yet noticed"));
             }
         }
@@ -1232,9 +1254,7 @@ impl ClusterSim {
                 if self.nodes[i].stack.is_some() && !self.nodes[i].paused {
                     self.crashes += 1;
                     self.nodes[i].paused = true;
-                    let d = Duration::from_millis(
-                        self.rng.range(50, 4 * self.profile.token_ms),
-                    );
+                    let d = Duration::from_millis(self.rng.range(50, 4 * self.profile.token_ms));
                     let name = self.nodes[i].name.clone();
                     self.log(format!("{name} paused for {d} (its services keep running)"));
                     let (id, inc) = (self.nodes[i].id, self.nodes[i].inc);

@@ -806,22 +806,36 @@ impl Stack {
                             tracing::warn!(from = d.sender.0, error = %e, "dropping quorum message")
                         }
                     },
-                    TAG_FENCE => match fence::FenceOutcome::decode(body) {
-                        Ok(o) => {
+                    TAG_FENCE => match body
+                        .split_first_chunk::<8>()
+                        .ok_or_else(|| "short fence message".to_string())
+                        .and_then(|(stamp, rest)| {
+                            fence::FenceOutcome::decode(rest)
+                                .map(|o| (u64::from_be_bytes(*stamp), o))
+                                .map_err(|e| e.to_string())
+                        }) {
+                        Ok((stamp, o)) => {
+                            let stamp = Instant(stamp);
                             // The resource manager learns outcomes from the
                             // ordered message itself, not from this node's
                             // fence domain, whose view of victims can differ
                             // between members (a node that just booted knows
                             // none): every replica must see the same inputs.
                             match &o.kind {
-                                fence::OutcomeKind::Fenced { method, devices } => self
-                                    .rm
-                                    .handle_fenced(o.victim, format!("{method} ({})", devices.join(","))),
-                                fence::OutcomeKind::ManualAck => {
-                                    self.rm.handle_fenced(o.victim, "manual acknowledgement".into())
+                                fence::OutcomeKind::Fenced { method, devices } => {
+                                    let how = format!("{method} ({})", devices.join(","));
+                                    self.rm.handle_fenced(o.victim, how, stamp)
                                 }
-                                fence::OutcomeKind::Rejoined => self.rm.handle_rejoined(o.victim),
-                                fence::OutcomeKind::Pending | fence::OutcomeKind::StartupAbsent => {}
+                                fence::OutcomeKind::ManualAck => self.rm.handle_fenced(
+                                    o.victim,
+                                    "manual acknowledgement".into(),
+                                    stamp,
+                                ),
+                                fence::OutcomeKind::Rejoined => {
+                                    self.rm.handle_rejoined(o.victim, stamp)
+                                }
+                                fence::OutcomeKind::Pending | fence::OutcomeKind::StartupAbsent => {
+                                }
                             }
                             self.fence.handle_fence_outcome(now, o)
                         }
@@ -924,7 +938,11 @@ impl Stack {
                 self.actions.push_back(Action::RunFenceAgent(run));
             }
             fence::Action::Broadcast(outcome) => {
-                self.multicast(TAG_FENCE, outcome.encode());
+                // The sender's wall clock goes in front, so the resource
+                // manager's agreed clock reads the time of the fencing.
+                let mut body = self.now.wall.0.to_be_bytes().to_vec();
+                body.extend_from_slice(&outcome.encode());
+                self.multicast(TAG_FENCE, body);
             }
         }
     }

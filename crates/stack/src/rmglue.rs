@@ -63,7 +63,7 @@ pub enum RmMsg {
         #[serde(default)]
         fencing: Vec<NodeId>,
         /// The sender's state at the configuration change.
-        snapshot: rm::Snapshot,
+        snapshot: Box<rm::Snapshot>,
     },
 }
 
@@ -83,7 +83,7 @@ struct Syncing {
     ring: u64,
     members: Vec<NodeId>,
     quorate: bool,
-    got: BTreeMap<NodeId, (u64, u64, rm::Snapshot)>,
+    got: BTreeMap<NodeId, (u64, u64, Box<rm::Snapshot>)>,
     /// Victims any member's fence domain still holds.
     fencing: std::collections::BTreeSet<NodeId>,
     /// Inputs delivered during the sync, with the sender's stamp for those
@@ -189,7 +189,7 @@ impl RmReplica {
         // the new configuration either never saw them or drops them too), so
         // the replicas stay equal.
         self.sync = None;
-        let snapshot = self.sched.snapshot();
+        let snapshot = Box::new(self.sched.snapshot());
         self.outbox.push(RmMsg::Sync {
             ring,
             was_quorate,
@@ -225,16 +225,27 @@ impl RmReplica {
         self.ordered(at, rm::Input::Config(spec));
     }
 
-    /// A node was fenced (its outcome was agreed through totem).
-    pub fn handle_fenced(&mut self, victim: NodeId, method: String) {
-        let at = self.agreed;
-        self.ordered(at, rm::Input::Fenced { victim, method });
+    /// A node was fenced (its outcome was agreed through totem); `stamp` is
+    /// the fencer's wall clock when it announced it.
+    pub fn handle_fenced(&mut self, victim: NodeId, method: String, stamp: Instant) {
+        self.stamped(stamp, rm::Input::Fenced { victim, method });
     }
 
     /// A lost node rejoined and will not be fenced (agreed through totem).
-    pub fn handle_rejoined(&mut self, node: NodeId) {
-        let at = self.agreed;
-        self.ordered(at, rm::Input::Rejoined { node });
+    pub fn handle_rejoined(&mut self, node: NodeId, stamp: Instant) {
+        self.stamped(stamp, rm::Input::Rejoined { node });
+    }
+
+    /// An ordered input that carried its sender's wall clock.
+    fn stamped(&mut self, stamp: Instant, input: rm::Input) {
+        match &mut self.sync {
+            Some(s) => s.buffered.push((Some(stamp.0), input)),
+            None => {
+                self.agreed = self.agreed.max(stamp);
+                let at = self.agreed;
+                self.apply(at, input);
+            }
+        }
     }
 
     fn ordered(&mut self, at: Instant, input: rm::Input) {
@@ -308,7 +319,7 @@ impl RmReplica {
             .got
             .iter()
             .find(|(_, (q, _, _))| *q == best)
-            .map(|(_, (_, _, snap))| snap.clone());
+            .map(|(_, (_, _, snap))| (**snap).clone());
         // Every member leaves the sync with the same clock: the latest of
         // the clocks the members reported.
         self.agreed = Instant(s.got.values().map(|(_, a, _)| *a).max().unwrap_or(0));

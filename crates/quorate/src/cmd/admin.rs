@@ -492,8 +492,8 @@ fn render_fence_status(v: &Value) -> String {
         let _ = writeln!(
             t,
             "victim {}: {} (fencer {}), tries {}, last error: {}",
-            name(&vic["victim"]),
-            s(&vic["state"]),
+            name(&vic["node"]),
+            victim_state(&s(&vic["state"])),
             name(&vic["fencer"]),
             s(&vic["tries"]),
             if vic["last_error"].is_null() {
@@ -507,12 +507,27 @@ fn render_fence_status(v: &Value) -> String {
         let _ = writeln!(
             t,
             "fenced {}: method {} by {}",
-            name(&f["victim"]),
+            name(&f["node"]),
             s(&f["method"]),
             name(&f["by"])
         );
     }
     t
+}
+
+/// A victim's state (`fence status --json` field `state`) in words.
+fn victim_state(state: &str) -> String {
+    match state {
+        "post_fail_delay" => "waiting out post_fail_delay (post_join_delay after a join)".into(),
+        "waiting_quorum" => "postponed until quorum returns".into(),
+        "waiting_fencer" => "another member is fencing it".into(),
+        "queued" => "queued for the next agent run".into(),
+        "device_delay" => "waiting out the device's delay".into(),
+        "running_agent" => "fence agent running".into(),
+        "retry_wait" => "every method failed; waiting to retry".into(),
+        "announced" => "fenced; outcome being agreed".into(),
+        other => other.replace('_', " "),
+    }
 }
 
 fn wait_fenced(state_dir: &Path, node: &str, timeout: Duration) -> u8 {

@@ -62,28 +62,37 @@ pub fn power_switch(args: powerswitch::PowerSwitchArgs) -> u8 {
     }
 }
 
-/// `quorate sim totem --seeds N [--seed S] [--nodes K]`.
+/// `quorate sim totem|cluster --seeds N [--seed S] [--nodes K]`.
 pub fn sim(layer: &str, seeds: u64, first: u64, nodes: Option<usize>) -> u8 {
-    if layer != "totem" {
+    let run = |seed: u64| -> Result<(), String> {
+        match layer {
+            "totem" => sim::totem::run(sim::totem::SimOptions::from_seed(seed, nodes))
+                .map(|_| ())
+                .map_err(|f| f.to_string()),
+            _ => sim::cluster::run(sim::cluster::ClusterOptions::from_seed(seed, nodes))
+                .map(|_| ())
+                .map_err(|f| f.to_string()),
+        }
+    };
+    if layer != "totem" && layer != "cluster" {
         err(&format!(
-            "quorate: unknown simulator layer {layer:?}\n  hint: the simulator runs: totem\n"
+            "quorate: unknown simulator layer {layer:?}\n  hint: the simulator runs: totem (membership and order), cluster (whole node stacks: quorum, fencing, services)\n"
         ));
         return 2;
     }
     let started = std::time::Instant::now();
     for seed in first..first.saturating_add(seeds) {
-        let opts = sim::totem::SimOptions::from_seed(seed, nodes);
-        if let Err(f) = sim::totem::run(opts) {
+        if let Err(f) = run(seed) {
             err(&format!("{f}\n"));
             err(&format!(
-                "replay: quorate sim totem --seeds 1 --seed {seed}{}\n",
+                "replay: quorate sim {layer} --seeds 1 --seed {seed}{}\n",
                 nodes.map(|n| format!(" --nodes {n}")).unwrap_or_default()
             ));
             return EXIT_FAIL;
         }
     }
     out(&format!(
-        "sim totem: {seeds} seeds passed (seeds {first}..{}) in {:.1} s\n",
+        "sim {layer}: {seeds} seeds passed (seeds {first}..{}) in {:.1} s\n",
         first.saturating_add(seeds),
         started.elapsed().as_secs_f64()
     ));
