@@ -1310,9 +1310,83 @@ pub fn run_seeds(first: u64, count: u64, nodes: Option<usize>) -> Result<Summary
     Ok(s)
 }
 
+/// [`run_seeds`] on `jobs` threads (seed `s` runs on thread `s % jobs`).
+/// Every seed's run is the same as alone, so the result is the same as
+/// [`run_seeds`]'s: the summary of all seeds, or the failure of the lowest
+/// failing seed (threads skip seeds above a failure already found).
+pub fn run_seeds_jobs(
+    first: u64,
+    count: u64,
+    nodes: Option<usize>,
+    jobs: usize,
+) -> Result<Summary, Box<Failure>> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    let jobs = jobs.max(1) as u64;
+    if jobs == 1 {
+        return run_seeds(first, count, nodes);
+    }
+    let end = first.saturating_add(count);
+    let lowest_failing = AtomicU64::new(u64::MAX);
+    let failure: Mutex<Option<Box<Failure>>> = Mutex::new(None);
+    let parts: Vec<Summary> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..jobs)
+            .map(|j| {
+                let (lowest_failing, failure) = (&lowest_failing, &failure);
+                scope.spawn(move || {
+                    let mut s = Summary::default();
+                    let mut seed = first + j;
+                    while seed < end && seed < lowest_failing.load(Ordering::Relaxed) {
+                        match run(SimOptions::from_seed(seed, nodes)) {
+                            Ok(r) => {
+                                s.runs += 1;
+                                s.steps += r.steps;
+                                s.worst_converge = s.worst_converge.max(r.converge);
+                            }
+                            Err(f) => {
+                                let mut slot = failure.lock().unwrap_or_else(|p| p.into_inner());
+                                if slot.as_ref().is_none_or(|g| g.seed > seed) {
+                                    *slot = Some(Box::new(f));
+                                    lowest_failing.fetch_min(seed, Ordering::Relaxed);
+                                }
+                                break;
+                            }
+                        }
+                        seed += jobs;
+                    }
+                    s
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a simulation thread panicked"))
+            .collect()
+    });
+    if let Some(f) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(f);
+    }
+    Ok(parts.into_iter().fold(Summary::default(), |mut a, s| {
+        a.runs += s.runs;
+        a.steps += s.steps;
+        a.worst_converge = a.worst_converge.max(s.worst_converge);
+        a
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeds_on_several_threads_sum_to_the_serial_result() {
+        let serial = run_seeds(40, 6, Some(3)).unwrap();
+        let parallel = run_seeds_jobs(40, 6, Some(3), 4).unwrap();
+        assert_eq!(
+            (serial.runs, serial.steps, serial.worst_converge),
+            (parallel.runs, parallel.steps, parallel.worst_converge)
+        );
+    }
 
     #[test]
     fn broken_delivery_is_caught_within_the_first_seeds() {

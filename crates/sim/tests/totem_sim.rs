@@ -58,18 +58,34 @@ fn a_killed_node_is_detected_within_token_plus_200ms() {
     }
 }
 
-/// CI's run: `cargo test -p sim --release -- --ignored` (SIM_SEEDS to change).
+/// CI's run: `cargo test -p sim --release -- --ignored` (SIM_SEEDS to change
+/// the count, SIM_JOBS to use that many threads).
 #[test]
 #[ignore]
 fn two_thousand_seeds() {
-    let n = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+    fn env<T: std::str::FromStr>(k: &str) -> Option<T> {
+        std::env::var(k).ok().and_then(|s| s.parse().ok())
+    }
+    let n: u64 = env("SIM_SEEDS").unwrap_or(2000);
+    let jobs: usize = env("SIM_JOBS").unwrap_or(1);
     let t = std::time::Instant::now();
-    let s = sim::totem::run_seeds(0, n, None).unwrap_or_else(|f| panic!("{f}"));
+    // in chunks, with a progress line each, so a long soak shows where it is
+    let chunk = 5000;
+    let mut s = sim::totem::Summary::default();
+    let mut first = 0;
+    while first < n {
+        let c = sim::totem::run_seeds_jobs(first, chunk.min(n - first), None, jobs)
+            .unwrap_or_else(|f| panic!("{f}"));
+        s.runs += c.runs;
+        s.steps += c.steps;
+        s.worst_converge = s.worst_converge.max(c.worst_converge);
+        first += c.runs;
+        if n > chunk {
+            eprintln!("seeds 0..{first} pass ({:.0} s)", t.elapsed().as_secs_f64());
+        }
+    }
     eprintln!(
-        "{} seeds, {} steps, worst convergence {}, {:.1}s",
+        "{} seeds on {jobs} threads, {} steps, worst convergence {}, {:.1}s",
         s.runs,
         s.steps,
         s.worst_converge,

@@ -45,7 +45,7 @@ pub use config::{ConfigError, TotemConfig};
 pub use cpg::{CpgEvent, GroupName};
 pub use crypto::{generate_authkey, ClusterKey, KeyError};
 pub use node::{
-    Command, CommandError, ConfigChange, Delivery, Event, LinkStatus, NodeStatus, State, Stats,
-    TotemNode, Transmit,
+    Command, CommandError, ConfigChange, Delivery, Event, LinkStatus, NodeStatus, RingHealth,
+    RingState, State, Stats, TotemNode, Transmit,
 };
 pub use wire::RingId;

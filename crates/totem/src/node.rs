@@ -226,7 +226,8 @@ pub struct Stats {
     pub retransmits: u64,
     /// Tokens re-sent after the retransmit timeout.
     pub token_retransmits: u64,
-    /// Token rotations completed (counted by the representative).
+    /// Token rotations: visits of the token to this node (one per rotation,
+    /// on every member).
     pub token_rotations: u64,
     /// Messages delivered to the application (including groups).
     pub delivered: u64,
@@ -248,6 +249,29 @@ pub struct Stats {
     pub outbox_overflow: u64,
 }
 
+/// How one network (ring index) is doing, as corosync's ring status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RingHealth {
+    /// Every peer heard on this network ("active with no faults").
+    Active,
+    /// Some peers not heard on it: the cluster uses the other ring for them.
+    Degraded,
+    /// No peer heard on it: marked FAULTY, used again once it heals.
+    Faulty,
+}
+
+/// One network's status.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RingState {
+    /// Ring index (0, or 1 for the redundant ring).
+    pub ring: u8,
+    /// Health.
+    pub state: RingHealth,
+    /// Peers whose link on this ring is faulty.
+    pub faulty_peers: Vec<NodeId>,
+}
+
 /// A snapshot for `quorate totem status`.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct NodeStatus {
@@ -255,6 +279,8 @@ pub struct NodeStatus {
     pub node_id: NodeId,
     /// Membership state.
     pub state: State,
+    /// Current ring id (`seq`, `rep`).
+    pub ring_id: RingId,
     /// Current ring (sequence, representative).
     pub ring_seq: u64,
     /// Current ring's representative.
@@ -263,6 +289,8 @@ pub struct NodeStatus {
     pub members: Vec<NodeId>,
     /// Per ring index: peers whose link on that ring is faulty.
     pub faulty_links: Vec<Vec<NodeId>>,
+    /// Per ring index: its health (one entry per configured ring).
+    pub ring_states: Vec<RingState>,
     /// Counters.
     pub stats: Stats,
 }
@@ -548,13 +576,31 @@ impl TotemNode {
                 faulty[usize::from(*r)].push(*p);
             }
         }
+        let peers = self.cfg.nodes.len().saturating_sub(1);
+        let ring_states = faulty
+            .iter()
+            .enumerate()
+            .map(|(r, f)| RingState {
+                ring: r as u8,
+                state: if f.is_empty() {
+                    RingHealth::Active
+                } else if f.len() < peers {
+                    RingHealth::Degraded
+                } else {
+                    RingHealth::Faulty
+                },
+                faulty_peers: f.clone(),
+            })
+            .collect();
         NodeStatus {
             node_id: self.me,
             state: self.state,
+            ring_id: self.ring,
             ring_seq: self.ring.seq,
             ring_rep: self.ring.rep,
             members: self.members.clone(),
             faulty_links: faulty,
+            ring_states,
             stats: self.stats.clone(),
         }
     }
@@ -937,8 +983,8 @@ impl TotemNode {
         self.token_loss_at = Some(now + self.cfg.token);
         let rep = self.is_rep();
         let incoming_aru_id = tok.aru_id;
+        self.stats.token_rotations += 1;
         if rep {
-            self.stats.token_rotations += 1;
             tok.prev_aru = tok.aru;
             tok.aru = self.cur.my_aru;
             tok.aru_id = self.me;

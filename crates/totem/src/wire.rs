@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 /// Identity of one ring: the sequence number it was formed with and its
 /// representative (lowest node id of the membership). Ordered by sequence
-/// first, so a newer ring always compares greater.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// first, so a newer ring always compares greater. Serialized (status
+/// output) as `{"seq": 8, "rep": 1}`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct RingId {
     /// Ring sequence number; strictly increasing over a node's life.
     pub seq: u64,

@@ -206,6 +206,22 @@ fn second_ring_failure_is_marked_faulty_cluster_keeps_running_and_it_recovers() 
         net.nodes[0].as_ref().unwrap().status().faulty_links[1],
         vec![NodeId(3)]
     );
+    let states = net.nodes[0].as_ref().unwrap().status().ring_states;
+    assert_eq!(states[0].state, totem::RingHealth::Active);
+    assert_eq!(states[1].state, totem::RingHealth::Degraded);
+    assert_eq!(states[1].faulty_peers, vec![NodeId(3)]);
+    // node 3 itself hears no one on ring 1: the ring is faulty there
+    net.run_until(Duration::from_secs(2), |n| {
+        n.nodes[2].as_ref().unwrap().status().ring_states[1].state == totem::RingHealth::Faulty
+    });
+    let json = serde_json::to_value(net.nodes[2].as_ref().unwrap().status()).unwrap();
+    assert_eq!(json["ring_states"][1]["state"], "faulty");
+    assert_eq!(json["ring_states"][0]["state"], "active");
+    assert_eq!(json["ring_id"]["seq"], ring_before.seq);
+    assert!(
+        json["stats"]["token_rotations"].as_u64().unwrap() > 0,
+        "{json}"
+    );
     net.cut = Box::new(|_, _, _| false);
     net.run_until(Duration::from_secs(2), |n| {
         n.nodes[0].as_ref().unwrap().link_up(NodeId(3), 1)
