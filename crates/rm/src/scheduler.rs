@@ -213,6 +213,13 @@ pub enum Input {
         /// The node.
         node: NodeId,
     },
+    /// A node that was fenced while it was a member reports that it runs
+    /// again: it delivered its own fencing, so it is a newer incarnation
+    /// (the agent reported success only once the old one had no power).
+    Rebooted {
+        /// The node.
+        node: NodeId,
+    },
     /// A node asks to leave cleanly: its services are moved off first.
     Leave {
         /// The leaving node.
@@ -678,6 +685,19 @@ impl Scheduler {
             Input::Quorum { quorate } => self.handle_quorum(now, quorate),
             Input::Fenced { victim, method } => self.handle_fenced(now, victim, &method),
             Input::Rejoined { node } => self.handle_rejoined(now, node),
+            Input::Rebooted { node } => {
+                if self.st.members.contains(&node) && self.st.needs_rejoin.remove(&node) {
+                    self.event(
+                        now,
+                        None,
+                        format!(
+                            "{} runs again after its fencing (a new incarnation); it may take services",
+                            self.node_name(node)
+                        ),
+                    );
+                    self.reconcile(now);
+                }
+            }
             Input::Leave { node } => self.handle_leave(now, node),
             Input::Request { from, request } => self.handle_request(now, from, request)?,
             Input::Result(r) => self.handle_result(now, r),
@@ -848,6 +868,24 @@ impl Scheduler {
                     ),
                 );
             }
+        }
+        // A node fenced while it was a member lost its power with the fence;
+        // in any configuration ordered after that, it is a new incarnation
+        // (its reboot can be quick enough that the others never see it go).
+        let back: Vec<NodeId> = self
+            .st
+            .needs_rejoin
+            .iter()
+            .filter(|n| new.contains(n) && old.contains(n))
+            .copied()
+            .collect();
+        for n in back {
+            self.st.needs_rejoin.remove(&n);
+            self.event(
+                now,
+                None,
+                format!("{} is back after its fencing", self.node_name(n)),
+            );
         }
         for &n in new.difference(&old) {
             self.st.needs_rejoin.remove(&n);

@@ -837,6 +837,16 @@ impl Stack {
                                 fence::OutcomeKind::Pending | fence::OutcomeKind::StartupAbsent => {
                                 }
                             }
+                            // Delivering our own fencing means we are a newer
+                            // incarnation than the one that lost its power:
+                            // say so, or the others keep us out as a member
+                            // that is about to vanish.
+                            if o.victim == self.plan.me
+                                && matches!(o.kind, fence::OutcomeKind::Fenced { .. })
+                            {
+                                let me = self.plan.me;
+                                self.send_rm_input(rm::Input::Rebooted { node: me });
+                            }
                             self.fence.handle_fence_outcome(now, o)
                         }
                         Err(e) => {
