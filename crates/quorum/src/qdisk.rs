@@ -1034,7 +1034,11 @@ impl Qdisk {
                         .online_peers()
                         .filter(|(_, b)| b.state == DiskState::Run)
                         .all(|(_, b)| b.bid_for == me);
-                    if self.bid_cycles >= self.cfg.master_wait() && acked {
+                    // One cycle more than master_wait: our own Run block must
+                    // have been on the disk for a whole cycle, so a node that
+                    // came up in the same cycle has read it and bids too
+                    // (else two nodes that start together both win).
+                    if self.bid_cycles > self.cfg.master_wait() && acked {
                         self.set_state(QdiskState::Master, "elected quorum disk master".into());
                         self.master = Some(self.me);
                         self.bid_for = 0;

@@ -126,6 +126,15 @@ pub struct Profile {
     pub relocations: Option<Duration>,
     /// post_fail_delay (s).
     pub post_fail_delay: u64,
+    /// A quorum disk (votes = nodes - 1, one heuristic), instead of two_node
+    /// for two nodes.
+    pub qdisk: bool,
+    /// Mean time between a node losing access to the disk for a while.
+    pub disk_loss: Option<Duration>,
+    /// Probability that a disk I/O is slow (up to 0.8 of an interval).
+    pub disk_slow: f64,
+    /// Probability that a heuristic run fails (flapping).
+    pub heuristic_flap: f64,
 }
 
 impl Profile {
@@ -161,6 +170,10 @@ impl Profile {
             deaths: pick(r, 0.4, 2000, 8000),
             relocations: pick(r, 0.4, 2000, 8000),
             post_fail_delay: [0, 0, 1][r.below(3) as usize],
+            qdisk: r.chance(0.3),
+            disk_loss: pick(r, 0.5, 3000, 10000),
+            disk_slow: f(r, &[0.0, 0.05, 0.2]),
+            heuristic_flap: f(r, &[0.0, 0.1, 0.4]),
         }
     }
 }
@@ -261,6 +274,30 @@ enum Ev {
     Death,
     Relocate,
     Liveness,
+    QdiskTimer {
+        node: NodeId,
+        gen: u64,
+    },
+    DiskRead {
+        node: NodeId,
+        inc: u32,
+    },
+    DiskWrite {
+        node: NodeId,
+        inc: u32,
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Heuristic {
+        node: NodeId,
+        inc: u32,
+        index: usize,
+        ok: bool,
+    },
+    DiskLoss,
+    DiskBack {
+        node: NodeId,
+    },
 }
 
 struct Clock {
@@ -309,6 +346,11 @@ struct SimNode {
     clock: Clock,
     /// When this node last booted (global time).
     booted_at: Instant,
+    /// The quorum disk core, when the cluster has a disk.
+    qdisk: Option<quorum::Qdisk>,
+    qgen: u64,
+    /// This node cannot reach the disk (its I/O fails).
+    disk_lost: bool,
 }
 
 /// What is really true, whatever the nodes believe.
@@ -322,6 +364,8 @@ struct World {
     fenced_at: BTreeMap<NodeId, Instant>,
     /// Services whose processes died on a node (the next status check there fails).
     dead: BTreeSet<(String, NodeId)>,
+    /// The shared quorum disk's bytes.
+    disk: Vec<u8>,
 }
 
 /// The whole simulated cluster.
@@ -344,6 +388,8 @@ pub struct ClusterSim {
     key: Option<totem::ClusterKey>,
     world: World,
     trace: VecDeque<String>,
+    /// Per ring, per node incarnation: the quorum decisions in order.
+    decisions: BTreeMap<String, BTreeMap<(NodeId, u32), Vec<bool>>>,
     tail_len: usize,
     hash: u64,
     steps: u64,
@@ -377,7 +423,7 @@ fn render_conf(
     n: usize,
     p: &Profile,
 ) -> (String, Vec<String>, BTreeMap<String, Vec<NodeId>>) {
-    let two_node = n == 2;
+    let two_node = n == 2 && !p.qdisk;
     let mut nodes = String::new();
     for i in 1..=n {
         // In a two-node cluster n1's device carries a delay, so in a split n1
@@ -397,9 +443,24 @@ fn render_conf(
         ));
     }
     let cman = if two_node {
-        r#"<cman two_node="1" expected_votes="1"/>"#
+        r#"<cman two_node="1" expected_votes="1"/>"#.to_string()
+    } else if p.qdisk {
+        format!(r#"<cman expected_votes="{}"/>"#, 2 * n - 1)
     } else {
-        "<cman/>"
+        "<cman/>".to_string()
+    };
+    // qdisk(5): votes = nodes - 1, and a token longer than the disk's
+    // takeover time (interval * (tko + master_wait + 2) = 6 s here).
+    let (token, quorumd) = if p.qdisk {
+        (
+            7000,
+            format!(
+                r#"<quorumd interval="1" tko="3" votes="{}" device="/sim/qdisk" label="quorate" min_score="1"><heuristic program="sim-gateway-check" score="1" interval="1" tko="3"/></quorumd>"#,
+                n - 1
+            ),
+        )
+    } else {
+        (p.token_ms, String::new())
     };
     let nsvc = r.range(1, 3) as usize;
     let mut domains_xml = String::new();
@@ -464,6 +525,7 @@ fn render_conf(
 <cluster name="sim" config_version="1">
   {cman}
   <totem token="{token}" secauth="off"/>
+  {quorumd}
   <fence_daemon post_join_delay="3" post_fail_delay="{pfd}" clean_start="{clean_start}"/>
   <clusternodes>{nodes}</clusternodes>
   <fencedevices><fencedevice name="pdu" agent="fence_sim_pdu"/><fencedevice name="ipmi" agent="fence_sim_ipmi"/></fencedevices>
@@ -472,7 +534,6 @@ fn render_conf(
     {services_xml}
   </rm>
 </cluster>"#,
-        token = p.token_ms,
         pfd = p.post_fail_delay,
     );
     (text, services, domains)
@@ -545,11 +606,14 @@ impl ClusterSim {
                     skew_ns: skew,
                 },
                 booted_at: Instant::ZERO,
+                qdisk: None,
+                qgen: 0,
+                disk_lost: false,
             });
         }
         Ok(ClusterSim {
             tail_len: opts.trace_lines,
-            two_node: opts.nodes == 2,
+            two_node: opts.nodes == 2 && !profile.qdisk,
             opts,
             profile,
             conf_text,
@@ -565,8 +629,12 @@ impl ClusterSim {
             blocked: BTreeSet::new(),
             faults_on: true,
             key,
-            world: World::default(),
+            world: World {
+                disk: quorum::layout::format_image("sim", "quorate").expect("short names"),
+                ..World::default()
+            },
             trace: VecDeque::new(),
+            decisions: BTreeMap::new(),
             hash: 0xcbf2_9ce4_8422_2325,
             steps: 0,
             starts: 0,
@@ -638,6 +706,17 @@ impl ClusterSim {
         let name = self.nodes[i].name.clone();
         let plan = stack::plan::make_plan(&self.conf, &name, resolve)
             .map_err(|e| self.fail(format!("plan for {name}: {e}")))?;
+        if let Some((_, qcfg)) = plan.qdisk.clone() {
+            let mono = self.nodes[i].clock.local(self.now);
+            let q = quorum::Qdisk::new(
+                self.nodes[i].id,
+                u64::from(self.nodes[i].inc),
+                qcfg,
+                mono,
+            )
+            .map_err(|e| self.fail(format!("qdisk for {name}: {e}")))?;
+            self.nodes[i].qdisk = Some(q);
+        }
         let init = StackInit {
             plan,
             conf: self.conf.clone(),
@@ -651,7 +730,8 @@ impl ClusterSim {
         self.nodes[i].stack = Some(s);
         let inc = self.nodes[i].inc;
         self.log(format!("{name} powers on (incarnation {inc})"));
-        self.after(i)
+        self.after(i)?;
+        self.after_qdisk(i)
     }
 
     /// Cut a node's power: its daemon and every process it ran are gone.
@@ -660,6 +740,7 @@ impl ClusterSim {
         if self.nodes[i].stack.take().is_none() {
             return;
         }
+        self.nodes[i].qdisk = None;
         self.nodes[i].paused = false;
         self.nodes[i].held.clear();
         let lost: Vec<String> = self
@@ -705,6 +786,26 @@ impl ClusterSim {
         let name = self.nodes[i].name.clone();
         for n in notes {
             self.log(format!("{name}: {n}"));
+        }
+        // The vote core's answer once it has synchronised in this ring.
+        let key = (id, self.nodes[i].inc);
+        let settled = self.nodes[i].stack.as_ref().and_then(|s| {
+            let q = s.quorum();
+            let ring = s.ring_id()?;
+            (!q.is_syncing() && s.totem().ring_id() == ring)
+                .then(|| (format!("{}/{}", ring.rep.0, ring.seq), q.is_quorate()))
+        });
+        if let Some((ring, quorate)) = settled {
+            let v = self
+                .decisions
+                .entry(ring.clone())
+                .or_default()
+                .entry(key)
+                .or_default();
+            if v.last() != Some(&quorate) {
+                v.push(quorate);
+                self.check_decisions(&ring, key)?;
+            }
         }
         for t in out {
             self.send(id, t.to, t.bytes);
@@ -802,7 +903,15 @@ impl ClusterSim {
             Action::PersistRingSeq(seq) => {
                 self.nodes[i].ring_seq = self.nodes[i].ring_seq.max(seq);
             }
-            Action::QdiskMembership(_) | Action::Deliver { .. } => {}
+            Action::QdiskMembership(members) => {
+                let mono = self.nodes[i].clock.local(self.now);
+                if let Some(q) = self.nodes[i].qdisk.as_mut() {
+                    q.handle_membership(mono, members);
+                    // its outputs are drained by after_qdisk below
+                }
+                self.after_qdisk(i)?;
+            }
+            Action::Deliver { .. } => {}
             Action::Left => {}
         }
         Ok(())
@@ -1007,6 +1116,110 @@ impl ClusterSim {
         self.feed(f, Held::Agent(run.run_id, result))
     }
 
+    // ---------------------------------------------------------- quorum disk
+
+    /// Drain a node's disk core: I/O and heuristics as events, availability
+    /// into its stack, a self-fence as a power cut; re-arm its timer.
+    fn after_qdisk(&mut self, i: usize) -> Result<(), Failure> {
+        let id = self.nodes[i].id;
+        let inc = self.nodes[i].inc;
+        let name = self.nodes[i].name.clone();
+        let mut actions = Vec::new();
+        let mut events = Vec::new();
+        {
+            let Some(q) = self.nodes[i].qdisk.as_mut() else {
+                return Ok(());
+            };
+            while let Some(a) = q.poll_action() {
+                actions.push(a);
+            }
+            while let Some(e) = q.poll_event() {
+                events.push(e);
+            }
+        }
+        for a in actions {
+            let slow = self.faults_on && self.rng.chance(self.profile.disk_slow);
+            let d = if slow {
+                // slow, but within the interval: qdisk's contract (an I/O
+                // slower than that counts as a failed cycle on real disks too)
+                Duration::from_millis(self.rng.range(100, 800))
+            } else {
+                Duration::from_micros(self.rng.range(200, 5000))
+            };
+            match a {
+                quorum::QdiskAction::ReadAll => self.at(self.now + d, Ev::DiskRead { node: id, inc }),
+                quorum::QdiskAction::WriteBlock { offset, data } => self.at(
+                    self.now + d,
+                    Ev::DiskWrite {
+                        node: id,
+                        inc,
+                        offset,
+                        data,
+                    },
+                ),
+                quorum::QdiskAction::RunHeuristic { index, .. } => {
+                    let ok = !(self.faults_on && self.rng.chance(self.profile.heuristic_flap));
+                    let d = Duration::from_millis(self.rng.range(1, 50));
+                    self.at(
+                        self.now + d,
+                        Ev::Heuristic {
+                            node: id,
+                            inc,
+                            index,
+                            ok,
+                        },
+                    );
+                }
+                quorum::QdiskAction::SelfFence { reason } => {
+                    self.log(format!("{name}: qdisk self-fence: {reason}"));
+                    self.power_off(i, "quorum disk self-fence");
+                    let d = Duration::from_millis(self.rng.range(1000, 6000));
+                    self.at(self.now + d, Ev::PowerOn { node: id });
+                    return Ok(());
+                }
+            }
+        }
+        for e in events {
+            match e {
+                quorum::QdiskEvent::Availability { master, reason } => {
+                    self.log(format!("{name}: qdisk: {reason}"));
+                    let now = self.now_of(i);
+                    if let Some(s) = self.nodes[i].stack.as_mut() {
+                        s.handle_qdisk(now, master, &reason);
+                    }
+                    self.after(i)?;
+                }
+                other => self.log(format!("{name}: qdisk: {other:?}")),
+            }
+        }
+        if let Some(d) = self.nodes[i].qdisk.as_ref().and_then(|q| q.poll_deadline()) {
+            self.nodes[i].qgen += 1;
+            let gen = self.nodes[i].qgen;
+            let g = self.nodes[i].clock.global(d, self.now);
+            self.at(g, Ev::QdiskTimer { node: id, gen });
+        }
+        Ok(())
+    }
+
+    /// Feed a disk core (a paused node's disk thread is paused too: the
+    /// result waits, as its I/O would).
+    fn qdisk_input(
+        &mut self,
+        node: NodeId,
+        inc: u32,
+        f: impl FnOnce(&mut quorum::Qdisk, Instant, &mut World, bool),
+    ) -> Result<(), Failure> {
+        let i = self.idx(node);
+        if self.nodes[i].inc != inc || self.nodes[i].qdisk.is_none() {
+            return Ok(());
+        }
+        let mono = self.nodes[i].clock.local(self.now);
+        let lost = self.nodes[i].disk_lost;
+        let q = self.nodes[i].qdisk.as_mut().expect("checked");
+        f(q, mono, &mut self.world, lost);
+        self.after_qdisk(i)
+    }
+
     // ---------------------------------------------------------- checks
 
     fn check(&self) -> Result<(), Failure> {
@@ -1030,27 +1243,28 @@ impl ClusterSim {
                 quorate.push((r, m));
             }
         }
-        // Members of one ring whose vote core has settled agree on quorum.
-        let mut by_ring: BTreeMap<totem::RingId, (NodeId, bool)> = BTreeMap::new();
-        for n in &self.nodes {
-            let Some(s) = &n.stack else { continue };
-            if n.paused || s.quorum().is_syncing() {
+        Ok(())
+    }
+
+    /// Members of one configuration, once their vote cores have synchronised
+    /// in it, take the same quorum decisions in the same order (each is at
+    /// its own point of the order, so one node's list must be a prefix of the
+    /// other's).
+    fn check_decisions(&self, ring: &str, key: (NodeId, u32)) -> Result<(), Failure> {
+        let Some(per) = self.decisions.get(ring) else {
+            return Ok(());
+        };
+        let mine = &per[&key];
+        for (other, theirs) in per {
+            if *other == key {
                 continue;
             }
-            let Some(r) = s.ring_id() else { continue };
-            if s.totem().ring_id() != r {
-                continue; // a newer ring is forming
-            }
-            let q = s.quorum().is_quorate();
-            if let Some((other, oq)) = by_ring.get(&r) {
-                if *oq != q {
-                    return Err(self.fail(format!(
-                        "ring {r:?}: n{} says quorate={oq}, n{} says quorate={q}",
-                        other.0, n.id.0
-                    )));
-                }
-            } else {
-                by_ring.insert(r, (n.id, q));
+            let n = mine.len().min(theirs.len());
+            if mine[..n] != theirs[..n] {
+                return Err(self.fail(format!(
+                    "ring {ring}: n{} decided quorum {mine:?}, n{} decided {theirs:?}",
+                    key.0 .0, other.0 .0
+                )));
             }
         }
         Ok(())
@@ -1299,9 +1513,99 @@ impl ClusterSim {
                 let d = self.exp(m);
                 self.at(self.now + d, Ev::Relocate);
             }
+            Ev::QdiskTimer { node, gen } => {
+                let i = self.idx(node);
+                if self.nodes[i].qgen != gen || self.nodes[i].paused {
+                    return Ok(());
+                }
+                let inc = self.nodes[i].inc;
+                self.qdisk_input(node, inc, |q, t, _, _| q.handle_timeout(t))?;
+            }
+            Ev::DiskRead { node, inc } => {
+                let i = self.idx(node);
+                if self.nodes[i].paused {
+                    self.at(self.now + Duration::from_millis(50), Ev::DiskRead { node, inc });
+                    return Ok(());
+                }
+                self.qdisk_input(node, inc, |q, t, w, lost| {
+                    if lost {
+                        q.handle_read(t, Err("I/O error: no path to the disk".into()));
+                    } else {
+                        q.handle_read(t, Ok(&w.disk));
+                    }
+                })?;
+            }
+            Ev::DiskWrite {
+                node,
+                inc,
+                offset,
+                data,
+            } => {
+                let i = self.idx(node);
+                if self.nodes[i].inc != inc || self.nodes[i].qdisk.is_none() {
+                    return Ok(()); // the write died with its node
+                }
+                if self.nodes[i].paused {
+                    self.at(
+                        self.now + Duration::from_millis(50),
+                        Ev::DiskWrite {
+                            node,
+                            inc,
+                            offset,
+                            data,
+                        },
+                    );
+                    return Ok(());
+                }
+                self.qdisk_input(node, inc, |q, t, w, lost| {
+                    let o = offset as usize;
+                    if lost || o + data.len() > w.disk.len() {
+                        q.handle_write_result(t, Err("I/O error: no path to the disk".into()));
+                    } else {
+                        w.disk[o..o + data.len()].copy_from_slice(&data);
+                        q.handle_write_result(t, Ok(()));
+                    }
+                })?;
+            }
+            Ev::Heuristic {
+                node,
+                inc,
+                index,
+                ok,
+            } => {
+                self.qdisk_input(node, inc, |q, t, _, _| {
+                    q.handle_heuristic_result(t, index, ok)
+                })?;
+            }
+            Ev::DiskLoss => {
+                if !self.faults_on {
+                    return Ok(());
+                }
+                let i = self.rng.below(self.nodes.len() as u64) as usize;
+                if !self.nodes[i].disk_lost {
+                    self.nodes[i].disk_lost = true;
+                    let id = self.nodes[i].id;
+                    let d = Duration::from_millis(self.rng.range(500, 10000));
+                    self.log(format!("{} loses its path to the quorum disk for {d}", self.nodes[i].name));
+                    self.at(self.now + d, Ev::DiskBack { node: id });
+                }
+                let m = self.profile.disk_loss.unwrap_or(Duration::from_secs(5));
+                let d = self.exp(m);
+                self.at(self.now + d, Ev::DiskLoss);
+            }
+            Ev::DiskBack { node } => {
+                let i = self.idx(node);
+                if self.nodes[i].disk_lost {
+                    self.nodes[i].disk_lost = false;
+                    self.log(format!("{} reaches the quorum disk again", self.nodes[i].name));
+                }
+            }
             Ev::Liveness => {
                 self.faults_on = false;
                 self.blocked.clear();
+                for n in self.nodes.iter_mut() {
+                    n.disk_lost = false;
+                }
                 self.log("liveness phase: faults stop, every node gets power".into());
                 for i in 0..self.nodes.len() {
                     if self.nodes[i].stack.is_none() {
@@ -1329,7 +1633,11 @@ impl ClusterSim {
         if let Some(s) = self.nodes[i].stack.as_mut() {
             s.handle_timeout(now);
         }
-        self.after(i)
+        self.after(i)?;
+        if let Some(q) = self.nodes[i].qdisk.as_mut() {
+            q.handle_timeout(now.mono);
+        }
+        self.after_qdisk(i)
     }
 
     fn run_until(
@@ -1416,6 +1724,7 @@ impl ClusterSim {
                 (p.pauses, Ev::Pause),
                 (p.deaths, Ev::Death),
                 (p.relocations, Ev::Relocate),
+                (p.disk_loss.filter(|_| p.qdisk), Ev::DiskLoss),
             ] {
                 if let Some(m) = on {
                     // faults begin once the cluster has had time to form
