@@ -220,6 +220,13 @@ pub enum Input {
         /// The node.
         node: NodeId,
     },
+    /// A member restarted (its node daemon is a new incarnation) without the
+    /// others seeing it leave: whatever the old one ran or was starting may
+    /// still run there, so it is stopped there first, then recovered.
+    Restarted {
+        /// The node.
+        node: NodeId,
+    },
     /// A node asks to leave cleanly: its services are moved off first.
     Leave {
         /// The leaving node.
@@ -685,6 +692,7 @@ impl Scheduler {
             Input::Quorum { quorate } => self.handle_quorum(now, quorate),
             Input::Fenced { victim, method } => self.handle_fenced(now, victim, &method),
             Input::Rejoined { node } => self.handle_rejoined(now, node),
+            Input::Restarted { node } => self.handle_restarted(now, node),
             Input::Rebooted { node } => {
                 if self.st.members.contains(&node) && self.st.needs_rejoin.remove(&node) {
                     self.event(
@@ -855,6 +863,9 @@ impl Scheduler {
                     None,
                     format!("{} left the cluster cleanly", self.node_name(n)),
                 );
+                if self.st.needs_rejoin.contains(&n) {
+                    self.release_fenced(now, n);
+                }
             } else {
                 self.st.fence_pending.insert(n);
                 unclean.push(n);
@@ -1067,10 +1078,14 @@ impl Scheduler {
             return;
         }
         if member {
-            // Fenced while still a member: whatever it ran is gone with it,
-            // and it gets nothing until it has left and joined again.
+            // Fenced while still a member: either the incarnation that was
+            // fenced has not dropped out of the ring yet, or the node already
+            // rebooted and rejoined before the outcome was ordered (and may be
+            // running what it was given since). Whatever it holds is stopped
+            // there: a new incarnation stops it; for a dead one the stop ends
+            // when it leaves the ring. It gets nothing new until it is back.
             self.st.needs_rejoin.insert(victim);
-            self.node_lost(now, victim);
+            self.stop_on_fenced_member(now, victim);
         }
         let cause = format!(
             "{} fenced by {} at {}",
@@ -1116,6 +1131,77 @@ impl Scheduler {
                 let cause = format!(
                     "{nname} rejoined without being fenced; stopping {name} there before recovery"
                 );
+                svc.plan.cause = cause.clone();
+                self.stop_on(now, &mut svc, cause);
+            }
+            self.st.services.insert(name, svc);
+        }
+        self.reconcile(now);
+    }
+
+    /// A member was fenced: stop what it holds there (see handle_fenced).
+    fn stop_on_fenced_member(&mut self, now: Instant, node: NodeId) {
+        let nname = self.node_name(node);
+        for name in self.st.order.clone() {
+            let Some(mut svc) = self.st.services.remove(&name) else {
+                continue;
+            };
+            if svc.occupies(node) {
+                let cause = format!(
+                    "{nname} was fenced while still a member; stopping {name} there before recovery"
+                );
+                svc.owner = Some(node);
+                svc.target = None;
+                svc.op = None;
+                svc.plan.cause = cause.clone();
+                self.stop_on(now, &mut svc, cause);
+            }
+            self.st.services.insert(name, svc);
+        }
+    }
+
+    /// A fenced member left the ring: its power was cut, so whatever it still
+    /// held (a stop that will never report) is stopped.
+    fn release_fenced(&mut self, now: Instant, node: NodeId) {
+        let nname = self.node_name(node);
+        self.event(
+            now,
+            None,
+            format!("{nname} left the ring after its fencing; what it held is recovered"),
+        );
+        for svc in self.st.services.values_mut() {
+            if svc.occupies(node) {
+                svc.last_owner = Some(node);
+                svc.owner = None;
+                svc.target = None;
+                svc.op = None;
+                svc.state = State::Stopped;
+                svc.reason = format!("{nname} was fenced and has left the ring; recovering");
+                svc.plan.cause = svc.reason.clone();
+            }
+        }
+    }
+
+    fn handle_restarted(&mut self, now: Instant, node: NodeId) {
+        if !self.st.members.contains(&node) {
+            return;
+        }
+        let nname = self.node_name(node);
+        self.event(
+            now,
+            None,
+            format!("{nname} restarted (a new incarnation) without leaving the membership"),
+        );
+        for name in self.st.order.clone() {
+            let Some(mut svc) = self.st.services.remove(&name) else {
+                continue;
+            };
+            if svc.occupies(node) {
+                let cause =
+                    format!("{nname} restarted; stopping {name} there before placing it again");
+                svc.owner = Some(node);
+                svc.target = None;
+                svc.op = None;
                 svc.plan.cause = cause.clone();
                 self.stop_on(now, &mut svc, cause);
             }

@@ -193,11 +193,31 @@ pub struct Stack {
     left: bool,
     /// Services with an operation running here (one at a time per service).
     running_ops: BTreeMap<String, rm::OpId>,
+    /// Actions waiting for the operation running on their service to end:
+    /// a stop never races the start it follows.
+    queued_ops: BTreeMap<String, VecDeque<rm::Action>>,
     /// Vms this node is preparing to receive (migration targets).
     incoming: BTreeSet<String>,
     tick_sent_for: Option<Instant>,
     actions: VecDeque<Action>,
     notes: VecDeque<String>,
+    /// Quorum decisions by point of the order (for checkers): bounded.
+    decisions: VecDeque<Decision>,
+}
+
+/// The vote core's answer right after an ordered event: at a configuration
+/// change (`seq` 0) or after a quorum message at `seq` of `ring`. Members that
+/// are past synchronisation must give the same answer at the same point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The ring the event belongs to.
+    pub ring: totem::RingId,
+    /// Its position in the ring (0: the configuration change itself).
+    pub seq: u64,
+    /// Quorate after it.
+    pub quorate: bool,
+    /// The vote core was still synchronising (members may differ).
+    pub syncing: bool,
 }
 
 impl Stack {
@@ -228,7 +248,8 @@ impl Stack {
         }
         let quorum = quorum::VoteQuorum::new(plan.me, plan.quorum.clone())?;
         let fence = fence::FenceDomain::new(plan.me, plan.fence.clone());
-        let rm = RmReplica::new(plan.me, plan::rm_spec(&conf))?;
+        let mut rm = RmReplica::new(plan.me, plan::rm_spec(&conf))?;
+        rm.set_incarnation(epoch);
         let mut s = Stack {
             now,
             conf,
@@ -247,10 +268,12 @@ impl Stack {
             leave_delivered: false,
             left: false,
             running_ops: BTreeMap::new(),
+            queued_ops: BTreeMap::new(),
             incoming: BTreeSet::new(),
             tick_sent_for: None,
             actions: VecDeque::new(),
             notes: VecDeque::new(),
+            decisions: VecDeque::new(),
         };
         s.after();
         Ok(s)
@@ -323,6 +346,23 @@ impl Stack {
         }
     }
 
+    /// The next quorum decision by point of the order (see [`Decision`]).
+    pub fn poll_decision(&mut self) -> Option<Decision> {
+        self.decisions.pop_front()
+    }
+
+    fn record_decision(&mut self, ring: totem::RingId, seq: u64) {
+        if self.decisions.len() >= 1024 {
+            self.decisions.pop_front();
+        }
+        self.decisions.push_back(Decision {
+            ring,
+            seq,
+            quorate: self.quorum.is_quorate(),
+            syncing: self.quorum.is_syncing(),
+        });
+    }
+
     /// The next line for the event log ("why is it like this").
     pub fn poll_note(&mut self) -> Option<String> {
         self.notes.pop_front()
@@ -389,6 +429,16 @@ impl Stack {
         self.now = now;
         if self.running_ops.get(&service) == Some(&op) {
             self.running_ops.remove(&service);
+            let next = self
+                .queued_ops
+                .get_mut(&service)
+                .and_then(|q| q.pop_front());
+            if self.queued_ops.get(&service).is_some_and(|q| q.is_empty()) {
+                self.queued_ops.remove(&service);
+            }
+            if let Some(next) = next {
+                self.run_service_action(next);
+            }
         }
         if let Some(outcome) = outcome {
             self.note(format!("rm: {service} op {op} finished here: {outcome:?}"));
@@ -791,6 +841,7 @@ impl Stack {
                 self.confsync
                     .handle_membership(now, ring, &c.members, &c.joined);
                 self.feed_confsync_quorum();
+                self.record_decision(c.ring_id, 0);
             }
             totem::Event::Deliver(d) => {
                 let Some((tag, body)) = d.payload.split_first() else {
@@ -801,6 +852,7 @@ impl Stack {
                         Ok(m) => {
                             self.quorum.handle_message(now, d.sender, m);
                             self.feed_confsync_quorum();
+                            self.record_decision(d.ring_id, d.seq);
                         }
                         Err(e) => {
                             tracing::warn!(from = d.sender.0, error = %e, "dropping quorum message")
@@ -1094,6 +1146,14 @@ impl Stack {
             && self.running_ops.contains_key(&service)
         {
             return; // a start/stop is running: the check would race it
+        }
+        if self.running_ops.contains_key(&service) {
+            // One operation at a time per service, in the order decided.
+            let q = self.queued_ops.entry(service.clone()).or_default();
+            if q.len() < 16 {
+                q.push_back(action);
+            }
+            return;
         }
         let verb = match &action {
             rm::Action::StartService { .. } => "starting",

@@ -62,6 +62,12 @@ pub enum RmMsg {
         /// Nodes the sender's fence domain still holds as victims.
         #[serde(default)]
         fencing: Vec<NodeId>,
+        /// The sender's incarnation (boot epoch of its node daemon).
+        #[serde(default)]
+        incarnation: u64,
+        /// The incarnations of members as the sender's state knows them.
+        #[serde(default)]
+        incarnations: BTreeMap<NodeId, u64>,
         /// The sender's state at the configuration change.
         snapshot: Box<rm::Snapshot>,
     },
@@ -86,6 +92,8 @@ struct Syncing {
     got: BTreeMap<NodeId, (u64, u64, Box<rm::Snapshot>)>,
     /// Victims any member's fence domain still holds.
     fencing: std::collections::BTreeSet<NodeId>,
+    /// Each member's reported incarnation and known incarnations.
+    incarnations: BTreeMap<NodeId, (u64, BTreeMap<NodeId, u64>)>,
     /// Inputs delivered during the sync, with the sender's stamp for those
     /// that came as messages (the others take the agreed time as it is when
     /// they are replayed).
@@ -104,6 +112,10 @@ pub struct RmReplica {
     ring: u64,
     /// The last ring in which this replica was quorate (0: never).
     quorate_ring: u64,
+    /// This node daemon's incarnation.
+    incarnation: u64,
+    /// Members' incarnations as of the last state transfer (agreed).
+    incarnations: BTreeMap<NodeId, u64>,
 }
 
 impl RmReplica {
@@ -117,7 +129,14 @@ impl RmReplica {
             outbox: Vec::new(),
             ring: 0,
             quorate_ring: 0,
+            incarnation: 0,
+            incarnations: BTreeMap::new(),
         })
+    }
+
+    /// Set this node daemon's incarnation (its boot epoch).
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        self.incarnation = incarnation;
     }
 
     /// The scheduler (views, actions, events).
@@ -196,6 +215,8 @@ impl RmReplica {
             quorate_ring,
             agreed_ns: self.agreed.max(wall).0,
             fencing,
+            incarnation: self.incarnation,
+            incarnations: self.incarnations.clone(),
             snapshot,
         });
         self.sync = Some(Syncing {
@@ -204,6 +225,7 @@ impl RmReplica {
             quorate,
             got: BTreeMap::new(),
             fencing: Default::default(),
+            incarnations: BTreeMap::new(),
             buffered: Vec::new(),
         });
     }
@@ -278,6 +300,8 @@ impl RmReplica {
                 quorate_ring,
                 agreed_ns,
                 fencing,
+                incarnation,
+                incarnations,
                 snapshot,
             } => {
                 // A sender that was quorate just before this configuration
@@ -292,6 +316,7 @@ impl RmReplica {
                     if s.ring == ring && s.members.contains(&from) {
                         s.got.insert(from, (q, agreed_ns, snapshot));
                         s.fencing.extend(fencing);
+                        s.incarnations.insert(from, (incarnation, incarnations));
                     }
                     s.quorate = quorate;
                 }
@@ -349,6 +374,28 @@ impl RmReplica {
             let at = self.agreed;
             self.apply(at, rm::Input::Rejoined { node });
         }
+        // Members whose node daemon restarted since the chosen state last saw
+        // them (a restart quicker than the token timeout is never seen as a
+        // departure): what the old incarnation ran is stopped there first.
+        let known = s
+            .got
+            .iter()
+            .find(|(_, (q, _, _))| *q == best)
+            .and_then(|(n, _)| s.incarnations.get(n))
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default();
+        let mut now_known = known.clone();
+        for (n, (inc, _)) in &s.incarnations {
+            if *inc == 0 {
+                continue; // an older peer that does not report it
+            }
+            if known.get(n).is_some_and(|old| old != inc) {
+                let at = self.agreed;
+                self.apply(at, rm::Input::Restarted { node: *n });
+            }
+            now_known.insert(*n, *inc);
+        }
+        self.incarnations = now_known;
         for (stamp, input) in s.buffered {
             if let Some(ns) = stamp {
                 self.agreed = self.agreed.max(Instant(ns));
