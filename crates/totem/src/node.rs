@@ -320,8 +320,11 @@ impl RingLog {
         }
         self.msgs.insert(seq, s);
         self.high_seq = self.high_seq.max(seq);
-        while self.msgs.contains_key(&(self.my_aru + 1)) {
-            self.my_aru += 1;
+        while let Some(next) = self.my_aru.checked_add(1) {
+            if !self.msgs.contains_key(&next) {
+                break;
+            }
+            self.my_aru = next;
         }
         true
     }
@@ -1048,7 +1051,10 @@ impl TotemNode {
             }
             rtr.push(s);
         }
-        let room = |tok: &Token| tok.seq < tok.prev_aru + MAX_OUTSTANDING;
+        // (a hostile token near u64::MAX gets no room rather than an overflow)
+        let room = |tok: &Token| {
+            tok.seq < tok.prev_aru.saturating_add(MAX_OUTSTANDING) && tok.seq < u64::MAX
+        };
         if self.state == State::Recovery {
             if let Some(rec) = self.rec.as_mut() {
                 let old = self.old.as_ref();
@@ -1200,7 +1206,7 @@ impl TotemNode {
     }
 
     fn forward(&mut self, now: Instant, mut tok: Token) {
-        tok.token_seq += 1;
+        tok.token_seq = tok.token_seq.saturating_add(1);
         self.last_token_seq = tok.token_seq;
         let next = self.next_member();
         self.saved_seq = tok.seq;
@@ -1215,7 +1221,7 @@ impl TotemNode {
         self.hold_until = None;
         if self.members.len() == 1 {
             let mut tok = tok;
-            tok.token_seq += 1;
+            tok.token_seq = tok.token_seq.saturating_add(1);
             self.process_token(now, tok);
         } else {
             self.forward(now, tok);
@@ -1273,8 +1279,7 @@ impl TotemNode {
         if self.state != State::Operational {
             return;
         }
-        loop {
-            let s = self.cur.delivered + 1;
+        while let Some(s) = self.cur.delivered.checked_add(1) {
             let Some(m) = self.cur.msgs.get(&s) else {
                 break;
             };
@@ -1568,7 +1573,7 @@ impl TotemNode {
         if active.first() != Some(&self.me) {
             return; // the representative will send the commit token
         }
-        let seq = g.max_seq.max(self.max_ring_seq) + 4;
+        let seq = g.max_seq.max(self.max_ring_seq).saturating_add(4);
         self.max_ring_seq = seq;
         self.push_event(Event::PersistRingSeq(seq));
         let ring = RingId { seq, rep: self.me };
@@ -1623,7 +1628,7 @@ impl TotemNode {
     }
 
     fn forward_commit(&mut self, now: Instant, mut c: Commit) {
-        c.token_seq += 1;
+        c.token_seq = c.token_seq.saturating_add(1);
         self.commit_seq = c.token_seq;
         let next = self.next_member();
         let msg = Message::Commit(c);
@@ -1721,7 +1726,7 @@ impl TotemNode {
     fn start_token(&mut self, now: Instant) {
         let tok = Token {
             ring: self.ring,
-            token_seq: self.last_token_seq + 1,
+            token_seq: self.last_token_seq.saturating_add(1),
             seq: 0,
             aru: 0,
             aru_id: self.me,
@@ -1751,7 +1756,8 @@ impl TotemNode {
             let rest: Vec<(u64, Stored)> = old
                 .log
                 .msgs
-                .range(old.log.delivered + 1..)
+                .range(old.log.delivered.saturating_add(1)..)
+                .filter(|(s, _)| **s > old.log.delivered)
                 .map(|(s, m)| (*s, m.clone()))
                 .collect();
             tracing::debug!(node = %self.me, old = %old.id, delivered = old.log.delivered, aru = old.log.my_aru, split = rec.split,
