@@ -1085,7 +1085,8 @@ impl Scheduler {
             // there: a new incarnation stops it; for a dead one the stop ends
             // when it leaves the ring. It gets nothing new until it is back.
             self.st.needs_rejoin.insert(victim);
-            self.stop_on_fenced_member(now, victim);
+            let why = format!("{} was fenced while still a member", self.node_name(victim));
+            self.stop_occupied_on(now, victim, &why);
         }
         let cause = format!(
             "{} fenced by {} at {}",
@@ -1139,17 +1140,15 @@ impl Scheduler {
         self.reconcile(now);
     }
 
-    /// A member was fenced: stop what it holds there (see handle_fenced).
-    fn stop_on_fenced_member(&mut self, now: Instant, node: NodeId) {
-        let nname = self.node_name(node);
+    /// Stop, on `node`, every service that occupies it (its processes may
+    /// run there whatever the replicas believed), saying `why`.
+    fn stop_occupied_on(&mut self, now: Instant, node: NodeId, why: &str) {
         for name in self.st.order.clone() {
             let Some(mut svc) = self.st.services.remove(&name) else {
                 continue;
             };
             if svc.occupies(node) {
-                let cause = format!(
-                    "{nname} was fenced while still a member; stopping {name} there before recovery"
-                );
+                let cause = format!("{why}; stopping {name} there before placing it again");
                 svc.owner = Some(node);
                 svc.target = None;
                 svc.op = None;
@@ -1192,21 +1191,7 @@ impl Scheduler {
             None,
             format!("{nname} restarted (a new incarnation) without leaving the membership"),
         );
-        for name in self.st.order.clone() {
-            let Some(mut svc) = self.st.services.remove(&name) else {
-                continue;
-            };
-            if svc.occupies(node) {
-                let cause =
-                    format!("{nname} restarted; stopping {name} there before placing it again");
-                svc.owner = Some(node);
-                svc.target = None;
-                svc.op = None;
-                svc.plan.cause = cause.clone();
-                self.stop_on(now, &mut svc, cause);
-            }
-            self.st.services.insert(name, svc);
-        }
+        self.stop_occupied_on(now, node, &format!("{nname} restarted"));
         self.reconcile(now);
     }
 

@@ -332,13 +332,7 @@ impl Stack {
                     if self.running_ops.get(&service) == Some(&op) {
                         self.running_ops.remove(&service);
                     }
-                    let report = rm::Report {
-                        node: self.plan.me,
-                        service,
-                        op,
-                        outcome,
-                    };
-                    self.send_rm_input(rm::Input::Result(report));
+                    self.report(service, op, outcome);
                     self.after();
                 }
                 other => return Some(other),
@@ -442,13 +436,7 @@ impl Stack {
         }
         if let Some(outcome) = outcome {
             self.note(format!("rm: {service} op {op} finished here: {outcome:?}"));
-            let report = rm::Report {
-                node: self.plan.me,
-                service,
-                op,
-                outcome,
-            };
-            self.send_rm_input(rm::Input::Result(report));
+            self.report(service, op, outcome);
         }
         self.after();
     }
@@ -685,6 +673,17 @@ impl Stack {
     fn note(&mut self, text: String) {
         tracing::info!("{text}");
         self.notes.push_back(text);
+    }
+
+    /// Tell every replica how an operation here ended.
+    fn report(&mut self, service: String, op: rm::OpId, outcome: rm::Outcome) {
+        let report = rm::Report {
+            node: self.plan.me,
+            service,
+            op,
+            outcome,
+        };
+        self.send_rm_input(rm::Input::Result(report));
     }
 
     /// Multicast a resource-manager input, stamped with this node's wall clock.
