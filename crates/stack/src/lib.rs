@@ -729,10 +729,7 @@ impl Stack {
                 moved = true;
                 self.multicast(TAG_QUORUM, m.encode());
             }
-            while let Some(ev) = self.quorum.poll_event() {
-                moved = true;
-                self.on_quorum_event(ev);
-            }
+            moved |= self.drain_quorum_events();
             self.sync_fence_view();
             while let Some(a) = self.fence.poll_action() {
                 moved = true;
@@ -841,6 +838,7 @@ impl Stack {
                     .handle_membership(now, ring, &c.members, &c.joined);
                 self.feed_confsync_quorum();
                 self.record_decision(c.ring_id, 0);
+                self.drain_quorum_events();
             }
             totem::Event::Deliver(d) => {
                 let Some((tag, body)) = d.payload.split_first() else {
@@ -852,6 +850,11 @@ impl Stack {
                             self.quorum.handle_message(now, d.sender, m);
                             self.feed_confsync_quorum();
                             self.record_decision(d.ring_id, d.seq);
+                            // A quorum change (a quorum disk's votes, say)
+                            // reaches the resource manager here, before the
+                            // next ordered message: every replica must see it
+                            // at the same point of the order.
+                            self.drain_quorum_events();
                         }
                         Err(e) => {
                             tracing::warn!(from = d.sender.0, error = %e, "dropping quorum message")
@@ -950,6 +953,16 @@ impl Stack {
                 self.actions.push_back(Action::PersistRingSeq(seq));
             }
         }
+    }
+
+    /// Hand the vote core's events on; true if there were any.
+    fn drain_quorum_events(&mut self) -> bool {
+        let mut any = false;
+        while let Some(ev) = self.quorum.poll_event() {
+            any = true;
+            self.on_quorum_event(ev);
+        }
+        any
     }
 
     fn on_quorum_event(&mut self, ev: quorum::QuorumEvent) {
