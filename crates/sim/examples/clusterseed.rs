@@ -15,7 +15,7 @@ fn main() {
             o.trace_lines = n.parse().unwrap_or(60);
         }
         o.echo = std::env::var("SIM_ECHO").is_ok();
-        o.qdisk = std::env::var("SIM_QDISK").is_ok();
+        o.qdisk = std::env::var("SIM_NO_QDISK").is_err();
         o.faults = std::env::var("SIM_CALM").is_err();
         match sim::cluster::run(o) {
             Ok(r) => println!(

@@ -195,6 +195,21 @@ impl RmReplica {
         wall: Instant,
         fencing: Vec<NodeId>,
     ) {
+        // A sync in progress restarts. The inputs it buffered (a start's
+        // result, say) must not be lost: they are applied to this replica's
+        // own state first, so the snapshot it offers now includes them. Every
+        // member that delivered them delivered the same ones (virtual
+        // synchrony), and the snapshot adopted comes from such a member
+        // whenever one was quorate most recently.
+        if let Some(old) = self.sync.take() {
+            for (stamp, input) in old.buffered {
+                if let Some(ns) = stamp {
+                    self.agreed = self.agreed.max(Instant(ns));
+                }
+                let at = self.agreed;
+                self.apply(at, input);
+            }
+        }
         self.ring = ring;
         // Every configuration change starts a state transfer, whoever joined
         // or left: members can disagree on who joined (a node that was
@@ -203,11 +218,6 @@ impl RmReplica {
         // the same sync messages.
         let was_quorate = self.sched.quorate();
         let quorate_ring = self.quorate_ring;
-        // A sync in progress restarts from the state we had before it; the
-        // inputs it buffered are dropped on every member alike (each member of
-        // the new configuration either never saw them or drops them too), so
-        // the replicas stay equal.
-        self.sync = None;
         let snapshot = Box::new(self.sched.snapshot());
         self.outbox.push(RmMsg::Sync {
             ring,
