@@ -37,7 +37,6 @@ use base::{DetRng, Duration, Instant, NodeId};
 use stack::{Action, Now, Stack, StackInit};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -202,43 +201,7 @@ pub struct Report {
     pub trace_hash: u64,
 }
 
-/// A violated invariant (or a liveness bound exceeded).
-#[derive(Clone, Debug)]
-pub struct Failure {
-    /// The seed.
-    pub seed: u64,
-    /// Nodes simulated.
-    pub nodes: usize,
-    /// Simulated time of detection.
-    pub at: Instant,
-    /// Which invariant, and how.
-    pub invariant: String,
-    /// The last trace lines before the failure.
-    pub tail: Vec<String>,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "cluster simulation failed: seed {} nodes {} at {}",
-            self.seed, self.nodes, self.at
-        )?;
-        writeln!(f, "invariant: {}", self.invariant)?;
-        writeln!(
-            f,
-            "replay: quorate sim cluster --seeds 1 --seed {} --nodes {}",
-            self.seed, self.nodes
-        )?;
-        writeln!(f, "trace tail:")?;
-        for l in &self.tail {
-            writeln!(f, "  {l}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Failure {}
+pub use crate::Failure;
 
 #[derive(Clone, Debug)]
 enum Ev {
@@ -303,25 +266,18 @@ enum Ev {
     },
 }
 
+/// A node's clocks: monotonic (offset and drift) and wall (skewed).
 struct Clock {
-    offset: u64,
-    ppm: i64,
+    mono: crate::DriftClock,
     skew_ns: i64,
 }
 
 impl Clock {
     fn local(&self, g: Instant) -> Instant {
-        let t = g.0 as i128;
-        Instant((t + t * self.ppm as i128 / 1_000_000 + self.offset as i128) as u64)
+        self.mono.local(g)
     }
     fn global(&self, l: Instant, now: Instant) -> Instant {
-        let l = (l.0 as i128 - self.offset as i128).max(0);
-        let mut g = (l * 1_000_000 / (1_000_000 + self.ppm as i128)) as u64;
-        g = g.max(now.0);
-        while self.local(Instant(g)) < Instant(l as u64 + self.offset) {
-            g += 1;
-        }
-        Instant(g)
+        self.mono.global(l, now)
     }
     fn wall(&self, g: Instant) -> Instant {
         Instant((WALL_ORIGIN as i128 + g.0 as i128 + self.skew_ns as i128) as u64)
@@ -402,12 +358,7 @@ pub struct ClusterSim {
     crashes: u64,
 }
 
-fn fnv(h: &mut u64, b: &[u8]) {
-    for x in b {
-        *h ^= u64::from(*x);
-        *h = h.wrapping_mul(0x100_0000_01b3);
-    }
-}
+use crate::fnv;
 
 /// The sim's resolver: node `nK` is 10.0.0.K (never used for a socket).
 fn resolve(name: &str, port: u16) -> Result<SocketAddr, String> {
@@ -552,6 +503,7 @@ impl ClusterSim {
         let (conf_text, services, domains) = render_conf(&mut rng, opts.nodes, &profile);
         let parsed = config::parse("cluster.conf", &conf_text);
         let fail = |why: String| Failure {
+            layer: "cluster",
             seed: opts.seed,
             nodes: opts.nodes,
             at: Instant::ZERO,
@@ -606,8 +558,10 @@ impl ClusterSim {
                 held: VecDeque::new(),
                 gen: 0,
                 clock: Clock {
-                    offset: rng.below(1 << 40),
-                    ppm,
+                    mono: crate::DriftClock {
+                        offset: rng.below(1 << 40),
+                        ppm,
+                    },
                     skew_ns: skew,
                 },
                 booted_at: Instant::ZERO,
@@ -666,6 +620,7 @@ impl ClusterSim {
 
     fn fail(&self, invariant: String) -> Failure {
         Failure {
+            layer: "cluster",
             seed: self.opts.seed,
             nodes: self.opts.nodes,
             at: self.now,

@@ -31,7 +31,6 @@
 use base::{DetRng, Duration, Instant, NodeId};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
-use std::fmt;
 use std::sync::Arc;
 use totem::{ClusterKey, Command, CpgEvent, Event, RingId, State, TotemConfig, TotemNode};
 
@@ -192,43 +191,7 @@ pub struct Report {
     pub trace_hash: u64,
 }
 
-/// A violated invariant (or a liveness bound exceeded).
-#[derive(Clone, Debug)]
-pub struct Failure {
-    /// The seed.
-    pub seed: u64,
-    /// Nodes simulated.
-    pub nodes: usize,
-    /// Simulated time of detection.
-    pub at: Instant,
-    /// Which invariant, and how.
-    pub invariant: String,
-    /// The last trace lines before the failure.
-    pub tail: Vec<String>,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "totem simulation failed: seed {} nodes {} at {}",
-            self.seed, self.nodes, self.at
-        )?;
-        writeln!(f, "invariant: {}", self.invariant)?;
-        writeln!(
-            f,
-            "replay: quorate sim totem --seed {} --nodes {}",
-            self.seed, self.nodes
-        )?;
-        writeln!(f, "trace tail:")?;
-        for l in &self.tail {
-            writeln!(f, "  {l}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Failure {}
+pub use crate::Failure;
 
 // ---------------------------------------------------------------- checker
 
@@ -271,12 +234,7 @@ pub struct Checker {
     pub cpg_agreements: u64,
 }
 
-fn fnv(h: &mut u64, b: &[u8]) {
-    for x in b {
-        *h ^= u64::from(*x);
-        *h = h.wrapping_mul(0x100_0000_01b3);
-    }
-}
+use crate::fnv;
 
 fn hash_bytes(b: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325;
@@ -451,26 +409,7 @@ enum Ev {
     Liveness,
 }
 
-struct Clock {
-    offset: u64,
-    ppm: i64,
-}
-
-impl Clock {
-    fn local(&self, g: Instant) -> Instant {
-        let t = g.0 as i128;
-        Instant((t + t * self.ppm as i128 / 1_000_000 + self.offset as i128) as u64)
-    }
-    fn global(&self, l: Instant, now: Instant) -> Instant {
-        let l = (l.0 as i128 - self.offset as i128).max(0);
-        let mut g = (l * 1_000_000 / (1_000_000 + self.ppm as i128)) as u64;
-        g = g.max(now.0);
-        while self.local(Instant(g)) < Instant(l as u64 + self.offset) {
-            g += 1;
-        }
-        Instant(g)
-    }
-}
+type Clock = crate::DriftClock;
 
 struct SimNode {
     id: NodeId,
@@ -587,6 +526,7 @@ impl Sim {
 
     fn fail(&self, invariant: String) -> Failure {
         Failure {
+            layer: "totem",
             seed: self.opts.seed,
             nodes: self.opts.nodes,
             at: self.now,
@@ -1407,7 +1347,9 @@ mod tests {
         let text = f.to_string();
         eprintln!("{text}");
         assert!(
-            text.contains(&format!("quorate sim totem --seed {seed} --nodes")),
+            text.contains(&format!(
+                "quorate sim totem --seeds 1 --seed {seed} --nodes"
+            )),
             "{text}"
         );
         assert!(

@@ -83,11 +83,8 @@ pub fn sim(layer: &str, seeds: u64, first: u64, nodes: Option<usize>) -> u8 {
     let started = std::time::Instant::now();
     for seed in first..first.saturating_add(seeds) {
         if let Err(f) = run(seed) {
+            // The failure names the replay command itself.
             err(&format!("{f}\n"));
-            err(&format!(
-                "replay: quorate sim {layer} --seeds 1 --seed {seed}{}\n",
-                nodes.map(|n| format!(" --nodes {n}")).unwrap_or_default()
-            ));
             return EXIT_FAIL;
         }
     }
