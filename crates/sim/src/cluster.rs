@@ -35,8 +35,8 @@
 
 use base::{DetRng, Duration, Instant, NodeId};
 use stack::{Action, Now, Stack, StackInit};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -338,27 +338,21 @@ pub struct ClusterSim {
     domains: BTreeMap<String, Vec<NodeId>>,
     rng: DetRng,
     now: Instant,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(Instant, u64)>>,
-    events: BTreeMap<u64, Ev>,
+    agenda: crate::Agenda<Ev>,
     nodes: Vec<SimNode>,
     blocked: BTreeSet<(NodeId, NodeId)>,
     faults_on: bool,
     key: Option<totem::ClusterKey>,
     world: World,
-    trace: VecDeque<String>,
+    trace: crate::Trace,
     /// The first answer of a synchronised vote core at each point of the
     /// order: (ring, position) -> (who, quorate).
     decisions: BTreeMap<(String, u64), ((NodeId, u32), bool)>,
-    tail_len: usize,
-    hash: u64,
     steps: u64,
     starts: u64,
     fenced: u64,
     crashes: u64,
 }
-
-use crate::fnv;
 
 /// The sim's resolver: node `nK` is 10.0.0.K (never used for a socket).
 fn resolve(name: &str, port: u16) -> Result<SocketAddr, String> {
@@ -571,7 +565,7 @@ impl ClusterSim {
             });
         }
         Ok(ClusterSim {
-            tail_len: opts.trace_lines,
+            trace: crate::Trace::new(opts.trace_lines, opts.echo),
             two_node: opts.nodes == 2 && !profile.qdisk,
             opts,
             profile,
@@ -581,9 +575,7 @@ impl ClusterSim {
             domains,
             rng,
             now: Instant::ZERO,
-            seq: 0,
-            queue: BinaryHeap::new(),
-            events: BTreeMap::new(),
+            agenda: crate::Agenda::new(),
             nodes,
             blocked: BTreeSet::new(),
             faults_on: true,
@@ -592,9 +584,7 @@ impl ClusterSim {
                 disk: quorum::layout::format_image("sim", "quorate").expect("short names"),
                 ..World::default()
             },
-            trace: VecDeque::new(),
             decisions: BTreeMap::new(),
-            hash: 0xcbf2_9ce4_8422_2325,
             steps: 0,
             starts: 0,
             fenced: 0,
@@ -608,14 +598,7 @@ impl ClusterSim {
     }
 
     fn log(&mut self, s: String) {
-        fnv(&mut self.hash, s.as_bytes());
-        if self.opts.echo {
-            eprintln!("{} {s}", self.now);
-        }
-        if self.trace.len() >= self.tail_len {
-            self.trace.pop_front();
-        }
-        self.trace.push_back(format!("{} {s}", self.now));
+        self.trace.log(self.now, &s);
     }
 
     fn fail(&self, invariant: String) -> Failure {
@@ -625,19 +608,16 @@ impl ClusterSim {
             nodes: self.opts.nodes,
             at: self.now,
             invariant,
-            tail: self.trace.iter().cloned().collect(),
+            tail: self.trace.tail(),
         }
     }
 
     fn at(&mut self, t: Instant, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Reverse((t, self.seq)));
-        self.events.insert(self.seq, ev);
+        self.agenda.at(t, ev);
     }
 
     fn exp(&mut self, mean: Duration) -> Duration {
-        let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        Duration::from_nanos((-(1.0 - u).ln() * mean.as_nanos() as f64) as u64)
+        crate::exp(&mut self.rng, mean)
     }
 
     fn idx(&self, id: NodeId) -> usize {
@@ -921,7 +901,7 @@ impl ClusterSim {
     }
 
     fn send(&mut self, from: NodeId, to: NodeId, bytes: Arc<[u8]>) {
-        fnv(&mut self.hash, &bytes[..bytes.len().min(32)]);
+        self.trace.fold(&bytes[..bytes.len().min(32)]);
         if self.faults_on {
             if self.blocked.contains(&(from, to)) {
                 return;
@@ -1611,16 +1591,12 @@ impl ClusterSim {
         end: Instant,
         mut stop: impl FnMut(&ClusterSim) -> bool,
     ) -> Result<bool, Failure> {
-        while let Some(Reverse((t, s))) = self.queue.peek().copied() {
+        while let Some(t) = self.agenda.next_time() {
             if t > end {
                 self.now = end;
                 return Ok(false);
             }
-            self.queue.pop();
-            let ev = self
-                .events
-                .remove(&s)
-                .expect("every queued seq has an event");
+            let (t, ev) = self.agenda.pop().expect("an event is due");
             self.now = t;
             self.steps += 1;
             self.handle(ev)?;
@@ -1726,7 +1702,7 @@ impl ClusterSim {
             fenced: self.fenced,
             crashes: self.crashes,
             converge,
-            trace_hash: self.hash,
+            trace_hash: self.trace.hash(),
         })
     }
 }

@@ -12,7 +12,9 @@
 pub mod cluster;
 pub mod totem;
 
-use base::Instant;
+use base::{DetRng, Duration, Instant};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fmt;
 
 /// A violated invariant (or a liveness bound exceeded) in a simulated run.
@@ -87,4 +89,97 @@ impl DriftClock {
         }
         Instant(g)
     }
+}
+
+/// The events still to come, in order of `(time, insertion)`: a run is a
+/// pure function of its seed.
+pub(crate) struct Agenda<E> {
+    seq: u64,
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    events: BTreeMap<u64, E>,
+}
+
+impl<E> Agenda<E> {
+    pub(crate) fn new() -> Agenda<E> {
+        Agenda {
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+        }
+    }
+
+    /// Schedule `ev` at `t`.
+    pub(crate) fn at(&mut self, t: Instant, ev: E) {
+        self.seq += 1;
+        self.queue.push(Reverse((t, self.seq)));
+        self.events.insert(self.seq, ev);
+    }
+
+    /// When the next event is due.
+    pub(crate) fn next_time(&self) -> Option<Instant> {
+        self.queue.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Take the next event.
+    pub(crate) fn pop(&mut self) -> Option<(Instant, E)> {
+        let Reverse((t, s)) = self.queue.pop()?;
+        let ev = self
+            .events
+            .remove(&s)
+            .expect("every queued seq has an event");
+        Some((t, ev))
+    }
+}
+
+/// The trace of a run: a rolling hash of everything that happened (for
+/// determinism checks) and the last lines (for a failure's report).
+pub(crate) struct Trace {
+    lines: VecDeque<String>,
+    cap: usize,
+    hash: u64,
+    echo: bool,
+}
+
+impl Trace {
+    pub(crate) fn new(cap: usize, echo: bool) -> Trace {
+        Trace {
+            lines: VecDeque::new(),
+            cap,
+            hash: 0xcbf2_9ce4_8422_2325,
+            echo,
+        }
+    }
+
+    /// Record a line at simulated time `now`.
+    pub(crate) fn log(&mut self, now: Instant, s: &str) {
+        fnv(&mut self.hash, s.as_bytes());
+        if self.echo {
+            eprintln!("{now} {s}");
+        }
+        if self.lines.len() >= self.cap {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(format!("{now} {s}"));
+    }
+
+    /// Fold bytes into the hash without a line.
+    pub(crate) fn fold(&mut self, b: &[u8]) {
+        fnv(&mut self.hash, b);
+    }
+
+    /// The hash so far.
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// The last lines.
+    pub(crate) fn tail(&self) -> Vec<String> {
+        self.lines.iter().cloned().collect()
+    }
+}
+
+/// An exponentially distributed delay with the given mean.
+pub(crate) fn exp(rng: &mut DetRng, mean: Duration) -> Duration {
+    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    Duration::from_nanos((-(1.0 - u).ln() * mean.as_nanos() as f64) as u64)
 }

@@ -29,8 +29,8 @@
 //! more message from every node must reach every node.
 
 use base::{DetRng, Duration, Instant, NodeId};
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use totem::{ClusterKey, Command, CpgEvent, Event, RingId, State, TotemConfig, TotemNode};
 
@@ -432,9 +432,7 @@ pub struct Sim {
     profile: Profile,
     rng: DetRng,
     now: Instant,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(Instant, u64)>>,
-    events: BTreeMap<u64, Ev>,
+    agenda: crate::Agenda<Ev>,
     nodes: Vec<SimNode>,
     blocked: BTreeSet<(NodeId, NodeId)>,
     ring1_down: BTreeSet<NodeId>,
@@ -442,8 +440,7 @@ pub struct Sim {
     faults_on: bool,
     key: Option<ClusterKey>,
     checker: Checker,
-    trace: VecDeque<String>,
-    hash: u64,
+    trace: crate::Trace,
     steps: u64,
 }
 
@@ -500,9 +497,7 @@ impl Sim {
             profile,
             rng,
             now: Instant::ZERO,
-            seq: 0,
-            queue: BinaryHeap::new(),
-            events: BTreeMap::new(),
+            agenda: crate::Agenda::new(),
             nodes,
             blocked: BTreeSet::new(),
             ring1_down: BTreeSet::new(),
@@ -510,18 +505,13 @@ impl Sim {
             faults_on: true,
             key,
             checker: Checker::default(),
-            trace: VecDeque::new(),
-            hash: 0xcbf2_9ce4_8422_2325,
+            trace: crate::Trace::new(TAIL, false),
             steps: 0,
         }
     }
 
     fn log(&mut self, s: String) {
-        fnv(&mut self.hash, s.as_bytes());
-        if self.trace.len() >= TAIL {
-            self.trace.pop_front();
-        }
-        self.trace.push_back(format!("{} {s}", self.now));
+        self.trace.log(self.now, &s);
     }
 
     fn fail(&self, invariant: String) -> Failure {
@@ -531,19 +521,16 @@ impl Sim {
             nodes: self.opts.nodes,
             at: self.now,
             invariant,
-            tail: self.trace.iter().cloned().collect(),
+            tail: self.trace.tail(),
         }
     }
 
     fn at(&mut self, t: Instant, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Reverse((t, self.seq)));
-        self.events.insert(self.seq, ev);
+        self.agenda.at(t, ev);
     }
 
     fn exp(&mut self, mean: Duration) -> Duration {
-        let u = (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        Duration::from_nanos((-(1.0 - u).ln() * mean.as_nanos() as f64) as u64)
+        crate::exp(&mut self.rng, mean)
     }
 
     fn idx(&self, id: NodeId) -> usize {
@@ -615,7 +602,7 @@ impl Sim {
                     self.checker.config(id, inc, c).map_err(|s| self.fail(s))?;
                 }
                 Event::Deliver(d) => {
-                    fnv(&mut self.hash, &d.seq.to_be_bytes());
+                    self.trace.fold(&d.seq.to_be_bytes());
                     self.checker.deliver(id, inc, d).map_err(|s| self.fail(s))?;
                     if d.safe {
                         self.check_safe(i, d)?;
@@ -709,7 +696,7 @@ impl Sim {
     }
 
     fn send(&mut self, from: NodeId, ring: u8, to: NodeId, bytes: Arc<[u8]>) {
-        fnv(&mut self.hash, &bytes);
+        self.trace.fold(&bytes);
         if self.faults_on {
             if self.blocked.contains(&(from, to)) {
                 return;
@@ -1004,16 +991,12 @@ impl Sim {
         end: Instant,
         mut stop: impl FnMut(&Sim) -> bool,
     ) -> Result<bool, Failure> {
-        while let Some(Reverse((t, s))) = self.queue.peek().copied() {
+        while let Some(t) = self.agenda.next_time() {
             if t > end {
                 self.now = end;
                 return Ok(false);
             }
-            self.queue.pop();
-            let ev = self
-                .events
-                .remove(&s)
-                .expect("every queued seq has an event");
+            let (t, ev) = self.agenda.pop().expect("an event is due");
             self.now = t;
             self.steps += 1;
             self.handle(ev)?;
@@ -1197,7 +1180,7 @@ impl Sim {
             configs: self.checker.configs,
             cpg_agreements: self.checker.cpg_agreements,
             converge,
-            trace_hash: self.hash,
+            trace_hash: self.trace.hash(),
         })
     }
 }
