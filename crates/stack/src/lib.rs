@@ -460,9 +460,7 @@ impl Stack {
     /// Writing a [`Action::WriteConfig`] failed.
     pub fn handle_write_failed(&mut self, now: Now, version: u64, error: &str) {
         self.now = now;
-        self.note(format!(
-            "config: cannot write config_version {version} to disk: {error}"
-        ));
+        // The config distribution reports it (Event::WriteFailed, noted).
         self.confsync.handle_write_failed(now.mono, version, error);
         self.after();
     }

@@ -45,14 +45,13 @@ pub enum RmMsg {
         /// The input.
         input: rm::Input,
     },
-    /// State transfer after a configuration with joiners.
+    /// State transfer at a configuration change.
     Sync {
         /// The configuration this sync belongs to.
         ring: u64,
-        /// The sender was quorate before this configuration.
-        was_quorate: bool,
-        /// The last ring in which the sender's replica was quorate (0: never).
-        #[serde(default)]
+        /// The last ring in which the sender's replica was quorate (0:
+        /// never); a sender quorate right before this configuration reports
+        /// the previous ring.
         quorate_ring: u64,
         /// The sender's agreed clock at the configuration change (ns), or its
         /// wall clock if later: the agreed clock also moves at membership
@@ -216,12 +215,10 @@ impl RmReplica {
         // paused never saw the others leave), and only a rule that depends
         // on nothing but the configuration itself makes them all wait for
         // the same sync messages.
-        let was_quorate = self.sched.quorate();
         let quorate_ring = self.quorate_ring;
         let snapshot = Box::new(self.sched.snapshot());
         self.outbox.push(RmMsg::Sync {
             ring,
-            was_quorate,
             quorate_ring,
             agreed_ns: self.agreed.max(wall).0,
             fencing,
@@ -306,7 +303,6 @@ impl RmReplica {
             },
             RmMsg::Sync {
                 ring,
-                was_quorate,
                 quorate_ring,
                 agreed_ns,
                 fencing,
@@ -314,17 +310,9 @@ impl RmReplica {
                 incarnations,
                 snapshot,
             } => {
-                // A sender that was quorate just before this configuration
-                // was quorate in the previous ring, which is newer than any
-                // ring it reported (older senders did not send quorate_ring).
-                let q = if was_quorate {
-                    quorate_ring.max(1)
-                } else {
-                    quorate_ring
-                };
                 if let Some(s) = &mut self.sync {
                     if s.ring == ring && s.members.contains(&from) {
-                        s.got.insert(from, (q, agreed_ns, snapshot));
+                        s.got.insert(from, (quorate_ring, agreed_ns, snapshot));
                         s.fencing.extend(fencing);
                         s.incarnations.insert(from, (incarnation, incarnations));
                     }
