@@ -96,6 +96,13 @@ pub struct QdiskConfig {
     pub max_error_cycles: u32,
     /// Heuristics.
     pub heuristics: Vec<HeuristicConfig>,
+    /// How long cluster membership can take to drop a node that stopped:
+    /// totem's token timeout plus its consensus timeout (`Duration::ZERO`:
+    /// unknown, the disk's own timing only). A master that is not in our
+    /// membership may still be counted by a partition whose ring died with
+    /// it, until that partition's members install a new configuration; see
+    /// [`QdiskConfig::outsider_wait`].
+    pub membership_timeout: Duration,
 }
 
 impl QdiskConfig {
@@ -113,6 +120,7 @@ impl QdiskConfig {
             reboot: true,
             max_error_cycles: 0,
             heuristics: Vec::new(),
+            membership_timeout: Duration::ZERO,
         }
     }
 
@@ -143,8 +151,44 @@ impl QdiskConfig {
     }
 
     /// Failed cycles in a row after which the node stops advertising.
+    ///
+    /// The step-down bound. Say our last write completed at `w`. Every later
+    /// cycle fails (an I/O error, an I/O still outstanding when the next
+    /// cycle is due, or a cycle skipped because the process was stalled), so
+    /// by `w + io_grace * interval` we have withdrawn (no longer master, the
+    /// disk no longer counts us in). Another node sees our block move for
+    /// the last time at its first read after `w`; it needs `tko` more reads
+    /// (`tko * interval`) to find us dead, then `master_wait + 1` cycles of
+    /// bidding: it cannot be master before `w + (tko + master_wait) *
+    /// interval`. With `io_grace = max(1, tko / 2)`, `tko >= 2` and
+    /// `master_wait >= 1`, we withdraw at least `tko - tko/2 + master_wait
+    /// >= 2` intervals before anyone can take over: room for clock drift and
+    /// for an I/O that completes just inside its interval.
     pub fn io_grace(&self) -> u32 {
         (self.tko / 2).max(1)
+    }
+
+    /// Cycles a master block must have stood still before a node whose
+    /// cluster membership does not include that master may bid:
+    /// `tko + ceil(membership_timeout / interval) + 1`.
+    ///
+    /// Withdrawing is an ordered message, and a partition whose ring died
+    /// with its master (its other members lose the token together with it)
+    /// orders nothing until totem installs a new configuration: up to the
+    /// token timeout plus the consensus timeout after the master's last
+    /// token, which is about its last write. Until then that partition still
+    /// counts the old master's claim. A node in the master's own partition
+    /// may take over after the disk's usual `tko` (the votes stay within
+    /// that partition); a node outside it waits until the old partition must
+    /// have dissolved, or the disk votes would count in two partitions.
+    pub fn outsider_wait(&self) -> u32 {
+        let i = self.interval.as_nanos().max(1);
+        let m = self.membership_timeout.as_nanos();
+        if m == 0 {
+            return self.tko;
+        }
+        let cycles = u32::try_from(m.div_ceil(i)).unwrap_or(u32::MAX);
+        self.tko.saturating_add(cycles).saturating_add(1)
     }
 
     /// qdiskd turns `master_wins` on by itself for a two-node cluster without
@@ -402,6 +446,12 @@ struct Peer {
     seen: u32,
     misses: u32,
     absent_for: u32,
+    /// Watched cycles since this slot last showed a live master claim (its
+    /// block moved while saying master); `None`: none within
+    /// [`QdiskConfig::outsider_wait`].
+    claim_ago: Option<u32>,
+    /// That claim was made by an earlier incarnation (the node restarted).
+    claim_restarted: bool,
     alive: bool,
     rebase: bool,
     last: Option<StatusBlock>,
@@ -434,6 +484,9 @@ pub struct Qdisk {
     membership: Option<BTreeSet<NodeId>>,
     bid_for: u32,
     bid_cycles: u32,
+    /// Watched cycles since our first read found our own slot claiming
+    /// master for an earlier incarnation of ours (see [`Qdisk::reserved`]).
+    own_old_claim: Option<u32>,
     master: Option<NodeId>,
     available: Option<NodeId>,
     actions: VecDeque<QdiskAction>,
@@ -483,6 +536,7 @@ impl Qdisk {
             membership: None,
             bid_for: 0,
             bid_cycles: 0,
+            own_old_claim: None,
             master: None,
             available: None,
             actions: VecDeque::new(),
@@ -541,6 +595,14 @@ impl Qdisk {
         }
         if now >= self.next_cycle {
             let next = self.next_cycle + self.cfg.interval;
+            // Whole cycles that went by without us: the process or the
+            // machine was stalled, and we wrote nothing meanwhile.
+            let skipped = (now.as_nanos() - self.next_cycle.as_nanos())
+                / self.cfg.interval.as_nanos().max(1);
+            self.stalled(u32::try_from(skipped).unwrap_or(u32::MAX));
+            if self.state == QdiskState::Stopped {
+                return;
+            }
             self.next_cycle = if next > now {
                 next
             } else {
@@ -616,6 +678,21 @@ impl Qdisk {
         }
         self.cycles += 1;
         self.init_progress += 1;
+        let off = layout::block_offset(self.me) as usize;
+        if self.cycles == 1 {
+            // Our slot as an earlier incarnation of ours left it.
+            if let Ok(Some(b)) = StatusBlock::decode(&disk[off..off + BLOCK_SIZE]) {
+                if b.node_id == self.me
+                    && b.incarnation != self.incarnation
+                    && b.state == DiskState::Master
+                {
+                    self.own_old_claim = Some(0);
+                }
+            }
+        } else if let Some(a) = self.own_old_claim {
+            self.own_old_claim =
+                Some(a.saturating_add(1)).filter(|a| *a < self.cfg.outsider_wait());
+        }
         for n in 1..=MAX_NODES {
             let node = NodeId(n);
             if node == self.me {
@@ -817,6 +894,41 @@ impl Qdisk {
         self.update_availability();
     }
 
+    /// `skipped` whole cycles went by without a cycle of ours (a stall).
+    ///
+    /// From `io_grace` skipped cycles on, the disk no longer counts us in
+    /// until a cycle of ours completes again (error_streak), so we never act
+    /// on votes that we could not have renewed. Our block still says what it
+    /// said: others cannot have declared us dead yet (that takes `tko` of
+    /// their cycles), and a block that stops claiming master would free the
+    /// disk while our partition may still count our claim (see
+    /// [`QdiskConfig::outsider_wait`]). From `tko` skipped cycles on, others
+    /// may be electing a successor: we withdraw from the disk and rejoin from
+    /// scratch, as after `io_grace` failed cycles.
+    fn stalled(&mut self, skipped: u32) {
+        if skipped < self.cfg.io_grace() || self.state == QdiskState::Stopped {
+            return;
+        }
+        for _ in 0..skipped.min(self.cfg.tko) {
+            self.miss_all();
+        }
+        if skipped >= self.cfg.tko {
+            self.error_streak = self.error_streak.max(self.cfg.io_grace() - 1);
+            self.fail_cycle(format!(
+                "no quorum disk cycle for {skipped} intervals (this node was stalled)"
+            ));
+            return;
+        }
+        self.error_streak = self.error_streak.max(skipped);
+        self.push_event(QdiskEvent::IoError {
+            reason: format!(
+                "no quorum disk cycle for {skipped} intervals (this node was stalled): not counting the disk votes until a cycle completes"
+            ),
+            streak: self.error_streak,
+        });
+        self.update_availability();
+    }
+
     fn go_down(&mut self) {
         let reason = format!(
             "heuristic score {} is below min_score {}: no longer advertising the quorum disk votes",
@@ -856,6 +968,7 @@ impl Qdisk {
     fn observe(&mut self, node: NodeId, block: Option<StatusBlock>, observed: bool) {
         let tko = self.cfg.tko;
         let tko_up = self.cfg.tko_up();
+        let outsider_wait = self.cfg.outsider_wait();
         let mut ev = Vec::new();
         let p = match (self.peers.get_mut(&node), block) {
             (Some(p), _) => p,
@@ -871,6 +984,8 @@ impl Qdisk {
                         seen: 0,
                         misses: 0,
                         absent_for: 0,
+                        claim_ago: (b.state == DiskState::Master).then_some(0),
+                        claim_restarted: false,
                         alive: false,
                         rebase: false,
                         last: Some(b),
@@ -894,6 +1009,7 @@ impl Qdisk {
                         });
                     }
                     p.incarnation = b.incarnation;
+                    p.claim_restarted = p.claim_ago.is_some();
                     p.seq = b.seq;
                     p.seen = if p.rebase { 0 } else { 1 };
                     p.misses = 0;
@@ -932,6 +1048,15 @@ impl Qdisk {
                     p.misses = p.misses.saturating_add(1);
                     p.absent_for = p.absent_for.saturating_add(1);
                 }
+            }
+        }
+        if observed {
+            let claims = p.absent_for == 0 && p.last.is_some_and(|b| b.state == DiskState::Master);
+            if claims {
+                p.claim_ago = Some(0);
+                p.claim_restarted = false;
+            } else if let Some(a) = p.claim_ago {
+                p.claim_ago = Some(a.saturating_add(1)).filter(|a| *a < outsider_wait);
             }
         }
         if p.alive && p.misses >= tko {
@@ -986,6 +1111,16 @@ impl Qdisk {
         })
     }
 
+    /// The node we would bid for: the lowest online node in `Run`, us included.
+    fn candidate(&self) -> NodeId {
+        self.online_peers()
+            .filter(|(_, b)| b.state == DiskState::Run)
+            .map(|(n, _)| n)
+            .chain(std::iter::once(self.me))
+            .min()
+            .unwrap_or(self.me)
+    }
+
     fn elect(&mut self) {
         let other_master = self
             .online_peers()
@@ -1009,23 +1144,17 @@ impl Qdisk {
             self.master = Some(m);
             self.bid_for = 0;
             self.bid_cycles = 0;
-        } else if let Some(m) = self.master_block_present() {
-            // A master block that moved within the last tko cycles we watched
-            // (perhaps before we could count it alive): no election yet.
+        } else if let Some(m) = self.reserved(self.candidate()) {
+            // A recent master claim that a partition may still count
+            // (perhaps before we could count its writer alive): no election yet.
             self.master = None;
             self.bid_for = 0;
             self.bid_cycles = 0;
-            tracing::debug!(node = %self.me, master = %m, "not bidding: a recent master block is present");
+            tracing::debug!(node = %self.me, master = %m, "not bidding: a recent master claim may still be counted");
         } else {
             self.master = None;
             if self.state == QdiskState::Run {
-                let candidate = self
-                    .online_peers()
-                    .filter(|(_, b)| b.state == DiskState::Run)
-                    .map(|(n, _)| n)
-                    .chain(std::iter::once(self.me))
-                    .min()
-                    .unwrap_or(self.me);
+                let candidate = self.candidate();
                 self.bid_for = candidate.0;
                 if candidate == self.me {
                     self.bid_cycles = self.bid_cycles.saturating_add(1);
@@ -1059,13 +1188,37 @@ impl Qdisk {
         }
     }
 
-    fn master_block_present(&self) -> Option<NodeId> {
+    /// A master claim recent enough that nobody may bid for `candidate`:
+    /// one whose block moved while claiming master within the last `tko`
+    /// cycles we watched, or within [`QdiskConfig::outsider_wait`] cycles
+    /// unless that master and the candidate are both in our cluster
+    /// membership and the master has not restarted since. A partition that
+    /// counted that claim keeps counting it until it orders a withdrawal or
+    /// dissolves; only a successor inside that partition (ours, when the
+    /// old master is in it) keeps the votes in one partition, and a
+    /// restarted master's new incarnation cannot tell who counted it.
+    fn reserved(&self, candidate: NodeId) -> Option<NodeId> {
+        let tko = self.cfg.tko;
+        let long = self.cfg.outsider_wait();
+        let inside = |n: NodeId| self.in_membership(n) && self.in_membership(candidate);
         self.peers
             .iter()
-            .filter(|(_, p)| {
-                p.absent_for < self.cfg.tko && p.last.is_some_and(|b| b.state == DiskState::Master)
+            .filter(|(n, p)| {
+                p.claim_ago.is_some_and(|a| {
+                    let window = if !p.claim_restarted && inside(**n) {
+                        tko
+                    } else {
+                        long
+                    };
+                    a < window
+                })
             })
             .map(|(n, _)| *n)
+            .chain(
+                self.own_old_claim
+                    .filter(|a| *a < long)
+                    .map(|_| self.me),
+            )
             .min()
     }
 

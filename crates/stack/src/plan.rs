@@ -315,6 +315,10 @@ fn qdisk_config(
     if q.master_wins.default {
         c.apply_auto_master_wins(conf.nodes.len());
     }
+    // How long a partition whose ring died can keep its last decision:
+    // totem gives up on the token, then on consensus, before it installs a
+    // new configuration.
+    c.membership_timeout = totem.token + totem.consensus;
     c.check_token_timeout(totem.token)
         .map_err(|e| PlanError::Qdisk(e.to_string()))?;
     Ok(Some((std::path::PathBuf::from(device), c)))
