@@ -227,6 +227,21 @@ pub enum Input {
         /// The node.
         node: NodeId,
     },
+    /// State transfer: the last operation of each service `node` was handed
+    /// to run, and how it ended (`None`: still running there), as that node
+    /// reported it at the configuration change. A service this state
+    /// believes is starting, stopping or migrating on `node` under an
+    /// operation that `node` finished takes that result; one under an
+    /// operation `node` never ran (the state was decided along a branch of
+    /// the order that `node` left, or `node` has run later operations of it
+    /// since) is stopped there first, then placed again: nothing would ever
+    /// report it.
+    Held {
+        /// The node that reported.
+        node: NodeId,
+        /// Service name → (operation, its outcome once finished).
+        ops: BTreeMap<String, (OpId, Option<Outcome>)>,
+    },
     /// A node asks to leave cleanly: its services are moved off first.
     Leave {
         /// The leaving node.
@@ -706,6 +721,7 @@ impl Scheduler {
                     self.reconcile(now);
                 }
             }
+            Input::Held { node, ops } => self.handle_held(now, node, &ops),
             Input::Leave { node } => self.handle_leave(now, node),
             Input::Request { from, request } => self.handle_request(now, from, request)?,
             Input::Result(r) => self.handle_result(now, r),
@@ -1193,6 +1209,67 @@ impl Scheduler {
         );
         self.stop_occupied_on(now, node, &format!("{nname} restarted"));
         self.reconcile(now);
+    }
+
+    fn handle_held(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        held: &BTreeMap<String, (OpId, Option<Outcome>)>,
+    ) {
+        if !self.st.members.contains(&node) {
+            return;
+        }
+        let nname = self.node_name(node);
+        let mut changed = false;
+        for name in self.st.order.clone() {
+            let Some(mut svc) = self.st.services.remove(&name) else {
+                continue;
+            };
+            let pending = match svc.op {
+                Some(op)
+                    if svc.owner == Some(node)
+                        && matches!(
+                            svc.state,
+                            State::Starting | State::Stopping | State::Migrating
+                        ) =>
+                {
+                    Some(op)
+                }
+                _ => None,
+            };
+            if let Some(op) = pending {
+                match held.get(&name) {
+                    Some((o, Some(outcome))) if *o == op => {
+                        // Finished there; the report was lost with a ring.
+                        let r = Report {
+                            node,
+                            service: name.clone(),
+                            op,
+                            outcome: *outcome,
+                        };
+                        self.apply_result(now, &mut svc, &r);
+                        changed = true;
+                    }
+                    Some((o, None)) if *o == op => {} // running there: it reports
+                    _ if svc.state == State::Migrating => {}
+                    _ => {
+                        let cause = format!(
+                            "{nname} never ran operation {op} of {name} (decided where {nname} was not following); stopping {name} there before placing it again"
+                        );
+                        svc.op = None;
+                        svc.target = None;
+                        svc.plan.cause = cause.clone();
+                        self.stop_on(now, &mut svc, cause);
+                        changed = true;
+                    }
+                }
+            }
+            self.st.services.insert(name, svc);
+        }
+        if changed {
+            self.reconcile(now);
+        }
     }
 
     fn handle_leave(&mut self, now: Instant, node: NodeId) {

@@ -193,6 +193,9 @@ pub struct Stack {
     left: bool,
     /// Services with an operation running here (one at a time per service).
     running_ops: BTreeMap<String, rm::OpId>,
+    /// The last start, stop or migration of each service handed to this
+    /// node, and its outcome once finished (for state transfer).
+    held: rmglue::Held,
     /// Actions waiting for the operation running on their service to end:
     /// a stop never races the start it follows.
     queued_ops: BTreeMap<String, VecDeque<rm::Action>>,
@@ -268,6 +271,7 @@ impl Stack {
             leave_delivered: false,
             left: false,
             running_ops: BTreeMap::new(),
+            held: rmglue::Held::new(),
             queued_ops: BTreeMap::new(),
             incoming: BTreeSet::new(),
             tick_sent_for: None,
@@ -675,6 +679,13 @@ impl Stack {
 
     /// Tell every replica how an operation here ended.
     fn report(&mut self, service: String, op: rm::OpId, outcome: rm::Outcome) {
+        if outcome != rm::Outcome::StatusFailed {
+            if let Some((o, done)) = self.held.get_mut(&service) {
+                if *o == op {
+                    *done = Some(outcome);
+                }
+            }
+        }
         let report = rm::Report {
             node: self.plan.me,
             service,
@@ -830,8 +841,14 @@ impl Stack {
                 // that holds at this point of the order.
                 let quorate = self.quorum.is_quorate();
                 let fencing = self.fence.blocked();
-                self.rm
-                    .handle_membership(ring, c.members.clone(), quorate, self.now.wall, fencing);
+                self.rm.handle_membership(
+                    ring,
+                    c.members.clone(),
+                    quorate,
+                    self.now.wall,
+                    fencing,
+                    self.held.clone(),
+                );
                 self.confsync
                     .handle_membership(now, ring, &c.members, &c.joined);
                 self.feed_confsync_quorum();
@@ -1156,6 +1173,9 @@ impl Stack {
             && self.running_ops.contains_key(&service)
         {
             return; // a start/stop is running: the check would race it
+        }
+        if !matches!(action, rm::Action::StatusCheck { .. }) {
+            self.held.insert(service.clone(), (op, None));
         }
         if self.running_ops.contains_key(&service) {
             // One operation at a time per service, in the order decided.

@@ -53,6 +53,11 @@ pub enum RmMsg {
         /// never); a sender quorate right before this configuration reports
         /// the previous ring.
         quorate_ring: u64,
+        /// How many resource-manager messages the sender's state had taken
+        /// from `quorate_ring`'s ordered stream (members of one ring deliver
+        /// prefixes of the same stream: the longer prefix knows more).
+        #[serde(default)]
+        quorate_progress: u64,
         /// The sender's agreed clock at the configuration change (ns), or its
         /// wall clock if later: the agreed clock also moves at membership
         /// changes.
@@ -67,10 +72,18 @@ pub enum RmMsg {
         /// The incarnations of members as the sender's state knows them.
         #[serde(default)]
         incarnations: BTreeMap<NodeId, u64>,
+        /// The last operation of each service the sender was handed, and
+        /// its outcome once finished (see [`rm::Input::Held`]).
+        #[serde(default)]
+        held: Held,
         /// The sender's state at the configuration change.
         snapshot: Box<rm::Snapshot>,
     },
 }
+
+/// Service name → the last operation this node was handed for it, and its
+/// outcome once it finished here.
+pub type Held = BTreeMap<String, (rm::OpId, Option<rm::Outcome>)>;
 
 impl RmMsg {
     /// Encode for totem.
@@ -88,11 +101,14 @@ struct Syncing {
     ring: u64,
     members: Vec<NodeId>,
     quorate: bool,
-    got: BTreeMap<NodeId, (u64, u64, Box<rm::Snapshot>)>,
+    /// Each member's ((quorate ring, progress in it), agreed clock, snapshot).
+    got: BTreeMap<NodeId, ((u64, u64), u64, Box<rm::Snapshot>)>,
     /// Victims any member's fence domain still holds.
     fencing: std::collections::BTreeSet<NodeId>,
     /// Each member's reported incarnation and known incarnations.
     incarnations: BTreeMap<NodeId, (u64, BTreeMap<NodeId, u64>)>,
+    /// Each member's operations as it reported them.
+    held: BTreeMap<NodeId, Held>,
     /// Inputs delivered during the sync, with the sender's stamp for those
     /// that came as messages (the others take the agreed time as it is when
     /// they are replayed).
@@ -111,6 +127,10 @@ pub struct RmReplica {
     ring: u64,
     /// The last ring in which this replica was quorate (0: never).
     quorate_ring: u64,
+    /// Messages of `quorate_ring`'s stream this replica's state has taken.
+    quorate_progress: u64,
+    /// Messages delivered in the current ring.
+    delivered: u64,
     /// This node daemon's incarnation.
     incarnation: u64,
     /// Members' incarnations as of the last state transfer (agreed).
@@ -128,6 +148,8 @@ impl RmReplica {
             outbox: Vec::new(),
             ring: 0,
             quorate_ring: 0,
+            quorate_progress: 0,
+            delivered: 0,
             incarnation: 0,
             incarnations: BTreeMap::new(),
         })
@@ -174,8 +196,9 @@ impl RmReplica {
             // of them by watching the service (see the admin command).
             tracing::info!("resource manager refused an input: {e}");
         }
-        if self.sched.quorate() {
-            self.quorate_ring = self.quorate_ring.max(self.ring);
+        if self.sched.quorate() && self.ring > self.quorate_ring {
+            self.quorate_ring = self.ring;
+            self.quorate_progress = self.delivered;
         }
     }
 
@@ -183,7 +206,8 @@ impl RmReplica {
     /// that holds at that point.
     ///
     /// `wall` is this node's wall clock; `fencing` the victims its fence
-    /// domain holds. A member that the resource manager waits to see fenced
+    /// domain holds; `held` the operations this node was handed (the
+    /// stack's record). A member that the resource manager waits to see fenced
     /// but that no member's fence domain holds will never be fenced (its
     /// fencer died, say): it is treated as rejoined without fencing.
     pub fn handle_membership(
@@ -193,6 +217,7 @@ impl RmReplica {
         quorate: bool,
         wall: Instant,
         fencing: Vec<NodeId>,
+        held: Held,
     ) {
         // A sync in progress restarts. The inputs it buffered (a start's
         // result, say) must not be lost: they are applied to this replica's
@@ -210,6 +235,7 @@ impl RmReplica {
             }
         }
         self.ring = ring;
+        self.delivered = 0;
         // Every configuration change starts a state transfer, whoever joined
         // or left: members can disagree on who joined (a node that was
         // paused never saw the others leave), and only a rule that depends
@@ -220,10 +246,12 @@ impl RmReplica {
         self.outbox.push(RmMsg::Sync {
             ring,
             quorate_ring,
+            quorate_progress: self.quorate_progress,
             agreed_ns: self.agreed.max(wall).0,
             fencing,
             incarnation: self.incarnation,
             incarnations: self.incarnations.clone(),
+            held,
             snapshot,
         });
         self.sync = Some(Syncing {
@@ -233,6 +261,7 @@ impl RmReplica {
             got: BTreeMap::new(),
             fencing: Default::default(),
             incarnations: BTreeMap::new(),
+            held: BTreeMap::new(),
             buffered: Vec::new(),
         });
     }
@@ -290,6 +319,11 @@ impl RmReplica {
     /// multicasts its quorum state before its sync message, so all quorum
     /// states precede the last sync message in the order.
     pub fn handle_message(&mut self, from: NodeId, msg: RmMsg, quorate: bool) {
+        // Every member of this ring counts the same stream.
+        self.delivered += 1;
+        if self.quorate_ring == self.ring && self.ring != 0 {
+            self.quorate_progress = self.delivered;
+        }
         match msg {
             RmMsg::Input { at_ns, input } => match &mut self.sync {
                 // Replicas may enter a sync with different clocks: the stamp
@@ -304,17 +338,23 @@ impl RmReplica {
             RmMsg::Sync {
                 ring,
                 quorate_ring,
+                quorate_progress,
                 agreed_ns,
                 fencing,
                 incarnation,
                 incarnations,
+                held,
                 snapshot,
             } => {
                 if let Some(s) = &mut self.sync {
                     if s.ring == ring && s.members.contains(&from) {
-                        s.got.insert(from, (quorate_ring, agreed_ns, snapshot));
+                        s.got.insert(
+                            from,
+                            ((quorate_ring, quorate_progress), agreed_ns, snapshot),
+                        );
                         s.fencing.extend(fencing);
                         s.incarnations.insert(from, (incarnation, incarnations));
+                        s.held.insert(from, held);
                     }
                     s.quorate = quorate;
                 }
@@ -335,9 +375,15 @@ impl RmReplica {
         // Adopt the state of the replica that was quorate most recently:
         // ring sequences only grow, and two quorate partitions always share
         // a member, so the highest ring in which a replica was quorate is the
-        // latest state that was allowed to act. A node that was never quorate
-        // (one that just booted, say) offers nothing. Ties: the lowest id.
-        let best = s.got.values().map(|(q, _, _)| *q).max().unwrap_or(0);
+        // latest state that was allowed to act. Of replicas quorate last in
+        // the same ring, the one that took more of that ring's stream: the
+        // members of a ring deliver prefixes of one order, and one that
+        // left early (paused, say) misses its tail (a start's result, the
+        // loss of quorum and the stops that followed), so its state can say
+        // "starting" for a start that has long finished. A node that was
+        // never quorate (one that just booted, say) offers nothing. Ties:
+        // the lowest id.
+        let best = s.got.values().map(|(q, _, _)| *q).max().unwrap_or((0, 0));
         let chosen = s
             .got
             .iter()
@@ -349,7 +395,7 @@ impl RmReplica {
         if let Some(snap) = chosen {
             let at = self.agreed;
             self.sched = rm::Scheduler::from_snapshot(self.me, snap, at);
-            self.quorate_ring = best;
+            (self.quorate_ring, self.quorate_progress) = best;
         }
         let at = self.agreed;
         self.apply(
@@ -401,6 +447,15 @@ impl RmReplica {
             let at = self.agreed;
             self.apply(at, input);
         }
+        // Last, with everything delivered meanwhile applied: operations the
+        // adopted state waits on that a member finished (its report was
+        // lost with a ring) or never ran (the state was decided along a
+        // branch of the order that member did not follow). Every member
+        // applies the same reports here, so all stay equal.
+        for (node, ops) in s.held {
+            let at = self.agreed;
+            self.apply(at, rm::Input::Held { node, ops });
+        }
     }
 }
 
@@ -445,7 +500,7 @@ mod tests {
         // Nodes 1 and 2 form a quorate cluster; web is placed on one of them.
         let m12 = vec![NodeId(1), NodeId(2)];
         for r in reps.iter_mut().take(2) {
-            r.handle_membership(10, m12.clone(), true, Instant::ZERO, Vec::new());
+            r.handle_membership(10, m12.clone(), true, Instant::ZERO, Vec::new(), Held::new());
         }
         let syncs: Vec<(NodeId, RmMsg)> = reps
             .iter_mut()
@@ -483,7 +538,7 @@ mod tests {
         // Node 3 starts fresh and joins: all three sync to the quorate state.
         let m123 = vec![NodeId(1), NodeId(2), NodeId(3)];
         for r in reps.iter_mut() {
-            r.handle_membership(20, m123.clone(), true, Instant::ZERO, Vec::new());
+            r.handle_membership(20, m123.clone(), true, Instant::ZERO, Vec::new(), Held::new());
         }
         let syncs: Vec<(NodeId, RmMsg)> = reps
             .iter_mut()
