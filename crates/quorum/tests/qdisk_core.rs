@@ -501,6 +501,147 @@ fn a_flapping_heuristic_below_its_tko_does_not_drop_the_score() {
     assert!(!w.nodes[&n(1)].self_fenced.is_empty());
 }
 
+/// The step-down bound (`QdiskConfig::io_grace`): a master whose I/O fails
+/// withdraws from the disk's votes at most `io_grace` intervals after its
+/// last write, and at least two intervals before anyone else can be master
+/// (`tko + master_wait` intervals after that write).
+#[test]
+fn a_master_that_cannot_write_withdraws_before_anyone_can_take_over() {
+    let c = cfg(); // tko 4, master_wait 2: io_grace 2
+    let mut w = World::new(&[1, 2, 3], &c);
+    for i in 1..=3 {
+        w.set_membership(i, &[1, 2, 3]);
+    }
+    w.run(10);
+    assert_eq!(w.masters(), vec![1]);
+    // When node 1's block was last written (the block carries its time).
+    let written = |w: &World| {
+        let o = layout::block_offset(n(1)) as usize;
+        StatusBlock::decode(&w.disk[o..o + BLOCK_SIZE])
+            .unwrap()
+            .unwrap()
+            .timestamp
+    };
+    w.nodes.get_mut(&n(1)).unwrap().read_error = true;
+    let (mut withdrawn, mut taken_over) = (None, None);
+    for _ in 0..200u64 {
+        w.run_steps(1);
+        let now = w.now.as_nanos();
+        if withdrawn.is_none() && w.core(1).available().is_none() {
+            assert_ne!(w.core(1).state(), QdiskState::Master);
+            withdrawn = Some(now);
+        }
+        if taken_over.is_none() && w.masters().iter().any(|m| *m != 1) {
+            taken_over = Some(now);
+        }
+    }
+    let last = written(&w);
+    let (down, up) = (withdrawn.unwrap(), taken_over.unwrap());
+    let interval = c.interval.as_nanos();
+    assert!(
+        down <= last + interval * u64::from(c.io_grace()),
+        "withdrew at {down}, last write {last}"
+    );
+    assert!(
+        up >= last + interval * u64::from(c.tko + c.master_wait()),
+        "taken over at {up}, last write {last}"
+    );
+    assert!(
+        up >= down + 2 * interval,
+        "withdrawn at {down}, taken over at {up}: less than two intervals apart"
+    );
+}
+
+/// A node whose cluster membership does not include the old master may
+/// still face a partition that counts the old master's claim (its ring died
+/// with the master): it waits `outsider_wait` cycles; a node in the master's
+/// own membership takes over after the disk's usual timing.
+#[test]
+fn a_node_outside_the_old_masters_partition_waits_for_that_partition_to_dissolve() {
+    let mut c = cfg(); // tko 4, master_wait 2
+    c.membership_timeout = Duration::from_secs(8);
+    assert_eq!(c.outsider_wait(), 4 + 8 + 1);
+    for inside in [true, false] {
+        let mut w = World::new(&[1, 2], &c);
+        w.set_membership(1, &[1, 2]);
+        w.set_membership(2, &[1, 2]);
+        w.run(10);
+        assert_eq!(w.masters(), vec![1]);
+        w.nodes.get_mut(&n(1)).unwrap().running = false;
+        if !inside {
+            w.set_membership(2, &[2]);
+        }
+        let mut took = None;
+        for step in 0..400u64 {
+            w.run_steps(1);
+            if w.masters() == vec![2] {
+                took = Some(step);
+                break;
+            }
+        }
+        let took = took.expect("node 2 takes over in the end");
+        if inside {
+            assert!(took <= 10 * u64::from(c.tko + c.master_wait() + 2), "{took}");
+        } else {
+            assert!(took >= 10 * u64::from(c.outsider_wait()), "{took}");
+        }
+    }
+}
+
+/// A master that restarts (a new incarnation) overwrites its master block at
+/// once, but a partition may still count its old claim: nobody, the new
+/// incarnation included, takes over before `outsider_wait` cycles.
+#[test]
+fn a_restarted_master_does_not_free_the_disk_at_once() {
+    let mut c = cfg();
+    c.membership_timeout = Duration::from_secs(8);
+    let mut w = World::new(&[1, 2], &c);
+    w.set_membership(1, &[1, 2]);
+    w.set_membership(2, &[1, 2]);
+    w.run(10);
+    assert_eq!(w.masters(), vec![1]);
+    w.add(1, &c); // new incarnation, same slot
+    w.set_membership(1, &[1, 2]);
+    w.run(u64::from(c.outsider_wait()) - 1);
+    assert_eq!(w.masters(), Vec::<u32>::new(), "{:?}", w.core(1).status());
+    w.run(10);
+    assert_eq!(w.masters(), vec![1]);
+}
+
+/// A stalled node (no cycle for a while: a pause, an overloaded machine)
+/// stops counting the disk votes as soon as it runs again, before acting on
+/// what it read before the stall; a short stall keeps its master block (no
+/// one can have declared it dead yet), a stall of tko intervals gives it up.
+#[test]
+fn a_stall_withdraws_the_votes_until_a_cycle_completes() {
+    let c = cfg(); // tko 4, io_grace 2
+    let mut w = World::new(&[1, 2], &c);
+    w.set_membership(1, &[1, 2]);
+    w.set_membership(2, &[1, 2]);
+    w.run(10);
+    assert_eq!(w.masters(), vec![1]);
+    // Node 1's core is not called for 3.5 intervals (node 2 keeps running):
+    // its next cycle is at least io_grace whole intervals late.
+    w.nodes.get_mut(&n(1)).unwrap().running = false;
+    w.run_steps(35);
+    w.nodes.get_mut(&n(1)).unwrap().running = true;
+    let now = w.now;
+    w.nodes.get_mut(&n(1)).unwrap().core.handle_timeout(now);
+    assert_eq!(w.core(1).available(), None, "{:?}", w.core(1).status());
+    assert_eq!(w.core(1).state(), QdiskState::Master);
+    w.run(2);
+    assert_eq!(w.masters(), vec![1]);
+    assert_eq!(w.core(1).available(), Some(n(1)));
+    // A stall of tko intervals: it steps down and rejoins.
+    w.nodes.get_mut(&n(1)).unwrap().running = false;
+    w.run_steps(10 * u64::from(c.tko + 1) + 5);
+    w.nodes.get_mut(&n(1)).unwrap().running = true;
+    let now = w.now;
+    w.nodes.get_mut(&n(1)).unwrap().core.handle_timeout(now);
+    assert_eq!(w.core(1).state(), QdiskState::Init);
+    assert_eq!(w.core(1).available(), None);
+}
+
 mod faults {
     use super::*;
     use proptest::prelude::*;

@@ -3,6 +3,7 @@
 
 use super::*;
 use base::{Duration, Instant, NodeId};
+use std::collections::BTreeMap;
 
 fn n(i: u32) -> NodeId {
     NodeId(i)
@@ -1203,4 +1204,54 @@ fn instants_format_as_offset_or_wall_clock() {
     // 2026-11-25 12:01:03.250 UTC
     let t = Instant((1_795_608_063 * 1000 + 250) * 1_000_000);
     assert_eq!(fmt_instant(t), "12:01:03.250 UTC");
+}
+
+/// State transfer (`Input::Held`): a start the adopted state waits on takes
+/// the result its node reports holding; one its node never ran is stopped
+/// there first and placed again, never left "starting".
+#[test]
+fn held_operations_finish_or_void_a_start_nobody_will_report() {
+    for finished in [true, false] {
+        let mut h = H::new(3, vec![web()]);
+        h.up(&[1, 2, 3]);
+        h.quorum(true);
+        let acts = h.actions();
+        let (node, op) = match &acts[..] {
+            [(node, Action::StartService { op, .. })] => (*node, *op),
+            other => panic!("expected one start, got {other:?}"),
+        };
+        assert_eq!(h.svc("web").state, State::Starting);
+        // The start's report is lost with a ring; at the next state transfer
+        // the node says what it holds.
+        let ops = if finished {
+            BTreeMap::from([("web".to_string(), (op, Some(Outcome::StartOk)))])
+        } else {
+            BTreeMap::new() // never handed to it (or a newer incarnation)
+        };
+        h.feed(Input::Held { node, ops }).unwrap();
+        if finished {
+            assert_eq!(h.svc("web").state, State::Started);
+            assert_eq!(h.svc("web").owner, Some(node));
+            assert!(h.actions().is_empty());
+        } else {
+            assert_eq!(h.svc("web").state, State::Stopping, "{:?}", h.svc("web"));
+            let acts = h.actions();
+            assert!(
+                matches!(&acts[..], [(n2, Action::StopService { op: o, .. })] if *n2 == node && *o > op),
+                "{acts:?}"
+            );
+            h.report(acts[0].0, &acts[0].1, true);
+            h.settle();
+            assert_eq!(h.svc("web").state, State::Started);
+        }
+        // A start still running there is left alone: its report follows.
+        let before = h.svc("web");
+        let owner = before.owner.unwrap();
+        h.feed(Input::Held {
+            node: owner,
+            ops: BTreeMap::from([("web".to_string(), (op, None))]),
+        })
+        .unwrap();
+        assert_eq!(h.svc("web"), before);
+    }
 }
