@@ -14,10 +14,15 @@
 //! * Master election as qdiskd: when no online node claims master, each online
 //!   node bids for the lowest online node id; that node becomes master after
 //!   `master_wait` cycles once every online node bids for it. Nobody bids
-//!   while any block claiming master moved within the last `tko` cycles we
-//!   actually watched (a hung master has withdrawn long before that). Cycles
-//!   in which we could not read count as misses, and the first read after
-//!   such a gap only re-baselines the counters. Of two masters (after a heal)
+//!   while a master claim may still be counted somewhere: a block that moved
+//!   while claiming master within the last `tko` cycles we actually watched
+//!   (a hung master has withdrawn long before that), or, unless that master
+//!   and the candidate are both in our cluster membership and the master has
+//!   not restarted since, within [`QdiskConfig::outsider_wait`] cycles (a
+//!   partition whose ring died with the master keeps counting its claim
+//!   until totem installs a new configuration, up to token + consensus
+//!   later). Cycles in which we could not read count as misses, and the
+//!   first read after such a gap only re-baselines the counters. Of two masters (after a heal)
 //!   the lower node id keeps it; a non-master trusts the master's grant only
 //!   while the master's counter moved within `max(1, tko/2)` cycles.
 //! * The master writes a mask of the nodes it grants the votes to: online on
@@ -33,7 +38,11 @@
 //!   and elect a new master, so it never resumes as a second master), and
 //!   after `max_error_cycles` (if not 0) it gives up. A read or write still
 //!   outstanding when the next cycle is due counts as a failed cycle, so the
-//!   driver must run I/O off the thread that drives the core.
+//!   driver must run I/O off the thread that drives the core. A cycle that
+//!   comes `io_grace` whole intervals late (the process was stalled) stops
+//!   the votes until a cycle completes; `tko` intervals late, the node also
+//!   withdraws from the disk. [`QdiskConfig::io_grace`] writes the timing
+//!   argument down.
 
 use crate::layout::{self, DiskState, Header, StatusBlock, BLOCK_SIZE, DISK_BYTES, MAX_NODES};
 use base::{Duration, Instant, NodeId};
@@ -152,18 +161,19 @@ impl QdiskConfig {
 
     /// Failed cycles in a row after which the node stops advertising.
     ///
-    /// The step-down bound. Say our last write completed at `w`. Every later
-    /// cycle fails (an I/O error, an I/O still outstanding when the next
-    /// cycle is due, or a cycle skipped because the process was stalled), so
-    /// by `w + io_grace * interval` we have withdrawn (no longer master, the
-    /// disk no longer counts us in). Another node sees our block move for
-    /// the last time at its first read after `w`; it needs `tko` more reads
-    /// (`tko * interval`) to find us dead, then `master_wait + 1` cycles of
-    /// bidding: it cannot be master before `w + (tko + master_wait) *
-    /// interval`. With `io_grace = max(1, tko / 2)`, `tko >= 2` and
-    /// `master_wait >= 1`, we withdraw at least `tko - tko/2 + master_wait
-    /// >= 2` intervals before anyone can take over: room for clock drift and
-    /// for an I/O that completes just inside its interval.
+    /// The step-down bound. Say our last write completed at `w`. If every
+    /// later cycle fails (an I/O error, or an I/O still outstanding when the
+    /// next cycle is due), then by `w + io_grace * interval` the disk no
+    /// longer counts us in and we are no longer master; a stall that long
+    /// (see `Qdisk::stalled`) withdraws the votes the moment we run again.
+    /// Another node sees our block move for the last time at its first read
+    /// after `w`; `tko` reads later (`tko * interval`) it finds us dead and
+    /// bids, and it needs `master_wait` more cycles of bidding: it cannot be
+    /// master before `w + (tko + master_wait) * interval`. With `io_grace =
+    /// max(1, tko / 2)`, `tko >= 2` and `master_wait >= 1`, we withdraw at
+    /// least `tko - tko / 2 + master_wait`, so 2 or more, intervals before
+    /// anyone can take over: room for clock drift and for an I/O that
+    /// completes just inside its interval.
     pub fn io_grace(&self) -> u32 {
         (self.tko / 2).max(1)
     }
@@ -199,8 +209,10 @@ impl QdiskConfig {
         }
     }
 
-    /// Longest time the disk can take to move its votes to a new master:
-    /// `interval * (tko + master_wait + 2)` (qdiskd's upgrade_wait is 2).
+    /// Longest time the disk can take to move its votes to a new master in
+    /// the old master's partition: `interval * (tko + master_wait + 2)`
+    /// (qdiskd's upgrade_wait is 2). Outside it, a takeover also waits
+    /// [`QdiskConfig::outsider_wait`].
     pub fn takeover_time(&self) -> Duration {
         self.interval
             .mul(u64::from(self.tko) + u64::from(self.master_wait()) + 2)
@@ -597,8 +609,8 @@ impl Qdisk {
             let next = self.next_cycle + self.cfg.interval;
             // Whole cycles that went by without us: the process or the
             // machine was stalled, and we wrote nothing meanwhile.
-            let skipped = (now.as_nanos() - self.next_cycle.as_nanos())
-                / self.cfg.interval.as_nanos().max(1);
+            let skipped =
+                (now.as_nanos() - self.next_cycle.as_nanos()) / self.cfg.interval.as_nanos().max(1);
             self.stalled(u32::try_from(skipped).unwrap_or(u32::MAX));
             if self.state == QdiskState::Stopped {
                 return;
@@ -894,15 +906,15 @@ impl Qdisk {
         self.update_availability();
     }
 
-    /// `skipped` whole cycles went by without a cycle of ours (a stall).
+    /// Our cycle comes `skipped` whole intervals late (a stall).
     ///
-    /// From `io_grace` skipped cycles on, the disk no longer counts us in
+    /// From `io_grace` intervals late on, the disk no longer counts us in
     /// until a cycle of ours completes again (error_streak), so we never act
     /// on votes that we could not have renewed. Our block still says what it
     /// said: others cannot have declared us dead yet (that takes `tko` of
     /// their cycles), and a block that stops claiming master would free the
     /// disk while our partition may still count our claim (see
-    /// [`QdiskConfig::outsider_wait`]). From `tko` skipped cycles on, others
+    /// [`QdiskConfig::outsider_wait`]). From `tko` intervals late on, others
     /// may be electing a successor: we withdraw from the disk and rejoin from
     /// scratch, as after `io_grace` failed cycles.
     fn stalled(&mut self, skipped: u32) {
@@ -1214,11 +1226,7 @@ impl Qdisk {
                 })
             })
             .map(|(n, _)| *n)
-            .chain(
-                self.own_old_claim
-                    .filter(|a| *a < long)
-                    .map(|_| self.me),
-            )
+            .chain(self.own_old_claim.filter(|a| *a < long).map(|_| self.me))
             .min()
     }
 

@@ -581,7 +581,10 @@ fn a_node_outside_the_old_masters_partition_waits_for_that_partition_to_dissolve
         }
         let took = took.expect("node 2 takes over in the end");
         if inside {
-            assert!(took <= 10 * u64::from(c.tko + c.master_wait() + 2), "{took}");
+            assert!(
+                took <= 10 * u64::from(c.tko + c.master_wait() + 2),
+                "{took}"
+            );
         } else {
             assert!(took >= 10 * u64::from(c.outsider_wait()), "{took}");
         }

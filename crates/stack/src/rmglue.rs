@@ -96,13 +96,23 @@ impl RmMsg {
     }
 }
 
+/// What one member's sync message offers.
+#[derive(Debug)]
+struct Offer {
+    /// (last quorate ring, messages of that ring its state took).
+    recency: (u64, u64),
+    /// Its agreed clock (ns).
+    agreed_ns: u64,
+    snapshot: Box<rm::Snapshot>,
+}
+
 #[derive(Debug)]
 struct Syncing {
     ring: u64,
     members: Vec<NodeId>,
     quorate: bool,
-    /// Each member's ((quorate ring, progress in it), agreed clock, snapshot).
-    got: BTreeMap<NodeId, ((u64, u64), u64, Box<rm::Snapshot>)>,
+    /// Each member's offer.
+    got: BTreeMap<NodeId, Offer>,
     /// Victims any member's fence domain still holds.
     fencing: std::collections::BTreeSet<NodeId>,
     /// Each member's reported incarnation and known incarnations.
@@ -350,7 +360,11 @@ impl RmReplica {
                     if s.ring == ring && s.members.contains(&from) {
                         s.got.insert(
                             from,
-                            ((quorate_ring, quorate_progress), agreed_ns, snapshot),
+                            Offer {
+                                recency: (quorate_ring, quorate_progress),
+                                agreed_ns,
+                                snapshot,
+                            },
                         );
                         s.fencing.extend(fencing);
                         s.incarnations.insert(from, (incarnation, incarnations));
@@ -383,15 +397,15 @@ impl RmReplica {
         // "starting" for a start that has long finished. A node that was
         // never quorate (one that just booted, say) offers nothing. Ties:
         // the lowest id.
-        let best = s.got.values().map(|(q, _, _)| *q).max().unwrap_or((0, 0));
+        let best = s.got.values().map(|o| o.recency).max().unwrap_or((0, 0));
         let chosen = s
             .got
             .iter()
-            .find(|(_, (q, _, _))| *q == best)
-            .map(|(_, (_, _, snap))| (**snap).clone());
+            .find(|(_, o)| o.recency == best)
+            .map(|(_, o)| (*o.snapshot).clone());
         // Every member leaves the sync with the same clock: the latest of
         // the clocks the members reported.
-        self.agreed = Instant(s.got.values().map(|(_, a, _)| *a).max().unwrap_or(0));
+        self.agreed = Instant(s.got.values().map(|o| o.agreed_ns).max().unwrap_or(0));
         if let Some(snap) = chosen {
             let at = self.agreed;
             self.sched = rm::Scheduler::from_snapshot(self.me, snap, at);
@@ -424,7 +438,7 @@ impl RmReplica {
         let known = s
             .got
             .iter()
-            .find(|(_, (q, _, _))| *q == best)
+            .find(|(_, o)| o.recency == best)
             .and_then(|(n, _)| s.incarnations.get(n))
             .map(|(_, m)| m.clone())
             .unwrap_or_default();
@@ -500,7 +514,14 @@ mod tests {
         // Nodes 1 and 2 form a quorate cluster; web is placed on one of them.
         let m12 = vec![NodeId(1), NodeId(2)];
         for r in reps.iter_mut().take(2) {
-            r.handle_membership(10, m12.clone(), true, Instant::ZERO, Vec::new(), Held::new());
+            r.handle_membership(
+                10,
+                m12.clone(),
+                true,
+                Instant::ZERO,
+                Vec::new(),
+                Held::new(),
+            );
         }
         let syncs: Vec<(NodeId, RmMsg)> = reps
             .iter_mut()
@@ -538,7 +559,14 @@ mod tests {
         // Node 3 starts fresh and joins: all three sync to the quorate state.
         let m123 = vec![NodeId(1), NodeId(2), NodeId(3)];
         for r in reps.iter_mut() {
-            r.handle_membership(20, m123.clone(), true, Instant::ZERO, Vec::new(), Held::new());
+            r.handle_membership(
+                20,
+                m123.clone(),
+                true,
+                Instant::ZERO,
+                Vec::new(),
+                Held::new(),
+            );
         }
         let syncs: Vec<(NodeId, RmMsg)> = reps
             .iter_mut()
