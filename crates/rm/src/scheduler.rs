@@ -241,6 +241,10 @@ pub enum Input {
         node: NodeId,
         /// Service name → (operation, its outcome once finished).
         ops: BTreeMap<String, (OpId, Option<Outcome>)>,
+        /// Only operations up to this id are settled ([`Scheduler::last_op`]
+        /// when the state was adopted): later ones were decided after the
+        /// node made its report.
+        upto: OpId,
     },
     /// A node asks to leave cleanly: its services are moved off first.
     Leave {
@@ -629,6 +633,11 @@ impl Scheduler {
         .with_exclusive_flag())
     }
 
+    /// The id of the latest operation decided (0: none yet).
+    pub fn last_op(&self) -> OpId {
+        self.st.next_op
+    }
+
     /// The replicated state, to hand to a joining node.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot(self.st.clone())
@@ -721,7 +730,7 @@ impl Scheduler {
                     self.reconcile(now);
                 }
             }
-            Input::Held { node, ops } => self.handle_held(now, node, &ops),
+            Input::Held { node, ops, upto } => self.handle_held(now, node, &ops, upto),
             Input::Leave { node } => self.handle_leave(now, node),
             Input::Request { from, request } => self.handle_request(now, from, request)?,
             Input::Result(r) => self.handle_result(now, r),
@@ -1216,6 +1225,7 @@ impl Scheduler {
         now: Instant,
         node: NodeId,
         held: &BTreeMap<String, (OpId, Option<Outcome>)>,
+        upto: OpId,
     ) {
         if !self.st.members.contains(&node) {
             return;
@@ -1228,7 +1238,8 @@ impl Scheduler {
             };
             let pending = match svc.op {
                 Some(op)
-                    if svc.owner == Some(node)
+                    if op <= upto
+                        && svc.owner == Some(node)
                         && matches!(
                             svc.state,
                             State::Starting | State::Stopping | State::Migrating

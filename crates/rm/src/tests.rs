@@ -1228,7 +1228,12 @@ fn held_operations_finish_or_void_a_start_nobody_will_report() {
         } else {
             BTreeMap::new() // never handed to it (or a newer incarnation)
         };
-        h.feed(Input::Held { node, ops }).unwrap();
+        h.feed(Input::Held {
+            node,
+            ops,
+            upto: op,
+        })
+        .unwrap();
         if finished {
             assert_eq!(h.svc("web").state, State::Started);
             assert_eq!(h.svc("web").owner, Some(node));
@@ -1250,6 +1255,7 @@ fn held_operations_finish_or_void_a_start_nobody_will_report() {
         h.feed(Input::Held {
             node: owner,
             ops: BTreeMap::from([("web".to_string(), (op, None))]),
+            upto: u64::MAX,
         })
         .unwrap();
         assert_eq!(h.svc("web"), before);

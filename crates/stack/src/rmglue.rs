@@ -411,6 +411,9 @@ impl RmReplica {
             self.sched = rm::Scheduler::from_snapshot(self.me, snap, at);
             (self.quorate_ring, self.quorate_progress) = best;
         }
+        // The members' reports of what they hold describe the operations
+        // decided up to here.
+        let upto = self.sched.last_op();
         let at = self.agreed;
         self.apply(
             at,
@@ -468,7 +471,7 @@ impl RmReplica {
         // applies the same reports here, so all stay equal.
         for (node, ops) in s.held {
             let at = self.agreed;
-            self.apply(at, rm::Input::Held { node, ops });
+            self.apply(at, rm::Input::Held { node, ops, upto });
         }
     }
 }
