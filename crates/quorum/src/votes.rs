@@ -527,8 +527,16 @@ impl VoteQuorum {
         }
         // Only-lost: every member is part of what the current decision is
         // based on, so all survivors share that basis and decide at once.
+        // Not while a quorum disk claim is part of it: a claim carried over
+        // from a ring that died may be stale (its master withdrew or
+        // restarted, and could not say so in a dead ring), and another
+        // partition may hold the disk by now; claims count again once
+        // their masters restate them in this ring.
+        let carries_claim = self.cfg.qdisk_votes > 0
+            && self.basis_states.values().any(|s| s.qdisk_master.is_some());
         let only_lost = self.ring_id.is_some()
             && !self.basis_members.is_empty()
+            && !carries_claim
             && members.keys().all(|n| self.basis_members.contains_key(n));
         self.ring_id = Some(m.ring_id);
         self.basis_members = members
@@ -900,6 +908,11 @@ impl VoteQuorum {
                 .filter_map(|s| s.qdisk_master)
                 .filter(|m| members.contains_key(m))
                 .min()
+                // While syncing, the previous ring's claims count only if
+                // our own disk still confirms that master (see
+                // handle_membership): this answer is local until every
+                // member's state is in.
+                .filter(|m| !self.syncing || self.my_qdisk == Some(*m))
         } else {
             None
         };
