@@ -903,10 +903,17 @@ impl VoteQuorum {
         let member = members.contains_key(&self.me) && self.ring_id.is_some();
         let node_votes: u32 = members.values().fold(0u32, |a, v| a.saturating_add(*v));
         let qdisk_master = if self.cfg.qdisk_votes > 0 {
+            // A claim counts while its master is a member that claims the
+            // disk itself: a master that withdrew (it lost its path, say)
+            // takes the votes with it even while others' disks have not
+            // noticed yet.
             states
                 .values()
                 .filter_map(|s| s.qdisk_master)
-                .filter(|m| members.contains_key(m))
+                .filter(|m| {
+                    members.contains_key(m)
+                        && states.get(m).is_some_and(|s| s.qdisk_master == Some(*m))
+                })
                 .min()
                 // While syncing, the previous ring's claims count only if
                 // our own disk still confirms that master (see

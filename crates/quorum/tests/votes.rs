@@ -270,6 +270,51 @@ fn two_nodes_and_a_qdisk_split_leaves_exactly_one_side_quorate() {
     assert_eq!(c.q(2).status().total_votes, 1);
 }
 
+/// A disk master whose ring died cannot order its withdrawal: the claim the
+/// survivors carry into the next ring may be stale. It counts only once the
+/// master restates it there; until then, on each member, only if that
+/// member's own disk still confirms the master (seed 3619).
+#[test]
+fn a_disk_claim_from_a_dead_ring_is_not_trusted_in_the_next() {
+    let mut cfg = nodes(3);
+    cfg.qdisk_votes = 2;
+    let mut c = Cluster::new(&cfg);
+    c.split(&[&[1, 2, 3]]);
+    for i in 1..=3 {
+        c.nodes.get_mut(&n(i)).unwrap().set_qdisk(c.now, Some(n(2)));
+    }
+    c.settle(&[1, 2, 3]);
+    assert_eq!(c.q(1).status().total_votes, 5);
+    // Node 2 loses its disk path; its ring dies before it can say so, and
+    // node 3's disk has not noticed yet.
+    c.nodes.get_mut(&n(2)).unwrap().set_qdisk(c.now, None);
+    while c.nodes.get_mut(&n(2)).unwrap().poll_message().is_some() {}
+    c.ring += 1;
+    let m = Membership {
+        ring_id: c.ring,
+        members: vec![(n(2), 1), (n(3), 1)],
+    };
+    for i in [2, 3] {
+        c.nodes
+            .get_mut(&n(i))
+            .unwrap()
+            .handle_membership(c.now, m.clone());
+    }
+    let (s2, s3) = (c.q(2).status(), c.q(3).status());
+    assert!(
+        c.q(2).is_syncing(),
+        "no only-lost shortcut with a disk claim"
+    );
+    assert!(!s2.quorum_device_counted && !s2.quorate, "{s2:?}");
+    assert!(s3.quorum_device_counted && s3.quorate, "{s3:?}");
+    // Node 2's state says it holds nothing: neither counts the disk.
+    c.settle(&[2, 3]);
+    for i in [2, 3] {
+        let s = c.q(i).status();
+        assert!(!s.quorum_device_counted && !s.quorate, "node {i}: {s:?}");
+    }
+}
+
 #[test]
 fn wait_for_all_holds_a_cold_start_until_all_were_seen() {
     let mut cfg = nodes(2);
