@@ -552,6 +552,16 @@ fn a_master_that_cannot_write_withdraws_before_anyone_can_take_over() {
     );
 }
 
+/// Nodes 1 and 2 in one membership, node 1 the disk master.
+fn two_nodes_master_1(c: &QdiskConfig) -> World {
+    let mut w = World::new(&[1, 2], c);
+    w.set_membership(1, &[1, 2]);
+    w.set_membership(2, &[1, 2]);
+    w.run(10);
+    assert_eq!(w.masters(), vec![1]);
+    w
+}
+
 /// A node whose cluster membership does not include the old master may
 /// still face a partition that counts the old master's claim (its ring died
 /// with the master): it waits `outsider_wait` cycles; a node in the master's
@@ -562,11 +572,7 @@ fn a_node_outside_the_old_masters_partition_waits_for_that_partition_to_dissolve
     c.membership_timeout = Duration::from_secs(8);
     assert_eq!(c.outsider_wait(), 4 + 8 + 1);
     for inside in [true, false] {
-        let mut w = World::new(&[1, 2], &c);
-        w.set_membership(1, &[1, 2]);
-        w.set_membership(2, &[1, 2]);
-        w.run(10);
-        assert_eq!(w.masters(), vec![1]);
+        let mut w = two_nodes_master_1(&c);
         w.nodes.get_mut(&n(1)).unwrap().running = false;
         if !inside {
             w.set_membership(2, &[2]);
@@ -598,11 +604,7 @@ fn a_node_outside_the_old_masters_partition_waits_for_that_partition_to_dissolve
 fn a_restarted_master_does_not_free_the_disk_at_once() {
     let mut c = cfg();
     c.membership_timeout = Duration::from_secs(8);
-    let mut w = World::new(&[1, 2], &c);
-    w.set_membership(1, &[1, 2]);
-    w.set_membership(2, &[1, 2]);
-    w.run(10);
-    assert_eq!(w.masters(), vec![1]);
+    let mut w = two_nodes_master_1(&c);
     w.add(1, &c); // new incarnation, same slot
     w.set_membership(1, &[1, 2]);
     w.run(u64::from(c.outsider_wait()) - 1);
@@ -618,11 +620,7 @@ fn a_restarted_master_does_not_free_the_disk_at_once() {
 #[test]
 fn a_stall_withdraws_the_votes_until_a_cycle_completes() {
     let c = cfg(); // tko 4, io_grace 2
-    let mut w = World::new(&[1, 2], &c);
-    w.set_membership(1, &[1, 2]);
-    w.set_membership(2, &[1, 2]);
-    w.run(10);
-    assert_eq!(w.masters(), vec![1]);
+    let mut w = two_nodes_master_1(&c);
     // Node 1's core is not called for 3.5 intervals (node 2 keeps running):
     // its next cycle is at least io_grace whole intervals late.
     w.nodes.get_mut(&n(1)).unwrap().running = false;
