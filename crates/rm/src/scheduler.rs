@@ -549,6 +549,15 @@ struct Replicated {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot(Replicated);
 
+impl Snapshot {
+    /// Configured nodes this state, a cold start with startup fencing,
+    /// still waits for (to join or be fenced); until then it has placed
+    /// nothing.
+    pub fn startup_unseen(&self) -> &BTreeSet<NodeId> {
+        &self.0.startup_unseen
+    }
+}
+
 /// Why a node cannot take a service.
 enum Unfit {
     Unknown,

@@ -46,6 +46,12 @@ fn seeds_that_once_failed_pass() {
         // The adopted state said "starting on n3, op 32" (a replica that
         // missed the ring's tail); n3 had finished op 32 and more since.
         (1136, "rm: start nobody would report"),
+        // n1 and n3 lost power and formed a cold-started quorate pair; n2,
+        // which still ran s0, joined and the cold state was adopted over its.
+        (
+            3513,
+            "rm: cold start adopted over a node that kept its service",
+        ),
         // Left a start "starting" under an intermediate rule of this change.
         (472, "liveness: a start left starting"),
     ] {

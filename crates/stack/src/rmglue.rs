@@ -397,7 +397,28 @@ impl RmReplica {
         // "starting" for a start that has long finished. A node that was
         // never quorate (one that just booted, say) offers nothing. Ties:
         // the lowest id.
-        let best = s.got.values().map(|o| o.recency).max().unwrap_or((0, 0));
+        let mut best = s.got.values().map(|o| o.recency).max().unwrap_or((0, 0));
+        // Unless that state is a cold start still waiting for absent nodes
+        // (startup fencing): it has placed nothing, and its quorate members
+        // restarted, so it knows nothing of what the absent ones ran. An
+        // absent node that joins with a state that was quorate brings that
+        // knowledge: the most recent such state is adopted instead (a node
+        // that kept a service through its peers' power loss keeps it).
+        let waiting: std::collections::BTreeSet<NodeId> = s
+            .got
+            .values()
+            .find(|o| o.recency == best)
+            .map(|o| o.snapshot.startup_unseen().clone())
+            .unwrap_or_default();
+        if let Some(r) = s
+            .got
+            .iter()
+            .filter(|(n, o)| waiting.contains(n) && o.recency.0 > 0)
+            .map(|(_, o)| o.recency)
+            .max()
+        {
+            best = r;
+        }
         let chosen = s
             .got
             .iter()
