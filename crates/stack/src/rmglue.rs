@@ -631,4 +631,78 @@ mod tests {
         }
         assert_eq!(reps[2].view(), reps[0].view());
     }
+
+    /// One configuration for `ids`: every replica there takes part, and
+    /// all sync messages are delivered in one order.
+    fn configure(reps: &mut [RmReplica], ring: u64, ids: &[u32], quorate: bool) {
+        let members: Vec<NodeId> = ids.iter().map(|i| NodeId(*i)).collect();
+        let mut syncs = Vec::new();
+        for i in ids {
+            let r = &mut reps[*i as usize - 1];
+            r.handle_membership(
+                ring,
+                members.clone(),
+                quorate,
+                Instant::ZERO,
+                Vec::new(),
+                Held::new(),
+            );
+            syncs.extend(r.drain_outbox().into_iter().map(|m| (NodeId(*i), m)));
+        }
+        for i in ids {
+            for (from, m) in &syncs {
+                reps[*i as usize - 1].handle_message(*from, m.clone(), quorate);
+            }
+        }
+    }
+
+    #[test]
+    fn a_cold_start_does_not_win_over_a_node_that_kept_its_service() {
+        let mut sp = spec();
+        sp.startup_fencing = true;
+        let mut reps: Vec<RmReplica> = (1..=3)
+            .map(|i| RmReplica::new(NodeId(i), sp.clone()).unwrap())
+            .collect();
+        configure(&mut reps, 10, &[1, 2, 3], true);
+        let o = owner(&reps[0]).expect("web placed");
+        let op = match &reps[o.0 as usize - 1].scheduler().drain_actions()[..] {
+            [rm::Action::StartService { op, .. }] => *op,
+            other => panic!("expected a start, got {other:?}"),
+        };
+        let ok = RmMsg::Input {
+            at_ns: 5,
+            input: rm::Input::Result(rm::Report {
+                node: o,
+                service: "web".into(),
+                op,
+                outcome: rm::Outcome::StartOk,
+            }),
+        };
+        deliver(&mut reps, &[(o, ok)]);
+        // The other two lose power, come back fresh and form a quorate pair:
+        // a cold start that waits for the owner (startup fencing).
+        let others: Vec<u32> = (1..=3).filter(|i| *i != o.0).collect();
+        for i in &others {
+            reps[*i as usize - 1] = RmReplica::new(NodeId(*i), sp.clone()).unwrap();
+        }
+        configure(&mut reps, 20, &others, true);
+        assert_eq!(owner(&reps[others[0] as usize - 1]), None);
+        // The owner joins: its state, not the cold one, is adopted.
+        configure(&mut reps, 30, &[1, 2, 3], true);
+        for r in &reps {
+            let v = r.view();
+            assert_eq!(v.services[0].state, rm::State::Started, "{:?}", r.me);
+            assert_eq!(v.services[0].owner, Some(o));
+        }
+        for i in &others {
+            assert!(
+                !reps[*i as usize - 1]
+                    .scheduler()
+                    .drain_actions()
+                    .iter()
+                    .any(|a| matches!(a, rm::Action::StartService { .. })),
+                "no second copy on n{i}"
+            );
+        }
+    }
 }
