@@ -20,9 +20,13 @@
 //! snapshot *as of that configuration change* and the last ring in which it
 //! was quorate. Until every member's sync message is delivered the replica
 //! only buffers inputs. Then every member adopts the same snapshot: the one
-//! of the replica that was quorate most recently (the highest such ring;
-//! ties: the lowest node id), applies the new membership, and replays the
-//! buffered inputs. All members receive the same sync messages and buffered
+//! of the replica that was quorate most recently (the highest such ring,
+//! then the most messages taken from that ring's stream; ties: the lowest
+//! node id; a cold start still waiting for absent nodes yields to an absent
+//! node that joins with a quorate state), applies the new membership,
+//! replays the buffered inputs, and settles the operations the adopted
+//! state waits on from what each member reports it was handed
+//! ([`rm::Input::Held`]). All members receive the same sync messages and buffered
 //! inputs (virtual synchrony), so all end equal. A further configuration
 //! change during a sync restarts it.
 //!
