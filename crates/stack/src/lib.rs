@@ -705,16 +705,19 @@ impl Stack {
     }
 
     fn multicast(&mut self, tag: u8, body: Vec<u8>) {
+        self.multicast_ordered(tag, body, false);
+    }
+
+    /// Multicast in agreed order, or in safe order (`safe`: delivered back
+    /// to us only once every member has received it).
+    fn multicast_ordered(&mut self, tag: u8, body: Vec<u8>, safe: bool) {
         let mut payload = Vec::with_capacity(body.len() + 1);
         payload.push(tag);
         payload.extend_from_slice(&body);
-        if let Err(e) = self.totem.handle_command(
-            self.now.mono,
-            totem::Command::Multicast {
-                payload,
-                safe: false,
-            },
-        ) {
+        if let Err(e) = self
+            .totem
+            .handle_command(self.now.mono, totem::Command::Multicast { payload, safe })
+        {
             tracing::warn!(tag, error = %e, "cannot multicast");
         }
     }
@@ -1057,9 +1060,12 @@ impl Stack {
         }
         if !self.leave_announced && self.members.len() > 1 {
             // Tell the fence domain first, in order, so nobody fences us; we
-            // leave when our own announcement is delivered back to us.
+            // leave when our own announcement is delivered back to us in
+            // safe order, that is once every member has received it. In
+            // agreed order it comes back at once, and a node that exits then
+            // can take a lost announcement with it and be fenced as failed.
             self.leave_announced = true;
-            self.multicast(TAG_LEAVING, Vec::new());
+            self.multicast_ordered(TAG_LEAVING, Vec::new(), true);
             return;
         }
         if self.leave_announced && !self.leave_delivered {
