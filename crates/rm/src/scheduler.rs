@@ -769,6 +769,18 @@ impl Scheduler {
         }
     }
 
+    /// Local: check `name` now instead of at its next status interval (its
+    /// resources reported a failure by themselves, e.g. a vm's QEMU exited).
+    /// False when it does not run on this node: nothing is queued.
+    pub fn check_now(&mut self, now: Instant, name: &str) -> bool {
+        let Some(due) = self.status_due.get_mut(name) else {
+            return false;
+        };
+        due.0 = now;
+        self.handle_timeout(now);
+        true
+    }
+
     /// When the replicated state wants an [`Input::Tick`] (a service is
     /// stopped because its start failed everywhere and a failure expires then).
     pub fn recheck_due(&self) -> Option<Instant> {

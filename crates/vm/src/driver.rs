@@ -604,7 +604,14 @@ impl Guest {
             "downtime-limit": settings.downtime_limit_ms,
             "max-bandwidth": settings.max_bandwidth,
         });
+        // With a return path the target reports back when it has loaded the
+        // state (and, live, started the guest): `completed` here then means
+        // the guest runs there, and a target that failed to load it fails the
+        // migration while the source can still resume.
+        let caps = json!({ "capabilities": [{ "capability": "return-path", "state": true }] });
         let setup = async {
+            q.execute_timeout("migrate-set-capabilities", caps, QMP_TIMEOUT)
+                .await?;
             q.execute_timeout("migrate-set-parameters", params, QMP_TIMEOUT)
                 .await?;
             q.execute_timeout("migrate", json!({ "uri": uri }), QMP_TIMEOUT)
