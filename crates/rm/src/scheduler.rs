@@ -1159,7 +1159,16 @@ impl Scheduler {
             let Some(mut svc) = self.st.services.remove(&name) else {
                 continue;
             };
-            if svc.occupies(node) {
+            if svc.state == State::Migrating && svc.owner != Some(node) && svc.target == Some(node)
+            {
+                // Only the migration's target restarted: the guest still
+                // runs on the source, which reports whether it moved.
+                svc.reason = format!(
+                    "{why} while {name} was migrating there; waiting for {} to report",
+                    svc.owner.map_or_else(|| "the source".into(), |o| self.node_name(o))
+                );
+                self.event(now, Some(&name), svc.reason.clone());
+            } else if svc.occupies(node) {
                 let cause = format!("{why}; stopping {name} there before placing it again");
                 svc.owner = Some(node);
                 svc.target = None;
