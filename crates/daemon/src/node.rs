@@ -672,10 +672,7 @@ impl Node {
         self.watching.remove(&w.service);
         let now = self.now();
         if self.stack.check_now(now, &w.service) {
-            self.note(format!(
-                "rm: {}: {}; checking it now",
-                w.service, w.reason
-            ));
+            self.note(format!("rm: {}: {}; checking it now", w.service, w.reason));
         }
     }
 

@@ -126,17 +126,15 @@ impl Lab {
     /// with a live QEMU there and none on the other node.
     fn started_on(&self, owner: usize, within: Duration) {
         let name = format!("n{}", owner + 1);
-        ok(self.c.wait(
-            &format!("{VM} started on {name} only"),
-            within,
-            |c| {
+        ok(self
+            .c
+            .wait(&format!("{VM} started on {name} only"), within, |c| {
                 (0..2).all(|i| {
                     !c.sees(i, &[0, 1], true)
                         || (self.svc(i)["state"] == "Started" && self.svc(i)["owner_name"] == name)
                 }) && self.pid(owner).is_some()
                     && self.pid(1 - owner).is_none()
-            },
-        ));
+            }));
     }
 
     /// `quorate svc migrate guest1 -m TO`, typed on node `on`, running.
@@ -204,7 +202,9 @@ fn a_guest_starts_restarts_after_a_crash_live_migrates_survives_an_aborted_migra
     assert_eq!(local["pid"].as_i64(), lab.pid(0).map(i64::from), "{local}");
     assert!(
         matches!(local["accel"].as_str(), Some("kvm" | "tcg"))
-            && local["accel_reason"].as_str().is_some_and(|r| !r.is_empty()),
+            && local["accel_reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
         "{local}"
     );
     let text = String::from_utf8_lossy(&cli(c, 0, &["status"]).stdout).to_string();
@@ -223,9 +223,11 @@ fn a_guest_starts_restarts_after_a_crash_live_migrates_survives_an_aborted_migra
         .unwrap()
         .as_secs_f64();
     kill9(pid);
-    ok(c.wait("the guest restarted on n1", Duration::from_secs(60), |_| {
-        lab.resumed(0).len() == 2 && lab.pid(0).is_some_and(|p| p != pid)
-    }));
+    ok(
+        c.wait("the guest restarted on n1", Duration::from_secs(60), |_| {
+            lab.resumed(0).len() == 2 && lab.pid(0).is_some_and(|p| p != pid)
+        }),
+    );
     let resumed = lab.resumed(0)[1];
     assert!(
         resumed >= before,
@@ -245,7 +247,11 @@ fn a_guest_starts_restarts_after_a_crash_live_migrates_survives_an_aborted_migra
     );
     let s = lab.svc(1);
     assert_eq!(
-        (s["state"].as_str(), s["owner_name"].as_str(), s["restarts"].as_u64()),
+        (
+            s["state"].as_str(),
+            s["owner_name"].as_str(),
+            s["restarts"].as_u64()
+        ),
         (Some("Started"), Some("n1"), Some(1)),
         "{s}"
     );
@@ -285,7 +291,10 @@ fn a_guest_starts_restarts_after_a_crash_live_migrates_survives_an_aborted_migra
         "n2's first counter {} does not continue n1's last {src_last}",
         on_target[0]
     );
-    assert!(on_target.windows(2).all(|w| w[1] == w[0] + 1), "{on_target:?}");
+    assert!(
+        on_target.windows(2).all(|w| w[1] == w[0] + 1),
+        "{on_target:?}"
+    );
     let m = lab.svc(0)["local"]["last_migration"].clone();
     assert!(
         m["ok"] == true && m["downtime_ms"].as_u64().is_some_and(|d| d < 2000),
@@ -298,13 +307,17 @@ fn a_guest_starts_restarts_after_a_crash_live_migrates_survives_an_aborted_migra
     // change; status and the events say the migration failed.
     let child = lab.migrate_cli(1, "n1");
     let mut incoming = None;
-    ok(c.wait("n1's incoming QEMU receiving", Duration::from_secs(30), |_| {
-        incoming = lab.pid(0);
-        incoming.is_some()
-            && lab.svc(1)["local"]["migration"]["transferred_bytes"]
-                .as_u64()
-                .is_some_and(|b| b > 0)
-    }));
+    ok(c.wait(
+        "n1's incoming QEMU receiving",
+        Duration::from_secs(30),
+        |_| {
+            incoming = lab.pid(0);
+            incoming.is_some()
+                && lab.svc(1)["local"]["migration"]["transferred_bytes"]
+                    .as_u64()
+                    .is_some_and(|b| b > 0)
+        },
+    ));
     let progress = lab.svc(1)["local"]["migration"].clone();
     assert_eq!(progress["to"], 1, "{progress}");
     assert!(
@@ -318,7 +331,10 @@ fn a_guest_starts_restarts_after_a_crash_live_migrates_survives_an_aborted_migra
     );
     kill9(incoming.unwrap());
     let (ok_, said) = finish(child);
-    assert!(!ok_, "migrate claimed success after its target died: {said}");
+    assert!(
+        !ok_,
+        "migrate claimed success after its target died: {said}"
+    );
     assert!(said.contains("failed"), "{said}");
     let s = lab.svc(0);
     assert_eq!(
@@ -384,14 +400,19 @@ fn a_guest_live_migrates_on_clean_leave_and_failback_and_restarts_on_the_survivo
     // (Whether n2 then also fences n1 is the clean leave's business, tested
     // in cluster_netns; it sometimes does when n1 exits before n2 delivered
     // its leave announcement.)
-    assert!(lab.pid(0).is_none(), "the source QEMU outlived the migration");
+    assert!(
+        lab.pid(0).is_none(),
+        "the source QEMU outlived the migration"
+    );
 
     // A preferred node returning to an ordered domain (failback on) gets the
     // guest back, again by live migration.
     ok(c.restart(0));
-    ok(c.wait("the guest back on n1", Duration::from_secs(90), |_| {
-        lab.svc(1)["owner_name"] == "n1" && lab.svc(1)["state"] == "Started"
-    }));
+    ok(
+        c.wait("the guest back on n1", Duration::from_secs(90), |_| {
+            lab.svc(1)["owner_name"] == "n1" && lab.svc(1)["state"] == "Started"
+        }),
+    );
     let n2_last = lab.last(1);
     lab.counting_above(0, n2_last + 3, Duration::from_secs(30));
     assert_eq!(lab.resumed(0).len(), 1, "the guest rebooted on n1");
@@ -404,9 +425,11 @@ fn a_guest_live_migrates_on_clean_leave_and_failback_and_restarts_on_the_survivo
     // which resumes from what it had fsynced.
     let old = lab.pid(0).unwrap();
     ok(c.crash(0));
-    ok(c.wait("the guest restarted on n2", Duration::from_secs(60), |_| {
-        lab.pid(1).is_some() && lab.resumed(1).len() == 1
-    }));
+    ok(
+        c.wait("the guest restarted on n2", Duration::from_secs(60), |_| {
+            lab.pid(1).is_some() && lab.resumed(1).len() == 1
+        }),
+    );
     assert!(c.is_off(0), "recovered without fencing n1");
     assert!(
         !Path::new(&format!("/proc/{old}")).exists(),

@@ -1165,7 +1165,8 @@ impl Scheduler {
                 // runs on the source, which reports whether it moved.
                 svc.reason = format!(
                     "{why} while {name} was migrating there; waiting for {} to report",
-                    svc.owner.map_or_else(|| "the source".into(), |o| self.node_name(o))
+                    svc.owner
+                        .map_or_else(|| "the source".into(), |o| self.node_name(o))
                 );
                 self.event(now, Some(&name), svc.reason.clone());
             } else if svc.occupies(node) {

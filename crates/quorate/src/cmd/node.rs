@@ -97,7 +97,8 @@ impl Vms {
                 });
             }
             Some(Migration::Failed { to, error }) => {
-                v["last_migration"] = serde_json::json!({ "to": to.0, "ok": false, "error": error });
+                v["last_migration"] =
+                    serde_json::json!({ "to": to.0, "ok": false, "error": error });
             }
             None => {}
         }
