@@ -108,14 +108,12 @@ impl Vms {
 
 /// How far a migration is: RAM sent of RAM sent plus still to send.
 fn percent(p: &vm::MigrationProgress) -> u64 {
-    let all = p.transferred + p.remaining;
     if p.status == "completed" {
-        100
-    } else if all == 0 {
-        0
-    } else {
-        (p.transferred * 100 / all).min(99)
+        return 100;
     }
+    (p.transferred.saturating_mul(100))
+        .checked_div(p.transferred.saturating_add(p.remaining))
+        .map_or(0, |v| v.min(99))
 }
 
 impl rmexec::VmHandler for Vms {
@@ -343,5 +341,29 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: leaving the cluster cleanly"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: leaving the cluster cleanly"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(status: &str, transferred: u64, remaining: u64) -> vm::MigrationProgress {
+        vm::MigrationProgress {
+            status: status.into(),
+            transferred,
+            remaining,
+            total: 128 << 20,
+            elapsed_ms: 10,
+        }
+    }
+
+    #[test]
+    fn migration_percent_is_sent_of_sent_plus_remaining() {
+        assert_eq!(percent(&progress("setup", 0, 0)), 0);
+        assert_eq!(percent(&progress("active", 30, 70)), 30);
+        // Dirty pages can leave the last bytes pending: never 100 until QEMU says so.
+        assert_eq!(percent(&progress("active", 100, 0)), 99);
+        assert_eq!(percent(&progress("completed", 100, 0)), 100);
     }
 }
