@@ -289,6 +289,19 @@ esac
     Ok(script)
 }
 
+/// `<failoverdomainnode>`s for `names`, priorities 1, 2, ... in that order.
+fn domain_members<'a>(names: impl Iterator<Item = &'a &'a str>) -> String {
+    names
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "\t\t\t\t<failoverdomainnode name=\"{n}\" priority=\"{}\"/>\n",
+                i + 1
+            )
+        })
+        .collect()
+}
+
 /// The seed's cluster.conf, with the nodes fenced through the power switch
 /// and the service `web` (a floating address and the init script).
 fn cluster_conf(
@@ -313,32 +326,13 @@ fn cluster_conf(
             id = i + 1
         ));
     }
-    let domain: String = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            format!(
-                "\t\t\t\t<failoverdomainnode name=\"{n}\" priority=\"{}\"/>\n",
-                i + 1
-            )
-        })
-        .collect();
+    let domain = domain_members(names.iter());
     // The guest prefers the other node (the seed's an2_primary), so each
     // node runs something.
     let (guest_domain, guest_vm) = match guest {
         None => (String::new(), String::new()),
         Some(attrs) => {
-            let members: String = names
-                .iter()
-                .rev()
-                .enumerate()
-                .map(|(i, n)| {
-                    format!(
-                        "\t\t\t\t<failoverdomainnode name=\"{n}\" priority=\"{}\"/>\n",
-                        i + 1
-                    )
-                })
-                .collect();
+            let members = domain_members(names.iter().rev());
             let a: String = attrs
                 .iter()
                 .filter(|(k, _)| *k != "name")
