@@ -258,7 +258,7 @@ fn a_guest_starts_restarts_after_a_crash_live_migrates_survives_an_aborted_migra
     assert!(lab.pid(1).is_none(), "no second copy on n2");
 
     // (c) Live migration as an admin types it. The owner changes only once
-    // the guest runs on the target (its QEMU there alive, the source's gone);
+    // the migration completed (the target's QEMU alive, the source's gone);
     // the guest keeps counting from where it was, without a reboot.
     let child = lab.migrate_cli(0, "n2");
     let mut changed_at_owner = None;
