@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: the seed's two-node cluster on this machine,
-# narrated. Needs root (it builds network namespaces); installs the Debian
+# narrated: a service and a QEMU guest (the tiny guest of scripts/guest/,
+# built from Debian's kernel and busybox), a live migration, a crash, fencing,
+# recovery. Needs root (it builds network namespaces); installs the Debian
 # packages it needs, builds quorate, and runs `quorate demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -270,6 +270,33 @@ pub trait ServiceRunner: Send + Sync + 'static {
         service: String,
         resources: Vec<rm::ResourceStep>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'static>>;
+
+    /// A future that resolves, with the reason, when `service`'s resources
+    /// fail here by themselves (a vm's QEMU exits or its kernel panics);
+    /// `None` when nothing of it can be watched. The daemon arms it after a
+    /// start or a passing status check and runs a status check at once when
+    /// it resolves, instead of waiting for the next status interval.
+    fn watch(
+        &self,
+        _service: &str,
+        _resources: &[rm::ResourceStep],
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send + 'static>>> {
+        None
+    }
+
+    /// What only this node knows about `service` (a vm it runs here: the
+    /// accelerator and why, a migration's progress), merged into its entry
+    /// of `status` as `local`; `None` when there is nothing.
+    fn local_info(&self, _service: &str) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// A watched service failed by itself (see [`ServiceRunner::watch`]).
+#[derive(Debug)]
+struct WatchFired {
+    service: String,
+    reason: String,
 }
 
 /// A finished resource action.
@@ -278,6 +305,9 @@ struct ServiceDone {
     service: String,
     op: rm::OpId,
     outcome: Option<rm::Outcome>,
+    /// The service runs here now (a start or a status check passed): its
+    /// resources, to watch.
+    running: Option<Vec<rm::ResourceStep>>,
 }
 
 /// A line of the node's event log.
@@ -307,6 +337,9 @@ pub struct Node {
     self_fence: Option<String>,
     services: std::sync::Arc<dyn ServiceRunner>,
     service_tx: mpsc::Sender<ServiceDone>,
+    /// Services whose resources are being watched here.
+    watching: std::collections::BTreeSet<String>,
+    watch_tx: mpsc::Sender<WatchFired>,
     config_path: PathBuf,
     /// `config push` requests waiting for their outcome, by ticket.
     pushes: BTreeMap<u64, tokio::sync::oneshot::Sender<Response>>,
@@ -463,12 +496,22 @@ impl Node {
                 let runner = self.services.clone();
                 let tx = self.service_tx.clone();
                 tokio::spawn(async move {
+                    let watchable = match &action {
+                        rm::Action::StartService { resources, .. }
+                        | rm::Action::StatusCheck { resources, .. } => Some(resources.clone()),
+                        _ => None,
+                    };
                     let outcome = runner.run(action).await;
+                    let running = match outcome {
+                        None | Some(rm::Outcome::StartOk) => watchable,
+                        _ => None,
+                    };
                     let _ = tx
                         .send(ServiceDone {
                             service,
                             op,
                             outcome,
+                            running,
                         })
                         .await;
                 });
@@ -592,8 +635,45 @@ impl Node {
 
     fn on_service_done(&mut self, d: ServiceDone) {
         let now = self.now();
+        if let Some(resources) = &d.running {
+            self.arm_watch(&d.service, resources);
+        }
         self.stack
             .handle_service_done(now, d.service, d.op, d.outcome);
+    }
+
+    /// Watch a service that runs here, once (see [`ServiceRunner::watch`]).
+    fn arm_watch(&mut self, service: &str, resources: &[rm::ResourceStep]) {
+        if self.watching.contains(service) {
+            return;
+        }
+        let Some(fut) = self.services.watch(service, resources) else {
+            return;
+        };
+        self.watching.insert(service.to_string());
+        let tx = self.watch_tx.clone();
+        let service = service.to_string();
+        tokio::spawn(async move {
+            let armed = std::time::Instant::now();
+            let reason = fut.await;
+            // A watch that fires at once (the service had already gone) is
+            // re-armed only by the next passing check: at most one a second.
+            if armed.elapsed() < std::time::Duration::from_millis(200) {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            let _ = tx.send(WatchFired { service, reason }).await;
+        });
+    }
+
+    /// A watched service failed by itself: check it now (the recovery policy
+    /// follows a failed check). Nothing happens when it no longer runs here
+    /// (it was stopped or migrated away meanwhile).
+    fn on_watch_fired(&mut self, w: WatchFired) {
+        self.watching.remove(&w.service);
+        let now = self.now();
+        if self.stack.check_now(now, &w.service) {
+            self.note(format!("rm: {}: {}; checking it now", w.service, w.reason));
+        }
     }
 
     fn on_agent_done(&mut self, d: AgentDone) {
@@ -654,6 +734,9 @@ impl Node {
             .iter()
             .map(|s| {
                 let mut v = serde_json::to_value(s).unwrap_or_default();
+                if let Some(local) = self.services.local_info(&s.name) {
+                    v["local"] = local;
+                }
                 v["owner_name"] = json!(s.owner.map(|n| self.name_of(n)));
                 v["last_owner_name"] = json!(s.last_owner.map(|n| self.name_of(n)));
                 v["reason"] = json!(wall_times(&s.reason));
@@ -909,6 +992,7 @@ pub async fn run(
         other => NodeError::Stack(other),
     })?;
     let (service_tx, mut service_rx) = mpsc::channel::<ServiceDone>(64);
+    let (watch_tx, mut watch_rx) = mpsc::channel::<WatchFired>(64);
 
     let ipc = IpcServer::bind(&opts.state_dir)?;
     let (ipc_tx, mut ipc_rx) = mpsc::channel::<Pending>(64);
@@ -934,6 +1018,8 @@ pub async fn run(
         self_fence: None,
         services,
         service_tx,
+        watching: std::collections::BTreeSet::new(),
+        watch_tx,
         config_path: opts.config_path.clone(),
         pushes: BTreeMap::new(),
     };
@@ -994,6 +1080,7 @@ pub async fn run(
             _ = load_tick.tick(), if node.load_tx.active() => {}
             Some(d) = agent_rx.recv() => node.on_agent_done(d),
             Some(d) = service_rx.recv() => node.on_service_done(d),
+            Some(w) = watch_rx.recv() => node.on_watch_fired(w),
             _ = qdisk_tick.tick(), if node.qdisk.is_some() => node.poll_qdisk(),
             _ = sleep => node.on_timeout(),
             _ = &mut shutdown, if !node.stack.leave_requested() => {

@@ -145,6 +145,8 @@ impl LabCluster {
                 let mut o = powerswitch::OutletConfig::shell(n, &cmd);
                 o.env.push(("QUORATE_LOG".into(), "info".into()));
                 o.log = Some(dir.join(format!("{n}.log")));
+                // The namespace is the node's machine: off takes its guests' QEMUs too.
+                o.netns = Some(ns.clone());
                 o
             })
             .collect();

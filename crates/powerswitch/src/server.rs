@@ -29,6 +29,11 @@ pub struct OutletConfig {
     pub env: Vec<(String, String)>,
     /// Append the command's stdout and stderr to this file (else /dev/null).
     pub log: Option<PathBuf>,
+    /// The outlet's machine is this network namespace (`/run/netns/NAME`):
+    /// off also kills every process left in it, as a real power cut takes
+    /// daemons that left the outlet's process group (a QEMU started with
+    /// `-daemonize` calls setsid).
+    pub netns: Option<String>,
 }
 
 impl OutletConfig {
@@ -39,6 +44,7 @@ impl OutletConfig {
             argv: vec!["/bin/sh".into(), "-c".into(), command.into()],
             env: Vec::new(),
             log: None,
+            netns: None,
         }
     }
 }
@@ -136,11 +142,22 @@ pub struct PowerSwitch {
 }
 
 /// Pids of live (non-zombie) processes whose process group is `pgid`, from /proc.
-fn group_members(pgid: i32) -> Vec<i32> {
+/// The network namespace `/run/netns/NAME` as the inode `/proc/PID/ns/net` links to.
+fn netns_inode(name: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(Path::new("/run/netns").join(name))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Live (not zombie) processes of group `pgid`, and when `netns` is given,
+/// every live process in that network namespace too.
+fn group_members(pgid: i32, netns: Option<u64>) -> Vec<i32> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
     };
+    let net = netns.map(|ino| format!("net:[{ino}]"));
     for e in dir.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
@@ -153,11 +170,27 @@ fn group_members(pgid: i32) -> Vec<i32> {
         };
         let f: Vec<&str> = rest.split_whitespace().collect();
         // After comm: state ppid pgrp ...
-        if f.len() > 2 && f[0] != "Z" && f[2].parse::<i32>().ok() == Some(pgid) {
+        if f.len() < 3 || f[0] == "Z" {
+            continue;
+        }
+        let in_group = f[2].parse::<i32>().ok() == Some(pgid);
+        let in_ns = net.as_ref().is_some_and(|n| {
+            std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|l| l.as_os_str() == n.as_str())
+        });
+        if in_group || in_ns {
             out.push(pid);
         }
     }
     out
+}
+
+/// SIGKILL the group and, one by one, the namespace's other processes.
+fn kill_machine(pgid: i32, left: &[i32]) {
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    for pid in left {
+        let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
 }
 
 impl PowerSwitch {
@@ -271,10 +304,11 @@ impl PowerSwitch {
         };
         let t0 = Instant::now();
         let pgid = run.pgid;
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        let netns = o.cfg.netns.as_deref().and_then(netns_inode);
+        kill_machine(pgid, &group_members(pgid, netns));
         let _ = tokio::time::timeout(OFF_DEADLINE, run.reaper).await;
         loop {
-            let left = group_members(pgid);
+            let left = group_members(pgid, netns);
             if left.is_empty() {
                 break;
             }
@@ -286,7 +320,7 @@ impl PowerSwitch {
                     pids: left,
                 });
             }
-            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            kill_machine(pgid, &left);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         info!(outlet = name, pgid, took = ?t0.elapsed(), "outlet OFF: process group gone");

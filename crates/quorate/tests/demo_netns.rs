@@ -2,12 +2,14 @@
 //! namespaces, fenced through the virtual power switch. `quorate demo` checks
 //! every step against what really happened (where the floating address is,
 //! which outlet is off) and exits non-zero when the cluster misbehaved:
-//! a service starts, its node is SIGKILLed, the survivor fences it and
-//! recovers the service, the node is powered back on and rejoins without
-//! taking the service back (nofailback).
+//! a service and a guest (the tiny guest under QEMU) start, the guest is
+//! live-migrated to the service's node, that node is SIGKILLed, the survivor
+//! fences it and recovers both (the guest resuming its counter from disk),
+//! the node is powered back on and rejoins without taking them back
+//! (nofailback).
 
 #[test]
-fn demo_runs_the_seed_cluster_through_a_crash_fencing_and_recovery() {
+fn demo_runs_the_seed_cluster_through_a_migration_a_crash_fencing_and_recovery() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_quorate"))
         .args(["demo", "--dir"])
@@ -34,7 +36,16 @@ fn demo_runs_the_seed_cluster_through_a_crash_fencing_and_recovery() {
     );
     assert!(stdout.contains("Failover took"), "{stdout}");
     assert!(
-        stdout.contains("web stays on an-node02 (nofailback)"),
+        stdout.contains("vm01 runs on an-node01 without a reboot")
+            && stdout.contains("QEMU: downtime"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("vm01 booted on an-node02 and resumed from"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("web and vm01 stay on an-node02 (nofailback)"),
         "{stdout}"
     );
 }

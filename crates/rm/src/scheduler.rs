@@ -803,6 +803,18 @@ impl Scheduler {
         }
     }
 
+    /// Local: check `name` now instead of at its next status interval (its
+    /// resources reported a failure by themselves, e.g. a vm's QEMU exited).
+    /// False when it does not run on this node: nothing is queued.
+    pub fn check_now(&mut self, now: Instant, name: &str) -> bool {
+        let Some(due) = self.status_due.get_mut(name) else {
+            return false;
+        };
+        due.0 = now;
+        self.handle_timeout(now);
+        true
+    }
+
     /// When the replicated state wants an [`Input::Tick`] (a service is
     /// stopped because its start failed everywhere and a failure expires then).
     pub fn recheck_due(&self) -> Option<Instant> {
@@ -1181,7 +1193,17 @@ impl Scheduler {
             let Some(mut svc) = self.st.services.remove(&name) else {
                 continue;
             };
-            if svc.occupies(node) {
+            if svc.state == State::Migrating && svc.owner != Some(node) && svc.target == Some(node)
+            {
+                // Only the migration's target restarted: the guest still
+                // runs on the source, which reports whether it moved.
+                svc.reason = format!(
+                    "{why} while {name} was migrating there; waiting for {} to report",
+                    svc.owner
+                        .map_or_else(|| "the source".into(), |o| self.node_name(o))
+                );
+                self.event(now, Some(&name), svc.reason.clone());
+            } else if svc.occupies(node) {
                 let cause = format!("{why}; stopping {name} there before placing it again");
                 svc.owner = Some(node);
                 svc.target = None;

@@ -1261,3 +1261,49 @@ fn held_operations_finish_or_void_a_start_nobody_will_report() {
         assert_eq!(h.svc("web"), before);
     }
 }
+
+#[test]
+fn a_restarted_migration_target_leaves_the_guest_to_its_source() {
+    let mut s = vm();
+    s.domain = None;
+    let mut h = started_cluster(2, vec![s]);
+    h.req(Request::Migrate {
+        service: "guest".into(),
+        node: n(2),
+    })
+    .unwrap();
+    let acts = h.actions();
+    assert!(matches!(&acts[..], [(s, Action::Migrate { .. })] if *s == n(1)));
+    // The target's daemon restarts mid-way: nothing is stopped anywhere; the
+    // source still runs the guest and reports whether it moved.
+    h.feed(Input::Restarted { node: n(2) }).unwrap();
+    let v = h.svc("guest");
+    assert_eq!(
+        (v.state, v.owner, v.migrating_to),
+        (State::Migrating, Some(n(1)), Some(n(2))),
+        "{}",
+        v.reason
+    );
+    assert!(h.actions().is_empty());
+    h.report(acts[0].0, &acts[0].1, false);
+    let v = h.svc("guest");
+    assert_eq!((v.state, v.owner), (State::Started, Some(n(1))));
+}
+
+#[test]
+fn check_now_queues_a_status_check_only_where_the_service_runs() {
+    let mut h = started_cluster(2, vec![web()]);
+    let owner = h.svc("web").owner.unwrap();
+    let (oi, xi) = if owner == n(1) { (0, 1) } else { (1, 0) };
+    let now = h.now();
+    assert!(!h.s[xi].check_now(now, "web"));
+    assert!(h.s[xi].drain_actions().is_empty());
+    assert!(!h.s[oi].check_now(now, "nope"));
+    assert!(h.s[oi].check_now(now, "web"));
+    assert!(matches!(
+        h.s[oi].drain_actions()[..],
+        [Action::StatusCheck { .. }]
+    ));
+    // The next regular check follows one interval later.
+    assert_eq!(h.s[oi].poll_deadline(), Some(now + Duration::from_secs(10)));
+}

@@ -445,6 +445,16 @@ impl Stack {
         self.after();
     }
 
+    /// A service's resources failed here by themselves (a vm's QEMU exited):
+    /// run its status check now rather than at the next interval. False when
+    /// it does not run here (nothing is checked).
+    pub fn check_now(&mut self, now: Now, service: &str) -> bool {
+        self.now = now;
+        let queued = self.rm.scheduler().check_now(now.wall, service);
+        self.after();
+        queued
+    }
+
     /// The quorum disk's verdict changed: `master` is the disk master that
     /// counts this node in (`None`: the disk gives no votes here).
     pub fn handle_qdisk(&mut self, now: Now, master: Option<NodeId>, reason: &str) {

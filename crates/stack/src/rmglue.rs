@@ -470,10 +470,17 @@ impl RmReplica {
             .and_then(|(n, _)| s.incarnations.get(n))
             .map(|(_, m)| m.clone())
             .unwrap_or_default();
-        let mut now_known = known.clone();
+        // Only members are remembered: a node that left the membership had
+        // its departure handled (a clean leave, or fencing), so when it comes
+        // back with a new incarnation nothing of the old one is left to stop.
+        let mut now_known = BTreeMap::new();
         for (n, (inc, _)) in &s.incarnations {
             if *inc == 0 {
-                continue; // an older peer that does not report it
+                // An older peer that does not report it.
+                if let Some(old) = known.get(n) {
+                    now_known.insert(*n, *old);
+                }
+                continue;
             }
             if known.get(n).is_some_and(|old| old != inc) {
                 let at = self.agreed;

@@ -185,6 +185,9 @@ pub fn render_status(v: &Value) -> String {
             if !reason.is_empty() {
                 let _ = writeln!(t, "   why: {reason}");
             }
+            for line in vm_lines(v, &svc["local"]) {
+                let _ = writeln!(t, "   {line}");
+            }
         }
     }
     let events = v["events"].as_array().cloned().unwrap_or_default();
@@ -197,6 +200,57 @@ pub fn render_status(v: &Value) -> String {
         }
     }
     t
+}
+
+/// What the answering node knows of a vm it runs or sent away (a service's
+/// `local`): the accelerator and why, a migration's progress, the last
+/// migration's figures.
+fn vm_lines(v: &Value, local: &Value) -> Vec<String> {
+    let node = |id: &Value| {
+        v["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["nodeid"] == *id))
+            .map(|m| s(&m["name"]))
+            .unwrap_or_else(|| format!("node {}", s(id)))
+    };
+    let mib = |b: &Value| b.as_u64().unwrap_or(0) as f64 / (1u64 << 20) as f64;
+    let mut lines = Vec::new();
+    if let Some(accel) = local["accel"].as_str() {
+        lines.push(format!(
+            "runs here on {accel} (QEMU pid {}): {}",
+            s(&local["pid"]),
+            s(&local["accel_reason"])
+        ));
+    }
+    let m = &local["migration"];
+    if m.is_object() {
+        lines.push(format!(
+            "migrating to {}: {} {}% ({:.1} of {:.1} MiB sent, {:.1} s)",
+            node(&m["to"]),
+            s(&m["status"]),
+            s(&m["percent"]),
+            mib(&m["transferred_bytes"]),
+            mib(&m["total_bytes"]),
+            m["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+        ));
+    }
+    let m = &local["last_migration"];
+    if m["ok"] == true {
+        lines.push(format!(
+            "last migration from here, to {}: downtime {} ms, total {} ms ({:.1} MiB)",
+            node(&m["to"]),
+            s(&m["downtime_ms"]),
+            s(&m["total_time_ms"]),
+            mib(&m["transferred_bytes"])
+        ));
+    } else if m["ok"] == false {
+        lines.push(format!(
+            "last migration from here, to {}, failed: {}",
+            node(&m["to"]),
+            s(&m["error"])
+        ));
+    }
+    lines
 }
 
 /// `quorate status [-i SECONDS] [--json]`.
@@ -638,6 +692,19 @@ pub fn svc(state_dir: &Path, cmd: SvcCmd) -> u8 {
             ));
             return EXIT_OK;
         }
+        let reason = s(&svc["reason"]);
+        if verb == "migrate"
+            && state == "Started"
+            && !moved
+            && reason.starts_with(&format!("migration of {name} failed"))
+            && before.as_ref().map(|b| s(&b["reason"])) != Some(reason.clone())
+        {
+            if tty {
+                err("\n");
+            }
+            err(&format!("quorate: migrate {name} failed: {reason}\n  hint: `quorate status` on {owner} shows why (its last migration); fix the cause and migrate again, or relocate to stop and start it there\n"));
+            return EXIT_FAIL;
+        }
         if matches!(state.as_str(), "Failed" | "Disabled") && !want.contains(&state.as_str()) {
             if tty {
                 err("\n");
@@ -655,11 +722,18 @@ pub fn svc(state_dir: &Path, cmd: SvcCmd) -> u8 {
             return EXIT_FAIL;
         }
         if tty {
+            // The source node knows how far a migration is.
+            let m = &svc["local"]["migration"];
+            let progress = if m.is_object() {
+                format!("{}% sent; ", s(&m["percent"]))
+            } else {
+                String::new()
+            };
             err(&format!(
                 "\r{verb} {name}: {} {:<40}",
                 state.to_lowercase(),
                 format!(
-                    "({:.0} s) {}",
+                    "({:.0} s) {progress}{}",
                     start.elapsed().as_secs_f64(),
                     s(&svc["reason"])
                 )

@@ -59,7 +59,7 @@ fn first_after(log: &serde_json::Value, since: f64, pred: impl Fn(&str) -> bool)
 /// Boot a 3-node cluster at `token_ms`, crash the service's node, measure.
 fn one_run(dir: &std::path::Path, token_ms: u32) -> Result<Run, String> {
     let names = ["node1", "node2", "node3"];
-    let d = Demo::start(true, dir, &names, token_ms)?;
+    let d = Demo::start(true, dir, &names, token_ms, false)?;
     let r = (|| {
         let owner = d.boot(Duration::from_secs(60))?;
         // Let the ring settle after the start-up storm.
@@ -253,7 +253,7 @@ fn totem_load(n: usize, count: u64) -> Result<TotemLoad, String> {
     let base = std::env::temp_dir().join(format!("quorate-bench-totem-{}-{n}", std::process::id()));
     let names: Vec<String> = (1..=n).map(|i| format!("t{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let d = Demo::start(true, &base, &refs, 1000)?;
+    let d = Demo::start(true, &base, &refs, 1000, false)?;
     let r = (|| {
         d.boot(Duration::from_secs(60))?;
         std::thread::sleep(Duration::from_millis(500));

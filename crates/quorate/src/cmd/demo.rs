@@ -5,18 +5,26 @@
 //! 192.168.3.0/24 for totem ring 0, storage 192.168.2.0/24 for ring 1). Their
 //! `quorate node` processes are outlets of a virtual power switch, and the
 //! cluster fences through it with `fence_quorate`, so fencing is real: a
-//! fenced node's processes are gone. A service (a floating address and an
-//! init script) runs on one node; the demo kills that node, narrates
-//! detection, fencing and recovery with timings, powers the node back on,
-//! and removes everything it made.
+//! fenced node's processes (its guests' QEMUs included) are gone. A service
+//! (a floating address and an init script) runs on an-node01 and a guest
+//! (`<vm name="vm01">`, the tiny guest of scripts/guest/, counting on its
+//! disk) on an-node02; the demo live-migrates the guest to an-node01 (with
+//! QEMU's downtime), kills an-node01, narrates detection, fencing and
+//! recovery of both with timings (the guest's counter continuing from its
+//! disk), powers the node back on, and removes everything it made.
+//!
+//! The guest's disk is a file on this host that both namespaces see: the
+//! stand-in for shared storage until the replicated volumes are integrated.
 //!
 //! Every step checks what really happened (where the address is configured,
-//! which outlet is off) and the demo exits non-zero when the cluster did not
-//! do what it should, so the test suite runs it too.
+//! which outlet is off, which node's QEMU prints the counter) and the demo
+//! exits non-zero when the cluster did not do what it should, so the test
+//! suite runs it too.
 
 use super::{err, out};
 use crate::cli::{EXIT_FAIL, EXIT_OK};
 use labcluster::{Files, LabCluster};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,11 +32,16 @@ const NODES: [&str; 2] = ["an-node01", "an-node02"];
 /// The service's floating address.
 pub(crate) const FLOATING_IP: &str = "192.168.3.100";
 
+/// The demo's guest.
+pub(crate) const VM: &str = "vm01";
+
 /// A lab cluster with the demo's service, and how to narrate it.
 pub(crate) struct Demo {
     pub(crate) c: LabCluster,
     quiet: bool,
     t0: Instant,
+    /// The guest's `<vm>` attributes, when the demo runs one.
+    guest: Option<BTreeMap<String, String>>,
 }
 
 fn say(quiet: bool, text: &str) {
@@ -98,24 +111,101 @@ impl Demo {
     }
 
     /// Build the cluster (`names`, token `token_ms`; two_node for two nodes),
-    /// all outlets off.
+    /// all outlets off; with `guest`, the tiny guest as `<vm name="vm01">`
+    /// too (built first, by the embedded scripts/guest/build-tiny-guest.sh).
     pub(crate) fn start(
         quiet: bool,
         dir: &Path,
         names: &[&str],
         token_ms: u32,
+        guest: bool,
     ) -> Result<Demo, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let script = write_script(dir)
             .map_err(|e| format!("cannot write the demo files in {}: {e}", dir.display()))?;
+        let guest = if guest {
+            let t = Instant::now();
+            let tiny =
+                vm::TinyGuest::build_embedded(&dir.join("guest")).map_err(|e| e.to_string())?;
+            let disk = dir.join(format!("{VM}.img"));
+            vm::blank_disk(&disk).map_err(|e| format!("{}: {e}", disk.display()))?;
+            say(
+                quiet,
+                &format!(
+                    "  built the tiny guest from Debian's cloud kernel and busybox in {:.1} s ({})",
+                    t.elapsed().as_secs_f64(),
+                    tiny.kernel.display()
+                ),
+            );
+            Some(tiny.vm_attrs(VM, &disk, 49152))
+        } else {
+            None
+        };
         let c = LabCluster::new(&exe, dir, names, 2, |f| {
-            cluster_conf(f, names, token_ms, &script)
+            cluster_conf(f, names, token_ms, &script, guest.as_ref())
         })?;
         Ok(Demo {
             c,
             quiet,
             t0: Instant::now(),
+            guest,
         })
+    }
+
+    /// The guest's definition as node `i`'s daemon builds it.
+    fn guest_def(&self, i: usize) -> Option<vm::GuestDef> {
+        let attrs = self.guest.as_ref()?;
+        vm::GuestDef::from_attrs(attrs, &self.c.state(i).join("vm"))
+            .ok()
+            .map(|p| p.def)
+    }
+
+    /// The counters node `i`'s QEMUs printed, and the counters each boot there resumed from.
+    fn counters(&self, i: usize) -> (Vec<u64>, Vec<u64>) {
+        match self.guest_def(i) {
+            Some(d) => (
+                vm::serial_counters(&d.serial_log),
+                vm::serial_resumed(&d.serial_log),
+            ),
+            None => (Vec::new(), Vec::new()),
+        }
+    }
+
+    /// The pid of node `i`'s live QEMU of the guest.
+    fn qemu(&self, i: usize) -> Option<i32> {
+        vm::Guest::running_pid(&self.guest_def(i)?)
+    }
+
+    /// The guest as node `from` reports it.
+    fn vm(&self, from: usize) -> serde_json::Value {
+        self.c
+            .ask(from, "status")
+            .and_then(|v| {
+                v["services"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| s["name"] == VM)
+                    .cloned()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Wait until node `i`'s guest printed a counter above `n`.
+    fn counting_above(&self, i: usize, n: u64, timeout: Duration) -> Result<u64, String> {
+        let t = Instant::now();
+        loop {
+            let last = self.counters(i).0.last().copied().unwrap_or(0);
+            if last > n {
+                return Ok(last);
+            }
+            if t.elapsed() > timeout {
+                return Err(format!(
+                    "the guest on {} did not count above {n} within {timeout:?}",
+                    self.c.names()[i]
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Power every outlet on and wait until all nodes are quorate members and
@@ -139,13 +229,25 @@ impl Demo {
                 .is_some_and(|v| v["services"][0]["state"] == "Started")
                 && d.c.holders(FLOATING_IP).len() == 1
         });
-        match (started, self.c.holders(FLOATING_IP).first()) {
-            (true, Some(h)) => Ok(*h),
-            _ => Err(format!(
-                "web did not start within {timeout:?} (the address is on {:?})",
-                self.c.holders(FLOATING_IP)
-            )),
+        let holder = match (started, self.c.holders(FLOATING_IP).first()) {
+            (true, Some(h)) => *h,
+            _ => {
+                return Err(format!(
+                    "web did not start within {timeout:?} (the address is on {:?})",
+                    self.c.holders(FLOATING_IP)
+                ))
+            }
+        };
+        if self.guest.is_some() {
+            let n = self.c.names().len();
+            let up = self.narrate_until(0, t, timeout, |d| {
+                d.vm(0)["state"] == "Started" && (0..n).any(|i| d.qemu(i).is_some())
+            });
+            if !up {
+                return Err(format!("{VM} did not start within {timeout:?}"));
+            }
         }
+        Ok(holder)
     }
 }
 
@@ -187,9 +289,28 @@ esac
     Ok(script)
 }
 
+/// `<failoverdomainnode>`s for `names`, priorities 1, 2, ... in that order.
+fn domain_members<'a>(names: impl Iterator<Item = &'a &'a str>) -> String {
+    names
+        .enumerate()
+        .map(|(i, n)| {
+            format!(
+                "\t\t\t\t<failoverdomainnode name=\"{n}\" priority=\"{}\"/>\n",
+                i + 1
+            )
+        })
+        .collect()
+}
+
 /// The seed's cluster.conf, with the nodes fenced through the power switch
 /// and the service `web` (a floating address and the init script).
-fn cluster_conf(f: &Files, names: &[&str], token_ms: u32, script: &Path) -> String {
+fn cluster_conf(
+    f: &Files,
+    names: &[&str],
+    token_ms: u32,
+    script: &Path,
+    guest: Option<&BTreeMap<String, String>>,
+) -> String {
     let mut nodes = String::new();
     for (i, n) in names.iter().enumerate() {
         // action="off": a fenced node stays off until the operator powers it on
@@ -205,16 +326,31 @@ fn cluster_conf(f: &Files, names: &[&str], token_ms: u32, script: &Path) -> Stri
             id = i + 1
         ));
     }
-    let domain: String = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            format!(
-                "\t\t\t\t<failoverdomainnode name=\"{n}\" priority=\"{}\"/>\n",
-                i + 1
+    let domain = domain_members(names.iter());
+    // The guest prefers the other node (the seed's an2_primary), so each
+    // node runs something.
+    let (guest_domain, guest_vm) = match guest {
+        None => (String::new(), String::new()),
+        Some(attrs) => {
+            let members = domain_members(names.iter().rev());
+            let a: String = attrs
+                .iter()
+                .filter(|(k, _)| *k != "name")
+                .map(|(k, v)| {
+                    format!(
+                        "\n\t\t\t{k}=\"{}\"",
+                        v.replace('&', "&amp;")
+                            .replace('"', "&quot;")
+                            .replace('<', "&lt;")
+                    )
+                })
+                .collect();
+            (
+                format!("\t\t\t<failoverdomain name=\"an2_primary\" ordered=\"1\" nofailback=\"1\">\n{members}\t\t\t</failoverdomain>\n"),
+                format!("\t\t<vm name=\"{VM}\" domain=\"an2_primary\" recovery=\"restart\" migrate=\"live\"{a}/>\n"),
             )
-        })
-        .collect();
+        }
+    };
     let cman = if names.len() == 2 {
         r#"<cman expected_votes="1" two_node="1"/>"#
     } else {
@@ -235,12 +371,12 @@ fn cluster_conf(f: &Files, names: &[&str], token_ms: u32, script: &Path) -> Stri
 		<failoverdomains>
 			<failoverdomain name="an1_primary" ordered="1" nofailback="1">
 {domain}			</failoverdomain>
-		</failoverdomains>
+{guest_domain}		</failoverdomains>
 		<service name="web" domain="an1_primary" recovery="relocate">
 			<ip address="{FLOATING_IP}/24" monitor_link="1"/>
 			<script file="{script}" name="web"/>
 		</service>
-	</rm>
+{guest_vm}	</rm>
 </cluster>
 "#,
         key = f.authkey.display(),
@@ -259,7 +395,7 @@ pub fn run(quiet: bool, dir: Option<PathBuf>) -> u8 {
     let dir = dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("quorate-demo-{}", std::process::id()))
     });
-    let r = Demo::start(quiet, &dir, &NODES, 1000).and_then(|d| scenario(&d));
+    let r = Demo::start(quiet, &dir, &NODES, 1000, true).and_then(|d| scenario(&d));
     match r {
         Ok(()) => {
             say(quiet, "\nThe demo removed its namespaces and processes; its files stay in place for reading:");
@@ -291,9 +427,10 @@ fn scenario(d: &Demo) -> Result<(), String> {
         d.quiet,
         &format!("  cluster.conf: {}", d.c.conf_path().display()),
     );
+    say(d.quiet, &format!("  service web (floating address {FLOATING_IP} + init script) prefers an-node01; vm {VM} (QEMU, 128 MiB, counting on its disk) prefers an-node02"));
     d.step("Power on both nodes");
     let t = Instant::now();
-    let holder = d.boot(Duration::from_secs(60))?;
+    let holder = d.boot(Duration::from_secs(90))?;
     if holder != 0 {
         return Err(format!(
             "web started on {} instead of its preferred node an-node01",
@@ -304,28 +441,92 @@ fn scenario(d: &Demo) -> Result<(), String> {
         t,
         &format!("web runs on an-node01: {FLOATING_IP} is configured in its namespace"),
     );
+    if d.qemu(1).is_none() || d.qemu(0).is_some() {
+        return Err(format!(
+            "{VM} does not run (only) on its preferred node an-node02"
+        ));
+    }
+    let c = d.counting_above(1, 2, Duration::from_secs(60))?;
+    let accel = d.vm(1)["local"]["accel"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    d.at(
+        t,
+        &format!("{VM} runs on an-node02 (QEMU pid {}, {accel}); its serial console says \"counter {c}\"", d.qemu(1).unwrap_or(0)),
+    );
     d.clustat(1);
+
+    d.step(&format!(
+        "Live-migrate {VM} to an-node01: quorate svc migrate {VM} -m an-node01"
+    ));
+    let t = Instant::now();
+    d.c.ask_with(
+        1,
+        "svc.migrate",
+        serde_json::json!({"service": VM, "node": "an-node01"}),
+    )?;
+    let moved = d.narrate_until(1, t, Duration::from_secs(60), |d| {
+        let v = d.vm(1);
+        v["state"] == "Started" && v["owner_name"] == "an-node01"
+    });
+    if !moved {
+        return Err(format!("{VM} did not migrate to an-node01 within 60 s"));
+    }
+    let before = d.counters(1).0.last().copied().unwrap_or(0);
+    let after = d.counting_above(0, before + 2, Duration::from_secs(30))?;
+    if !d.counters(0).1.is_empty() || d.qemu(1).is_some() {
+        return Err(format!(
+            "{VM} did not live-migrate: it rebooted on an-node01 or its QEMU is still on an-node02"
+        ));
+    }
+    let m = d.vm(1)["local"]["last_migration"].clone();
+    d.at(
+        t,
+        &format!(
+            "{VM} runs on an-node01 without a reboot: an-node02 stopped at counter {before}, an-node01 goes on ({after}); QEMU: downtime {} ms, total {} ms",
+            m["downtime_ms"], m["total_time_ms"]
+        ),
+    );
 
     d.step("an-node01 crashes (SIGKILL of its whole node process group)");
     let t = Instant::now();
+    let written = d.counters(0).0.last().copied().unwrap_or(0);
     d.c.crash(0)?;
-    d.at(t, "an-node01 stopped answering; its floating address is still configured, as on a hung machine");
-    let recovered = d.narrate_until(1, t, Duration::from_secs(60), |d| {
+    d.at(t, &format!("an-node01 stopped answering; its floating address is still configured and {VM} still runs there (counter {written}), as on a hung machine"));
+    let recovered = d.narrate_until(1, t, Duration::from_secs(90), |d| {
         d.c.ask(1, "status").is_some_and(|v| {
             v["services"][0]["state"] == "Started" && v["services"][0]["owner_name"] == "an-node02"
         }) && d.c.holders(FLOATING_IP).contains(&1)
+            && d.vm(1)["state"] == "Started"
+            && d.vm(1)["owner_name"] == "an-node02"
     });
     if !recovered {
-        return Err("web was not recovered on an-node02 within 60 s".into());
+        return Err("web and vm01 were not recovered on an-node02 within 90 s".into());
     }
     let took = t.elapsed();
     if !d.c.is_off(0) {
         return Err("an-node01's outlet is not off: recovery happened without fencing".into());
     }
-    d.at(t, &format!("web runs on an-node02; an-node01's outlet is OFF (fenced). Failover took {:.2} s at token 1000 ms", took.as_secs_f64()));
+    if d.qemu(0).is_some() {
+        return Err(format!("{VM}'s QEMU on an-node01 survived the fencing"));
+    }
+    d.at(t, &format!("web and {VM} run on an-node02; an-node01's outlet is OFF (fenced), its QEMU gone. Failover took {:.2} s at token 1000 ms", took.as_secs_f64()));
+    let last_on_1 = d.counters(0).0.last().copied().unwrap_or(0);
+    d.counting_above(1, last_on_1, Duration::from_secs(60))?;
+    let resumed = d.counters(1).1.last().copied().unwrap_or(0);
+    if resumed < last_on_1 {
+        return Err(format!(
+            "{VM} resumed from {resumed} on an-node02, but an-node01 had written {last_on_1}"
+        ));
+    }
+    d.at(
+        t,
+        &format!("{VM} booted on an-node02 and resumed from {resumed}, the last counter it had fsynced (its copy on an-node01 had counted on to {last_on_1} until the fencing): the counter continues from its disk"),
+    );
     d.clustat(1);
 
-    d.step("Power an-node01 back on: it rejoins; nofailback keeps web on an-node02");
+    d.step("Power an-node01 back on: it rejoins; nofailback keeps web and vm01 on an-node02");
     let t = Instant::now();
     d.c.power_on(0)?;
     let rejoined = d.narrate_until(1, t, Duration::from_secs(60), |d| {
@@ -345,7 +546,13 @@ fn scenario(d: &Demo) -> Result<(), String> {
             d.c.holders(FLOATING_IP)
         ));
     }
-    d.at(t, "an-node01 is back; web stays on an-node02 (nofailback)");
+    if d.qemu(0).is_some() || d.vm(0)["owner_name"] != "an-node02" {
+        return Err(format!("after the rejoin {VM} moved or runs twice"));
+    }
+    d.at(
+        t,
+        &format!("an-node01 is back; web and {VM} stay on an-node02 (nofailback)"),
+    );
     d.clustat(0);
     say(
         d.quiet,

@@ -8,7 +8,7 @@ use super::err;
 use crate::cli::{EXIT_FAIL, EXIT_OK};
 use base::NodeId;
 use daemon::node::{NodeOptions, ServiceRunner};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -19,6 +19,101 @@ use std::sync::{Arc, Mutex};
 struct Vms {
     manager: vm::resource::VmManager,
     addrs: BTreeMap<NodeId, IpAddr>,
+    /// Per vm: the running migration's last progress, then its figures.
+    migrations: Mutex<BTreeMap<String, Migration>>,
+}
+
+#[derive(Clone, Debug)]
+enum Migration {
+    Running {
+        to: NodeId,
+        progress: Option<vm::MigrationProgress>,
+    },
+    Done {
+        to: NodeId,
+        stats: vm::MigrationStats,
+    },
+    Failed {
+        to: NodeId,
+        error: String,
+    },
+}
+
+impl Vms {
+    fn set_migration(&self, name: &str, m: Migration) {
+        if let Ok(mut ms) = self.migrations.lock() {
+            ms.insert(name.to_string(), m);
+        }
+    }
+
+    /// Status details of a vm as this node sees it: the accelerator it runs
+    /// on here and why, and the last migration from here.
+    fn info(&self, name: &str) -> Option<serde_json::Value> {
+        let attrs = self.manager.attrs_of(name)?;
+        let def = vm::GuestDef::from_attrs(&attrs, self.manager.run_dir())
+            .ok()?
+            .def;
+        let pid = vm::Guest::running_pid(&def);
+        let migration = self
+            .migrations
+            .lock()
+            .ok()
+            .and_then(|m| m.get(name).cloned());
+        if pid.is_none() && migration.is_none() {
+            return None;
+        }
+        let mut v = serde_json::json!({ "pid": pid });
+        if pid.is_some() {
+            let accel = self.manager.accel_for(&def);
+            v["accel"] = serde_json::json!(accel.accel.as_str());
+            v["accel_reason"] = serde_json::json!(accel.reason);
+        }
+        match migration {
+            Some(Migration::Running { to, progress }) => {
+                let p = progress.unwrap_or(vm::MigrationProgress {
+                    status: "connecting".into(),
+                    transferred: 0,
+                    remaining: 0,
+                    total: 0,
+                    elapsed_ms: 0,
+                });
+                v["migration"] = serde_json::json!({
+                    "to": to.0,
+                    "status": p.status,
+                    "transferred_bytes": p.transferred,
+                    "remaining_bytes": p.remaining,
+                    "total_bytes": p.total,
+                    "percent": percent(&p),
+                    "elapsed_ms": p.elapsed_ms,
+                });
+            }
+            Some(Migration::Done { to, stats }) => {
+                v["last_migration"] = serde_json::json!({
+                    "to": to.0,
+                    "ok": true,
+                    "downtime_ms": stats.downtime_ms,
+                    "total_time_ms": stats.total_time_ms,
+                    "transferred_bytes": stats.transferred_bytes,
+                });
+            }
+            Some(Migration::Failed { to, error }) => {
+                v["last_migration"] =
+                    serde_json::json!({ "to": to.0, "ok": false, "error": error });
+            }
+            None => {}
+        }
+        Some(v)
+    }
+}
+
+/// How far a migration is: RAM sent of RAM sent plus still to send.
+fn percent(p: &vm::MigrationProgress) -> u64 {
+    if p.status == "completed" {
+        return 100;
+    }
+    (p.transferred.saturating_mul(100))
+        .checked_div(p.transferred.saturating_add(p.remaining))
+        .map_or(0, |v| v.min(99))
 }
 
 impl rmexec::VmHandler for Vms {
@@ -87,11 +182,42 @@ impl rmexec::VmHandler for Vms {
                 .addrs
                 .get(&to)
                 .ok_or_else(|| format!("node {to} has no known address"))?;
-            let stats = self
+            self.set_migration(name, Migration::Running { to, progress: None });
+            let r = self
                 .manager
-                .migrate_out(&attrs, ip, |_| {})
-                .await
-                .map_err(|e| e.to_string())?;
+                .migrate_out(&attrs, ip, |p| {
+                    self.set_migration(
+                        name,
+                        Migration::Running {
+                            to,
+                            progress: Some(p.clone()),
+                        },
+                    )
+                })
+                .await;
+            let stats = match r {
+                Ok(stats) => {
+                    self.set_migration(
+                        name,
+                        Migration::Done {
+                            to,
+                            stats: stats.clone(),
+                        },
+                    );
+                    stats
+                }
+                Err(e) => {
+                    let error = e.to_string();
+                    self.set_migration(
+                        name,
+                        Migration::Failed {
+                            to,
+                            error: error.clone(),
+                        },
+                    );
+                    return Err(error);
+                }
+            };
             tracing::info!(
                 vm = name,
                 downtime_ms = stats.downtime_ms,
@@ -108,7 +234,6 @@ struct Runner {
     executor: rmexec::Executor,
     vms: Arc<Vms>,
     my_ip: IpAddr,
-    prepared: Mutex<BTreeSet<String>>,
 }
 
 impl ServiceRunner for Runner {
@@ -117,11 +242,6 @@ impl ServiceRunner for Runner {
         action: rm::Action,
     ) -> Pin<Box<dyn std::future::Future<Output = Option<rm::Outcome>> + Send + 'static>> {
         let executor = self.executor.clone();
-        if let rm::Action::StopService { service, .. } = &action {
-            if let Ok(mut p) = self.prepared.lock() {
-                p.remove(service);
-            }
-        }
         Box::pin(async move {
             let report = executor.run(&action).await;
             if let Some(e) = report.first_error() {
@@ -133,20 +253,14 @@ impl ServiceRunner for Runner {
 
     fn prepare_incoming(
         &self,
-        service: String,
+        _service: String,
         resources: Vec<rm::ResourceStep>,
     ) -> Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'static>> {
-        let first = self
-            .prepared
-            .lock()
-            .map(|mut p| p.insert(service.clone()))
-            .unwrap_or(false);
+        // The stack asks once per migration; the vm manager is idempotent
+        // (a target already waiting stays), so a second ask is harmless.
         let vms = self.vms.clone();
         let ip = self.my_ip;
         Box::pin(async move {
-            if !first {
-                return Ok(());
-            }
             for r in resources.iter().filter(|r| r.rtype == "vm") {
                 vms.manager
                     .prepare_incoming(&r.attrs, ip)
@@ -155,6 +269,20 @@ impl ServiceRunner for Runner {
             }
             Ok(())
         })
+    }
+
+    fn watch(
+        &self,
+        _service: &str,
+        resources: &[rm::ResourceStep],
+    ) -> Option<Pin<Box<dyn std::future::Future<Output = String> + Send + 'static>>> {
+        let attrs = resources.iter().find(|r| r.rtype == "vm")?.attrs.clone();
+        let vms = self.vms.clone();
+        Some(Box::pin(async move { vms.manager.watch(&attrs).await }))
+    }
+
+    fn local_info(&self, service: &str) -> Option<serde_json::Value> {
+        self.vms.info(service)
     }
 }
 
@@ -180,13 +308,13 @@ pub fn run(config: &Path, state_dir: &Path, node: Option<String>) -> u8 {
         let vms = Arc::new(Vms {
             manager: vm::resource::VmManager::new(state_dir.join("vm")),
             addrs,
+            migrations: Mutex::new(BTreeMap::new()),
         });
         let executor = rmexec::Executor::new().with_vm_handler(vms.clone());
         let runner = Arc::new(Runner {
             executor,
             vms,
             my_ip,
-            prepared: Mutex::new(BTreeSet::new()),
         });
         let opts = NodeOptions {
             config_path: PathBuf::from(config),
@@ -213,5 +341,29 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: leaving the cluster cleanly"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: leaving the cluster cleanly"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(status: &str, transferred: u64, remaining: u64) -> vm::MigrationProgress {
+        vm::MigrationProgress {
+            status: status.into(),
+            transferred,
+            remaining,
+            total: 128 << 20,
+            elapsed_ms: 10,
+        }
+    }
+
+    #[test]
+    fn migration_percent_is_sent_of_sent_plus_remaining() {
+        assert_eq!(percent(&progress("setup", 0, 0)), 0);
+        assert_eq!(percent(&progress("active", 30, 70)), 30);
+        // Dirty pages can leave the last bytes pending: never 100 until QEMU says so.
+        assert_eq!(percent(&progress("active", 100, 0)), 99);
+        assert_eq!(percent(&progress("completed", 100, 0)), 100);
     }
 }
