@@ -340,6 +340,12 @@ pub struct Status {
     pub split_brain: Option<SyncDecision>,
     /// Replication protocol.
     pub protocol: Protocol,
+    /// This side's data was never primary anywhere (fresh generation identifiers).
+    pub never_synced: bool,
+    /// The same for the peer, when connected.
+    pub peer_never_synced: Option<bool>,
+    /// The peer was confirmed fenced or outdated since it was lost.
+    pub peer_fenced: bool,
 }
 
 #[derive(Debug)]
@@ -554,6 +560,9 @@ impl Replica {
             frozen: self.frozen,
             split_brain: self.split_brain,
             protocol: self.cfg.protocol,
+            never_synced: self.meta.gen.is_fresh(),
+            peer_never_synced: self.peer.as_ref().map(|h| h.gen.is_fresh()),
+            peer_fenced: self.peer_fenced,
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! The daemon crate runs the protocols; this file plugs in what carries out
 //! the resource manager's actions: the resource executor (script, ip, fs, OCF
-//! agents) and the vm manager (QEMU guests, live migration).
+//! agents), the vm manager (QEMU guests, live migration) and the node's
+//! replicated volumes (`replica` resources).
 
 use super::err;
 use crate::cli::{EXIT_FAIL, EXIT_OK};
@@ -103,6 +104,38 @@ impl rmexec::VmHandler for Vms {
     }
 }
 
+/// Runs `replica` resources over the daemon's volumes (promote on start, demote on stop).
+struct ReplicaRes(daemon::replicas::Replicas);
+
+impl ReplicaRes {
+    fn volume(&self, name: &str) -> Result<Arc<daemon::replicas::Local>, String> {
+        self.0.find(name).map_err(|r| r.to_string())
+    }
+}
+
+impl rmexec::ReplicaHandler for ReplicaRes {
+    fn promote<'a>(&'a self, name: &'a str) -> rmexec::VmFuture<'a, ()> {
+        Box::pin(async move {
+            let v = self.volume(name)?;
+            v.promote(false).await.map_err(|r| r.to_string())
+        })
+    }
+
+    fn demote<'a>(&'a self, name: &'a str) -> rmexec::VmFuture<'a, ()> {
+        Box::pin(async move {
+            let v = self.volume(name)?;
+            v.demote().await.map_err(|r| r.to_string())
+        })
+    }
+
+    fn status<'a>(&'a self, name: &'a str) -> rmexec::VmFuture<'a, ()> {
+        Box::pin(async move {
+            let v = self.volume(name)?;
+            v.check().await.map_err(|r| r.to_string())
+        })
+    }
+}
+
 /// Carries out the resource manager's actions on this node.
 struct Runner {
     executor: rmexec::Executor,
@@ -181,7 +214,10 @@ pub fn run(config: &Path, state_dir: &Path, node: Option<String>) -> u8 {
             manager: vm::resource::VmManager::new(state_dir.join("vm")),
             addrs,
         });
-        let executor = rmexec::Executor::new().with_vm_handler(vms.clone());
+        let replicas = daemon::replicas::Replicas::default();
+        let executor = rmexec::Executor::new()
+            .with_vm_handler(vms.clone())
+            .with_replica_handler(Arc::new(ReplicaRes(replicas.clone())));
         let runner = Arc::new(Runner {
             executor,
             vms,
@@ -193,7 +229,7 @@ pub fn run(config: &Path, state_dir: &Path, node: Option<String>) -> u8 {
             node: Some(me),
             state_dir: state_dir.to_path_buf(),
         };
-        daemon::node::run(opts, runner, shutdown_signal()).await
+        daemon::node::run_with_replicas(opts, runner, replicas, shutdown_signal()).await
     });
     match result {
         Ok(()) => EXIT_OK,
