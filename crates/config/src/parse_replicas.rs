@@ -101,7 +101,10 @@ impl<'a, 'i: 'a> P<'i> {
                 elem_name(&a.node)
             ),
             match suggest(t, allowed) {
-                Some(m) => format!("did you mean {name}=\"{m}\"? choose one of: {}", allowed.join(", ")),
+                Some(m) => format!(
+                    "did you mean {name}=\"{m}\"? choose one of: {}",
+                    allowed.join(", ")
+                ),
                 None => format!("choose one of: {}", allowed.join(", ")),
             },
         );
@@ -269,7 +272,10 @@ impl<'a, 'i: 'a> P<'i> {
                 pos,
                 format!("<replica><node name=\"{name}\"> is not a <clusternode>"),
                 match suggest(&name, &known) {
-                    Some(m) => format!("did you mean \"{m}\"? use a node name from <clusternodes> ({})", known.join(", ")),
+                    Some(m) => format!(
+                        "did you mean \"{m}\"? use a node name from <clusternodes> ({})",
+                        known.join(", ")
+                    ),
                     None => format!("use a node name from <clusternodes> ({})", known.join(", ")),
                 },
             );
@@ -301,7 +307,11 @@ impl<'a, 'i: 'a> P<'i> {
     }
 
     /// Every `<replica name=...>` resource in a service names a defined replica.
-    pub(super) fn check_replica_refs(&mut self, resources: &[(Resource, Pos)], defined: &[Replica]) {
+    pub(super) fn check_replica_refs(
+        &mut self,
+        resources: &[(Resource, Pos)],
+        defined: &[Replica],
+    ) {
         for (r, pos) in resources {
             let name = r.attrs.get("name").map(String::as_str).unwrap_or("");
             if !defined.iter().any(|d| d.name == name) {

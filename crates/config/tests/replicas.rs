@@ -47,16 +47,30 @@ fn defaults_each_marked_and_shown() {
     assert!(!r.allow_two_primaries.value && r.allow_two_primaries.default);
     assert_eq!(r.rate.value, 100 << 20);
     let n1 = r.node("n1").unwrap();
-    assert_eq!((n1.address.value.as_str(), n1.address.default), ("n1.sn", false));
+    assert_eq!(
+        (n1.address.value.as_str(), n1.address.default),
+        ("n1.sn", false)
+    );
     assert_eq!(n1.meta.value, "/srv/r0.img.md");
     // Without address=, the node's storage network is its <altname>.
     let n2 = r.node("n2").unwrap();
-    assert_eq!((n2.address.value.as_str(), n2.address.default), ("n2.sn", true));
+    assert_eq!(
+        (n2.address.value.as_str(), n2.address.default),
+        ("n2.sn", true)
+    );
     let shown = render_text(&c);
-    assert!(shown.contains("replica r0 size 21474836480 bytes:"), "{shown}");
-    assert!(shown.contains("protocol                C (default)"), "{shown}");
     assert!(
-        shown.contains("node n2: disk /srv/r0.img meta /srv/r0.img.md (default) address n2.sn (default)"),
+        shown.contains("replica r0 size 21474836480 bytes:"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("protocol                C (default)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(
+            "node n2: disk /srv/r0.img meta /srv/r0.img.md (default) address n2.sn (default)"
+        ),
         "{shown}"
     );
 }
@@ -79,7 +93,13 @@ fn explicit_options_and_units() {
     assert!(r.allow_two_primaries.value);
     assert_eq!(r.rate.value, 30 << 20);
     assert_eq!(r.fencing.value, "resource-only");
-    for (t, b) in [("4096", 4096), ("1K", 1024), ("2GiB", 2 << 30), ("1T", 1 << 40), ("3MB", 3 << 20)] {
+    for (t, b) in [
+        ("4096", 4096),
+        ("1K", 1024),
+        ("2GiB", 2 << 30),
+        ("1T", 1 << 40),
+        ("3MB", 3 << 20),
+    ] {
         assert_eq!(config::parse::parse_bytes(t), Some(b), "{t}");
     }
     assert_eq!(config::parse::parse_bytes("G"), None);
@@ -121,7 +141,11 @@ fn diff_names_replica_changes() {
             .iter()
             .any(|c| c.area == Area::Replicas && c.kind == kind && c.subject.contains(subj))
     };
-    assert!(has(ChangeKind::Changed, "replica:r0.protocol"), "{:#?}", d.changes);
+    assert!(
+        has(ChangeKind::Changed, "replica:r0.protocol"),
+        "{:#?}",
+        d.changes
+    );
     assert!(has(ChangeKind::Added, "replica:r1"), "{:#?}", d.changes);
 }
 
@@ -173,7 +197,12 @@ fn each_defect_is_reported_at_its_line_with_a_hint() {
                 case.what, case.line, case.needle, p.diagnostics, case.text
             );
         };
-        assert!(d.hint.contains(case.hint), "{}: hint {:?}", case.what, d.hint);
+        assert!(
+            d.hint.contains(case.hint),
+            "{}: hint {:?}",
+            case.what,
+            d.hint
+        );
         assert!(d.column >= 1, "{}", case.what);
     }
 }

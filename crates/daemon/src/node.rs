@@ -569,7 +569,8 @@ impl Node {
         for l in self.replicas.all() {
             l.set_peer_member(members.contains(&l.spec.peer));
         }
-        let waits: Vec<(String, bool)> = std::mem::take(&mut self.fence_waits).into_iter().collect();
+        let waits: Vec<(String, bool)> =
+            std::mem::take(&mut self.fence_waits).into_iter().collect();
         for (name, requested) in waits {
             let Some(l) = self.replicas.get(&name) else {
                 continue;
@@ -940,7 +941,13 @@ pub async fn run(
     services: std::sync::Arc<dyn ServiceRunner>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
-    run_with_replicas(opts, services, crate::replicas::Replicas::default(), shutdown).await
+    run_with_replicas(
+        opts,
+        services,
+        crate::replicas::Replicas::default(),
+        shutdown,
+    )
+    .await
 }
 
 /// [`run`], with the registry the node fills with its replicated volumes (`<replicas>`), so that
@@ -954,8 +961,12 @@ pub async fn run_with_replicas(
     let conf = load_config(&opts.config_path)?;
     let me_name = local_node_name(&conf, opts.node.as_deref())?;
     let plan = make_plan(&conf, &me_name)?;
-    let replica_specs =
-        crate::replicas::specs(&conf, &me_name, wall_ns() ^ u64::from(std::process::id()), crate::plan::resolve)?;
+    let replica_specs = crate::replicas::specs(
+        &conf,
+        &me_name,
+        wall_ns() ^ u64::from(std::process::id()),
+        crate::plan::resolve,
+    )?;
     let text = std::fs::read_to_string(&opts.config_path).map_err(|e| {
         NodeError::Load(config::LoadError::Io {
             path: opts.config_path.clone(),

@@ -19,9 +19,8 @@
 use base::NodeId;
 use config::ClusterConf;
 use replica::{
-    AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, ConnState, DiskState, Fencing, Protocol,
-    ReplicaConfig, ReplicaError, Role, SplitBrainPolicy, Status, Volume, VolumeConfig,
-    VolumeEvent,
+    AfterSb0Pri, AfterSb1Pri, AfterSb2Pri, ConnState, DiskState, Fencing, Protocol, ReplicaConfig,
+    ReplicaError, Role, SplitBrainPolicy, Status, Volume, VolumeConfig, VolumeEvent,
 };
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -176,15 +175,13 @@ pub fn prepare_files(spec: &Spec) -> Result<bool, SetupError> {
     }
     let disk = &spec.volume.disk;
     match std::fs::metadata(disk) {
-        Ok(m) if m.is_file() && m.len() < spec.size => {
-            return Err(err(format!(
-                "backing file {} has {} bytes but size is {}: grow it (truncate -s {}) or lower size=",
-                disk.display(),
-                m.len(),
-                spec.size,
-                spec.size
-            )))
-        }
+        Ok(m) if m.is_file() && m.len() < spec.size => return Err(err(format!(
+            "backing file {} has {} bytes but size is {}: grow it (truncate -s {}) or lower size=",
+            disk.display(),
+            m.len(),
+            spec.size,
+            spec.size
+        ))),
         Ok(_) => {}
         Err(_) => {
             let f = std::fs::File::create(disk)
@@ -289,7 +286,9 @@ impl Local {
             }
             if st.conn == ConnState::SyncTarget && !force {
                 let pct = st.resync.as_ref().map_or(0, |r| {
-                    (100 * r.done_bytes).checked_div(r.total_bytes).unwrap_or(100)
+                    (100 * r.done_bytes)
+                        .checked_div(r.total_bytes)
+                        .unwrap_or(100)
                 });
                 return Err(Refused::new(
                     format!("replica {name} is still receiving its resync from {peer} ({pct}% done)"),
@@ -455,10 +454,7 @@ pub fn why(st: &Status, peer: &str, peer_member: bool) -> String {
         return format!("I/O frozen: {peer} was lost and is not fenced yet (resource-and-stonith)");
     }
     if let Some(r) = &st.resync {
-        return format!(
-            "resyncing {} {peer}",
-            if r.source { "to" } else { "from" }
-        );
+        return format!("resyncing {} {peer}", if r.source { "to" } else { "from" });
     }
     match st.conn {
         ConnState::StandAlone => {
@@ -471,7 +467,10 @@ pub fn why(st: &Status, peer: &str, peer_member: bool) -> String {
         _ if st.disk == DiskState::UpToDate && st.peer_disk == DiskState::UpToDate => {
             format!("in sync with {peer}")
         }
-        _ => format!("connected to {peer}; disks {:?}/{:?}", st.disk, st.peer_disk),
+        _ => format!(
+            "connected to {peer}; disks {:?}/{:?}",
+            st.disk, st.peer_disk
+        ),
     }
 }
 

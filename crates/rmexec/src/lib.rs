@@ -65,8 +65,7 @@ mod timeout;
 pub use cmd::CmdLog;
 pub use exec::{
     ActionReport, ExecResult, Executor, Op, ReplicaHandler, StepError, StepLog, VmFuture,
-    VmHandler, VmStatus,
-    DEFAULT_RGMANAGER_DIR, DEFAULT_STATUS_CHILD_MAX,
+    VmHandler, VmStatus, DEFAULT_RGMANAGER_DIR, DEFAULT_STATUS_CHILD_MAX,
 };
 pub use timeout::{
     fold_action_timeouts, op_timeout, parse_duration, DEFAULT_START_TIMEOUT,

@@ -86,13 +86,12 @@ pub fn render(v: &Value) -> String {
     if v["resync"].is_object() {
         let _ = writeln!(t, "  resync       {}", progress_line(&v["resync"]));
     }
-    let _ = writeln!(
-        t,
-        "  out of sync  {:.1} MiB",
-        mib(&v["out_of_sync_bytes"])
-    );
+    let _ = writeln!(t, "  out of sync  {:.1} MiB", mib(&v["out_of_sync_bytes"]));
     if v["frozen"] == true {
-        let _ = writeln!(t, "  I/O          FROZEN until the peer is fenced or outdated");
+        let _ = writeln!(
+            t,
+            "  I/O          FROZEN until the peer is fenced or outdated"
+        );
     }
     let _ = writeln!(
         t,
@@ -197,7 +196,10 @@ mod tests {
                        "out_of_sync_bytes": 1u64 << 20, "frozen": true, "split_brain": null,
                        "why": "I/O frozen"});
         let t = render(&v);
-        assert!(t.starts_with("r0: Primary/Unknown  WfConnection  UpToDate/DUnknown  protocol C"), "{t}");
+        assert!(
+            t.starts_with("r0: Primary/Unknown  WfConnection  UpToDate/DUnknown  protocol C"),
+            "{t}"
+        );
         assert!(t.contains("FROZEN"), "{t}");
         assert!(t.contains("out of sync  1.0 MiB"), "{t}");
     }

@@ -1,0 +1,381 @@
+//! A replicated volume in a real two-node cluster: `quorate node` processes in network namespaces
+//! (crates/labcluster) with a `<replicas>` volume and a service whose tree is `replica` then an
+//! address and a script. An NBD client in a namespace of its own on the storage network writes
+//! through the primary's export with a write log; the primary is SIGKILLed with writes in flight;
+//! the survivor fences it through the power switch, is promoted, and holds every acknowledged
+//! block; it takes more writes; the old primary is powered back on, resyncs only what changed, and
+//! both backing files compare equal by checksum. Needs root, iproute2, nftables and libnbd-bin.
+
+mod common;
+use common::*;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SIZE: u64 = 32 << 20;
+/// Writes land in the first 4 MiB (1024 blocks of 4 KiB).
+const BLOCKS: u64 = 1024;
+const NBD_PORT: u16 = 10809;
+const CLIENT: &str = "192.168.2.200";
+
+fn payload(id: u64) -> Vec<u8> {
+    let mut v = vec![0u8; 4096];
+    for c in v.chunks_mut(8) {
+        c.copy_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// The writer side: runs only when re-executed (inside the client namespace) with
+/// `REPLICA_WRITER=ADDR,FIRST_ID,COUNT,SEED` set. Writes 4 KiB blocks to export `r0` with 16 in
+/// flight (never two to one block at once) and prints `ACK BLOCK ID` for each acknowledged one.
+#[test]
+#[ignore]
+fn writer_process() {
+    let Ok(spec) = std::env::var("REPLICA_WRITER") else {
+        return;
+    };
+    let v: Vec<&str> = spec.split(',').collect();
+    let addr = v[0].to_string();
+    let (first, count, seed): (u64, u64, u64) = (
+        v[1].parse().unwrap(),
+        v[2].parse().unwrap(),
+        v[3].parse().unwrap(),
+    );
+    let mut c = match nbd::Client::connect(addr.as_str(), "r0") {
+        Ok(c) => c,
+        Err(e) => {
+            println!("DOWN connect: {e}");
+            return;
+        }
+    };
+    let mut rng = base::DetRng::new(seed);
+    let mut sent: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let mut id = first;
+    let recv_one = |c: &mut nbd::Client, sent: &mut BTreeMap<u64, (u64, u64)>| match c.recv() {
+        Ok(r) => {
+            if let Some((b, i)) = sent.remove(&r.cookie) {
+                if r.error == 0 {
+                    println!("ACK {b} {i}");
+                } else {
+                    println!("ERR {b} {i} {}", r.error);
+                }
+            }
+            true
+        }
+        Err(e) => {
+            println!("DOWN {e}");
+            false
+        }
+    };
+    while id < first + count {
+        let block = rng.below(BLOCKS);
+        if sent.values().any(|(b, _)| *b == block) {
+            continue;
+        }
+        match c.send_write(block * 4096, &payload(id), false) {
+            Ok(cookie) => {
+                sent.insert(cookie, (block, id));
+            }
+            Err(e) => {
+                println!("DOWN {e}");
+                return;
+            }
+        }
+        id += 1;
+        if sent.len() >= 16 && !recv_one(&mut c, &mut sent) {
+            return;
+        }
+    }
+    while !sent.is_empty() {
+        if !recv_one(&mut c, &mut sent) {
+            return;
+        }
+    }
+    match c.flush() {
+        Ok(()) => println!("DONE"),
+        Err(e) => println!("DOWN flush: {e}"),
+    }
+}
+
+/// A writer process in namespace `ns`; its ACK lines arrive on the returned channel.
+fn spawn_writer(
+    ns: &str,
+    addr: &str,
+    first: u64,
+    count: u64,
+    seed: u64,
+) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "writer_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("REPLICA_WRITER", format!("{addr},{first},{count},{seed}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            for tag in ["ACK ", "ERR ", "DOWN", "DONE"] {
+                if let Some(i) = l.find(tag) {
+                    if tx.send(l[i..].to_string()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// An LSB script that records where it ran.
+fn app_script(dir: &Path) -> PathBuf {
+    let path = dir.join("app.sh");
+    let d = dir.display();
+    write_script(
+        &path,
+        &format!(
+            r#"#!/bin/sh
+ns=$(ip netns identify $$ 2>/dev/null)
+case "$1" in
+start) touch "{d}/app.$ns"; exit 0 ;;
+stop) rm -f "{d}/app.$ns"; exit 0 ;;
+status) [ -e "{d}/app.$ns" ] && exit 0; exit 3 ;;
+*) exit 3 ;;
+esac
+"#
+        ),
+    );
+    path
+}
+
+fn replica(c: &labcluster::LabCluster, i: usize) -> serde_json::Value {
+    c.ask(i, "replica.status")
+        .and_then(|v| v["replicas"].get(0).cloned())
+        .unwrap_or_default()
+}
+
+fn sha256(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(o.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn block_id(file: &Path, block: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(file).unwrap();
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, block * 4096).unwrap();
+    u64::from_le_bytes(b)
+}
+
+#[test]
+fn primary_killed_survivor_fenced_promoted_holds_acked_writes_old_primary_resyncs_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let script = app_script(&d);
+    let disk = |n: &str| d.join(format!("{n}-r0.img"));
+    let mut conf = Conf::new(2);
+    conf.cman = r#"<cman two_node="1" expected_votes="1"/>"#.into();
+    conf.extra = format!(
+        r#"<replicas><replica name="r0" size="32M" nbd_port="{NBD_PORT}">
+      <node name="n1" disk="{}"/><node name="n2" disk="{}"/>
+    </replica></replicas>"#,
+        disk("n1").display(),
+        disk("n2").display()
+    );
+    conf.rm_attrs = r#"status_poll_interval="2""#.into();
+    conf.rm = default_rm(
+        &conf.names,
+        r#"recovery="relocate""#,
+        &format!(
+            r#"<replica name="r0"/><script name="app" file="{}"/>"#,
+            script.display()
+        ),
+    );
+    let mut c = conf.start(&d);
+    let client = ok(c
+        .lab_mut()
+        .add_host("cli", 1, &[CLIENT.parse().unwrap()])
+        .map_err(|e| e.to_string()));
+    let a1 = format!("{}:{NBD_PORT}", c.lab().addr(0, 1));
+    let a2 = format!("{}:{NBD_PORT}", c.lab().addr(1, 1));
+    boot(&c);
+    let owner = web_started(&c, 0);
+    assert_eq!(owner, 0, "the domain's first node runs the service");
+
+    // First start: a brand-new volume, promoted where the service starts; full initial sync.
+    ok(
+        c.wait("n1 primary, n2 in sync", Duration::from_secs(60), |c| {
+            let (r1, r2) = (replica(c, 0), replica(c, 1));
+            r1["role"] == "Primary"
+                && r1["conn"] == "Connected"
+                && r1["peer_disk"] == "UpToDate"
+                && r2["role"] == "Secondary"
+                && r2["disk"] == "UpToDate"
+        }),
+    );
+    let r1 = replica(&c, 0);
+    assert_eq!(r1["nbd"], format!("nbd://{a1}/r0"), "{r1}");
+    assert!(
+        r1["why"].as_str().unwrap().contains("in sync with n2"),
+        "{r1}"
+    );
+    // The secondary does not serve: a real NBD client is refused.
+    let info = Command::new("ip")
+        .args(["netns", "exec", &client, "nbdinfo"])
+        .arg(format!("nbd://{a2}/r0"))
+        .output()
+        .expect("nbdinfo (libnbd-bin)");
+    assert!(!info.status.success(), "the secondary must not serve NBD");
+    let info = Command::new("ip")
+        .args(["netns", "exec", &client, "nbdinfo", "--size"])
+        .arg(format!("nbd://{a1}/r0"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&info.stdout).trim(),
+        SIZE.to_string()
+    );
+    // The CLI for people and --json.
+    let o = cli(&c, 0, &["replica", "status"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains("r0: Primary/Secondary  Connected  UpToDate/UpToDate  protocol C"),
+        "{text}"
+    );
+    let o = cli(&c, 1, &["replica", "primary", "r0"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "promoting over a primary peer is refused"
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("n1 is primary") && e.contains("hint:"), "{e}");
+
+    // Writes in flight through the primary, then the primary's node is SIGKILLed.
+    let (mut w, lines) = spawn_writer(&client, &a1, 1, 1_000_000, 7);
+    let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut crashed = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let Ok(l) = lines.recv_timeout(Duration::from_secs(30)) else {
+            panic!("the writer went silent\n{}", c.post_mortem());
+        };
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f[0] {
+            "ACK" => {
+                acked.insert(f[1].parse().unwrap(), f[2].parse().unwrap());
+            }
+            "DOWN" if crashed => break,
+            other => panic!("writer: {l} ({other})\n{}", c.post_mortem()),
+        }
+        if !crashed && acked.len() >= 300 {
+            ok(c.crash(0));
+            crashed = true;
+        }
+        assert!(Instant::now() < deadline, "writer too slow");
+    }
+    let _ = w.wait();
+    eprintln!("{} blocks acknowledged before the crash", acked.len());
+
+    // The survivor fences n1 (its outlet goes off), is promoted, runs the service.
+    ok(
+        c.wait("n1 fenced and web on n2", Duration::from_secs(60), |c| {
+            c.is_off(0)
+                && service(c, 1, "web")["state"] == "Started"
+                && service(c, 1, "web")["owner_name"] == "n2"
+        }),
+    );
+    let r2 = replica(&c, 1);
+    assert_eq!(r2["role"], "Primary", "{r2}");
+    assert_eq!(r2["disk"], "UpToDate", "{r2}");
+    assert_eq!(r2["peer_fenced"], true, "promoted only after fencing: {r2}");
+    let events = log_text(&c, 1);
+    assert!(events.contains("replica r0: n1 is fenced"), "{events}");
+    // Every acknowledged block is on the survivor's disk (or a later write of it).
+    for (b, i) in &acked {
+        let on = block_id(&disk("n2"), *b);
+        assert!(
+            on >= *i,
+            "block {b}: n2 has write {on}, write {i} was acknowledged"
+        );
+    }
+
+    // The new primary serves and takes writes while n1 is down.
+    let (mut w, lines) = spawn_writer(&client, &a2, 2_000_000, 50, 11);
+    let mut acked2 = BTreeMap::new();
+    loop {
+        let l = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("writer on n2");
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f[0] {
+            "ACK" => {
+                acked2.insert(f[1].parse::<u64>().unwrap(), f[2].parse::<u64>().unwrap());
+            }
+            "DONE" => break,
+            _ => panic!("writer on n2: {l}\n{}", c.post_mortem()),
+        }
+    }
+    let _ = w.wait();
+    assert!(!acked2.is_empty());
+    let r2 = replica(&c, 1);
+    let dirty = r2["out_of_sync_bytes"].as_u64().unwrap();
+    assert!(dirty > 0 && dirty < SIZE, "n2 tracks what n1 misses: {r2}");
+
+    // n1 powers on: it rejoins, resyncs only the difference, and the disks are equal.
+    ok(c.power_on(0));
+    ok(c.wait("n1 back in sync", Duration::from_secs(90), |c| {
+        let (r1, r2) = (replica(c, 0), replica(c, 1));
+        r1["role"] == "Secondary"
+            && r1["disk"] == "UpToDate"
+            && r2["conn"] == "Connected"
+            && r2["out_of_sync_bytes"] == 0
+    }));
+    let events = log_text(&c, 0);
+    let resync: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains("replica r0: resync started as target"))
+        .collect();
+    assert_eq!(resync.len(), 1, "{events}");
+    let bytes: u64 = resync[0]
+        .split(": ")
+        .nth(2)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(
+        bytes <= SIZE / 4,
+        "a bitmap resync, not a full one: {}",
+        resync[0]
+    );
+    eprintln!("old primary resynced {bytes} of {SIZE} bytes");
+    ok(c.wait(
+        "n1 sees web on n2 (nofailback)",
+        Duration::from_secs(30),
+        |c| service(c, 0, "web")["owner_name"] == "n2",
+    ));
+    assert_eq!(service(&c, 1, "web")["owner_name"], "n2", "nofailback");
+    assert_eq!(
+        sha256(&disk("n1")),
+        sha256(&disk("n2")),
+        "backing files differ"
+    );
+}
