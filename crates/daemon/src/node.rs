@@ -315,8 +315,8 @@ pub struct Node {
     pushes: BTreeMap<u64, tokio::sync::oneshot::Sender<Response>>,
     /// This node's replicated volumes.
     replicas: crate::replicas::Replicas,
-    /// Volumes waiting for their peer to be fenced: name -> fencing already requested.
-    fence_waits: BTreeMap<String, bool>,
+    /// Volumes waiting for their peer to be fenced: name -> (since, fencing requested by us).
+    fence_waits: BTreeMap<String, (std::time::Instant, bool)>,
 }
 
 /// The resource manager stamps its messages with agreed wall-clock times
@@ -538,7 +538,9 @@ impl Node {
         use replica::Event;
         match ev {
             replica::VolumeEvent::FencePeer => {
-                self.fence_waits.entry(name).or_insert(false);
+                self.fence_waits
+                    .entry(name)
+                    .or_insert((std::time::Instant::now(), false));
             }
             replica::VolumeEvent::Engine(e) => {
                 let text = match e {
@@ -562,16 +564,19 @@ impl Node {
     }
 
     /// Tell each volume whether its peer is a member, and answer fence-peer requests
-    /// (resource-and-stonith): fenced by the cluster -> `PeerFenced`; still a member with the
-    /// replication link down -> fence it, as DRBD's rhcs_fence handler does.
+    /// (resource-and-stonith): fenced by the cluster -> `PeerFenced`; still a member two token
+    /// timeouts after its replication link went down (so not a crash totem is about to see)
+    /// -> fence it, as DRBD's rhcs_fence handler does.
     fn replica_fencing(&mut self) {
+        let token = u64::from(*self.stack.conf().totem.token.get());
+        let grace = std::time::Duration::from_millis(2 * token);
         let members = self.stack.members().to_vec();
         for l in self.replicas.all() {
             l.set_peer_member(members.contains(&l.spec.peer));
         }
-        let waits: Vec<(String, bool)> =
+        let waits: Vec<(String, (std::time::Instant, bool))> =
             std::mem::take(&mut self.fence_waits).into_iter().collect();
-        for (name, requested) in waits {
+        for (name, (since, requested)) in waits {
             let Some(l) = self.replicas.get(&name) else {
                 continue;
             };
@@ -585,7 +590,7 @@ impl Node {
                 continue;
             }
             let mut requested = requested;
-            if !requested && members.contains(&peer) {
+            if !requested && members.contains(&peer) && since.elapsed() >= grace {
                 let now = self.now();
                 let peer_name = l.spec.peer_name.clone();
                 match self.stack.fence_command(now, stack::FenceCommand::Fence, peer) {
@@ -598,7 +603,7 @@ impl Node {
                 }
                 requested = true;
             }
-            self.fence_waits.insert(name, requested);
+            self.fence_waits.insert(name, (since, requested));
         }
     }
 

@@ -175,13 +175,15 @@ pub fn prepare_files(spec: &Spec) -> Result<bool, SetupError> {
     }
     let disk = &spec.volume.disk;
     match std::fs::metadata(disk) {
-        Ok(m) if m.is_file() && m.len() < spec.size => return Err(err(format!(
+        Ok(m) if m.is_file() && m.len() < spec.size => {
+            return Err(err(format!(
             "backing file {} has {} bytes but size is {}: grow it (truncate -s {}) or lower size=",
             disk.display(),
             m.len(),
             spec.size,
             spec.size
-        ))),
+        )))
+        }
         Ok(_) => {}
         Err(_) => {
             let f = std::fs::File::create(disk)
@@ -375,7 +377,9 @@ impl Local {
     /// `Ok` when primary with an UpToDate disk (the resource's status check).
     pub async fn check(&self) -> Result<(), Refused> {
         let st = self.status().await?;
-        if st.role == Role::Primary && st.disk == DiskState::UpToDate && !st.frozen {
+        // Frozen I/O (the peer is being fenced) is not a failure: recovering the service would
+        // only move it away from the one good copy.
+        if st.role == Role::Primary && st.disk == DiskState::UpToDate {
             return Ok(());
         }
         Err(Refused::new(

@@ -30,7 +30,7 @@ fn payload(id: u64) -> Vec<u8> {
 
 /// The writer side: runs only when re-executed (inside the client namespace) with
 /// `REPLICA_WRITER=ADDR,FIRST_ID,COUNT,SEED` set. Writes 4 KiB blocks to export `r0` with 16 in
-/// flight (never two to one block at once) and prints `ACK BLOCK ID` for each acknowledged one.
+/// flight (never two to one block at once) and prints `ACK BLOCK ID UNIX_MS` for each acknowledged one.
 #[test]
 #[ignore]
 fn writer_process() {
@@ -58,7 +58,11 @@ fn writer_process() {
         Ok(r) => {
             if let Some((b, i)) = sent.remove(&r.cookie) {
                 if r.error == 0 {
-                    println!("ACK {b} {i}");
+                    let t = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis();
+                    println!("ACK {b} {i} {t}");
                 } else {
                     println!("ERR {b} {i} {}", r.error);
                 }
@@ -184,8 +188,18 @@ fn block_id(file: &Path, block: u64) -> u64 {
     u64::from_le_bytes(b)
 }
 
-#[test]
-fn primary_killed_survivor_fenced_promoted_holds_acked_writes_old_primary_resyncs_the_difference() {
+/// A two-node cluster with the volume r0 under service `web` (replica, address, script), booted,
+/// with `web` on n1 and the initial sync done. Returns the cluster, the client namespace, both
+/// NBD addresses and the backing files.
+struct Setup {
+    c: labcluster::LabCluster,
+    client: String,
+    nbd: [String; 2],
+    disks: [PathBuf; 2],
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     let script = app_script(&d);
@@ -213,12 +227,10 @@ fn primary_killed_survivor_fenced_promoted_holds_acked_writes_old_primary_resync
         .lab_mut()
         .add_host("cli", 1, &[CLIENT.parse().unwrap()])
         .map_err(|e| e.to_string()));
-    let a1 = format!("{}:{NBD_PORT}", c.lab().addr(0, 1));
-    let a2 = format!("{}:{NBD_PORT}", c.lab().addr(1, 1));
+    let nbd = [0, 1].map(|i| format!("{}:{NBD_PORT}", c.lab().addr(i, 1)));
     boot(&c);
     let owner = web_started(&c, 0);
     assert_eq!(owner, 0, "the domain's first node runs the service");
-
     // First start: a brand-new volume, promoted where the service starts; full initial sync.
     ok(
         c.wait("n1 primary, n2 in sync", Duration::from_secs(60), |c| {
@@ -230,6 +242,26 @@ fn primary_killed_survivor_fenced_promoted_holds_acked_writes_old_primary_resync
                 && r2["disk"] == "UpToDate"
         }),
     );
+    Setup {
+        c,
+        client,
+        nbd,
+        disks: [disk("n1"), disk("n2")],
+        _dir: dir,
+    }
+}
+
+#[test]
+fn primary_killed_survivor_fenced_promoted_holds_acked_writes_old_primary_resyncs_the_difference() {
+    let Setup {
+        c,
+        client,
+        nbd,
+        disks,
+        _dir,
+    } = setup();
+    let (a1, a2) = (nbd[0].clone(), nbd[1].clone());
+    let disk = |n: &str| disks[if n == "n1" { 0 } else { 1 }].clone();
     let r1 = replica(&c, 0);
     assert_eq!(r1["nbd"], format!("nbd://{a1}/r0"), "{r1}");
     assert!(
@@ -377,5 +409,93 @@ fn primary_killed_survivor_fenced_promoted_holds_acked_writes_old_primary_resync
         sha256(&disk("n1")),
         sha256(&disk("n2")),
         "backing files differ"
+    );
+}
+
+/// Reads writer lines until `stop` says so; panics on a write error or a silent writer.
+fn collect(
+    c: &labcluster::LabCluster,
+    lines: &std::sync::mpsc::Receiver<String>,
+    acked: &mut Vec<(u64, u64)>,
+    mut stop: impl FnMut(&str, &[(u64, u64)]) -> bool,
+) {
+    loop {
+        let Ok(l) = lines.recv_timeout(Duration::from_secs(30)) else {
+            panic!("the writer went silent\n{}", c.post_mortem());
+        };
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f[0] == "ACK" {
+            acked.push((f[3].parse().unwrap(), f[2].parse().unwrap()));
+        } else if f[0] != "DONE" {
+            panic!("writer: {l}\n{}", c.post_mortem());
+        }
+        if stop(&l, acked) {
+            return;
+        }
+    }
+}
+
+#[test]
+fn storage_link_cut_freezes_the_primary_until_the_peer_is_fenced_then_writes_resume() {
+    let Setup {
+        c,
+        client,
+        nbd,
+        _dir,
+        ..
+    } = setup();
+    let (mut w, lines) = spawn_writer(&client, &nbd[0], 1, 1_000_000, 5);
+    let mut acked = Vec::new();
+    collect(&c, &lines, &mut acked, |_, a| a.len() >= 100);
+    // Pull n2's storage cable: totem stays up on ring 0, the replication link dies.
+    ok(c.lab().set_ring(1, 1, false).map_err(|e| e.to_string()));
+    ok(c.wait("n1 frozen", Duration::from_secs(20), |c| {
+        replica(c, 0)["frozen"] == true
+    }));
+    // resource-and-stonith: n2 is still a member, so n1 fences it; then I/O resumes.
+    ok(
+        c.wait("n2 fenced, n1 resumed", Duration::from_secs(60), |c| {
+            c.is_off(1) && replica(c, 0)["frozen"] == false
+        }),
+    );
+    let before = acked.len();
+    collect(&c, &lines, &mut acked, |_, a| a.len() >= before + 100);
+    let _ = w.kill();
+    let _ = w.wait();
+    // The write stream stalled while frozen: at least the two token timeouts (2 s) the node gives
+    // totem before it fences a member.
+    let stall = acked
+        .windows(2)
+        .map(|w| w[1].0.saturating_sub(w[0].0))
+        .max()
+        .unwrap();
+    assert!(
+        stall >= 1500,
+        "the longest gap between acknowledgements is {stall} ms"
+    );
+    eprintln!("writes stalled {stall} ms while n1 was frozen");
+    let events = log_text(&c, 0);
+    let mut last = 0;
+    for needle in [
+        "replica r0: I/O FROZEN",
+        "replica r0: replication link to n2 lost while it is a member; fencing it",
+        "replica r0: n2 is fenced",
+        "replica r0: I/O resumed",
+    ] {
+        let at =
+            log_pos(&c, 0, needle).unwrap_or_else(|| panic!("{needle:?} missing from\n{events}"));
+        assert!(at >= last, "{needle:?} out of order in\n{events}");
+        last = at;
+    }
+    let r1 = replica(&c, 0);
+    assert_eq!(r1["role"], "Primary", "{r1}");
+    assert!(
+        r1["out_of_sync_bytes"].as_u64().unwrap() > 0,
+        "n1 tracks what n2 misses: {r1}"
+    );
+    assert_eq!(
+        service(&c, 0, "web")["owner_name"],
+        "n1",
+        "the service stayed on n1"
     );
 }
