@@ -55,6 +55,8 @@ pub struct Spec {
     pub nbd: SocketAddr,
     /// Size in bytes.
     pub size: u64,
+    /// `allow-two-primaries`: live migration may open a dual-primary window.
+    pub allow_two_primaries: bool,
 }
 
 /// Why a volume could not be set up.
@@ -137,6 +139,8 @@ pub fn specs(
         rc.fencing = fencing(&r.fencing.value);
         rc.split_brain = split_brain(r);
         rc.resync_max_rate = r.rate.value;
+        // The engine may accept a primary peer; the node allows it only in a migration window.
+        rc.allow_two_primaries = r.allow_two_primaries.value;
         rc.resync_min_rate = rc.resync_min_rate.min(rc.resync_max_rate);
         // Peer loss is noticed by the TCP link or within a second of silence.
         rc.ping_interval = base::Duration::from_millis(500);
@@ -155,6 +159,7 @@ pub fn specs(
             listen,
             nbd,
             size: r.size,
+            allow_two_primaries: r.allow_two_primaries.value,
         });
     }
     Ok(out)
@@ -236,6 +241,8 @@ pub struct Local {
     nbd: Mutex<Option<Arc<nbd::Server>>>,
     peer_member: AtomicBool,
     created: bool,
+    /// A live migration is in flight: this node may be primary beside a primary peer.
+    window: AtomicBool,
 }
 
 fn linked(c: ConnState) -> bool {
@@ -280,6 +287,12 @@ impl Local {
             let st = self.status().await?;
             if st.role == Role::Primary {
                 return self.serve_nbd().await;
+            }
+            if st.peer_role == Some(Role::Primary) && !self.window.load(Ordering::Relaxed) {
+                return Err(Refused::new(
+                    format!("replica {name}: {peer} is primary"),
+                    format!("stop the service on {peer} first (`quorate svc relocate`), or `quorate replica secondary {name}` there; two primaries are allowed only while a live migration is in flight"),
+                ));
             }
             let up = linked(st.conn);
             if !up && self.peer_member() && start.elapsed() < LINK_WAIT && !force {
@@ -352,8 +365,32 @@ impl Local {
         }
     }
 
+    /// The target side of a live migration: becomes primary beside the primary source (the
+    /// dual-primary window, closed when either side demotes: the source once its guest quit).
+    pub async fn promote_for_migration(&self) -> Result<(), Refused> {
+        if !self.spec.allow_two_primaries {
+            return Err(Refused::new(
+                format!(
+                    "replica {}: a live migration needs both sides primary for a moment, and allow-two-primaries is off",
+                    self.spec.name
+                ),
+                format!(
+                    "set allow-two-primaries=\"1\" on <replica name=\"{}\"> (the node still refuses two primaries outside a migration), or migrate with the guest paused and stopped",
+                    self.spec.name
+                ),
+            ));
+        }
+        self.window.store(true, Ordering::Relaxed);
+        let r = self.promote(false).await;
+        if r.is_err() {
+            self.window.store(false, Ordering::Relaxed);
+        }
+        r
+    }
+
     /// Stops the NBD export and becomes secondary (waits for requests in flight).
     pub async fn demote(&self) -> Result<(), Refused> {
+        self.window.store(false, Ordering::Relaxed);
         if let Some(s) = self.nbd.lock().ok().and_then(|mut g| g.take()) {
             s.shutdown();
         }
@@ -402,17 +439,15 @@ impl Local {
         if self.nbd.lock().map(|g| g.is_some()).unwrap_or(false) {
             return Ok(());
         }
-        let listener = tokio::net::TcpListener::bind(self.spec.nbd)
-            .await
-            .map_err(|e| {
-                Refused::new(
-                    format!(
-                        "replica {}: cannot serve NBD on {}: {e}",
-                        self.spec.name, self.spec.nbd
-                    ),
-                    "free the port or change nbd_port= in <replica>",
-                )
-            })?;
+        let listener = self.bind(self.spec.nbd).await?;
+        // Guests on this node open the volume as nbd://127.0.0.1:NBD_PORT/NAME, the same URL
+        // on every node (a migrated guest finds its disk on its new host).
+        let local = SocketAddr::from(([127, 0, 0, 1], self.spec.nbd.port()));
+        let local = if self.spec.nbd.ip().is_loopback() {
+            None
+        } else {
+            Some(self.bind(local).await?)
+        };
         let backend = Arc::new(replica::ReplicaBackend::new(
             self.vol.clone(),
             tokio::runtime::Handle::current(),
@@ -421,9 +456,38 @@ impl Local {
         if let Ok(mut g) = self.nbd.lock() {
             *g = Some(server.clone());
         }
-        tokio::spawn(server.serve_tcp(listener));
+        tokio::spawn(server.clone().serve_tcp(listener));
+        if let Some(l) = local {
+            tokio::spawn(server.serve_tcp(l));
+        }
         tracing::info!(replica = %self.spec.name, addr = %self.spec.nbd, "serving NBD");
         Ok(())
+    }
+
+    /// Binds an NBD listener; retries for a moment while the export of a previous primary period
+    /// is still closing its listener.
+    async fn bind(&self, addr: SocketAddr) -> Result<tokio::net::TcpListener, Refused> {
+        let start = tokio::time::Instant::now();
+        loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => return Ok(l),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && start.elapsed() < Duration::from_secs(2) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => {
+                    return Err(Refused::new(
+                        format!(
+                            "replica {}: cannot serve NBD on {addr}: {e}",
+                            self.spec.name
+                        ),
+                        "free the port or change nbd_port= in <replica>",
+                    ))
+                }
+            }
+        }
     }
 
     /// `replica status --json` for this volume.
@@ -444,6 +508,7 @@ impl Local {
             .unwrap_or(false)
             .then(|| format!("nbd://{}/{}", self.spec.nbd, self.spec.name)));
         v["created_this_start"] = json!(self.created);
+        v["migration_window"] = json!(self.window.load(Ordering::Relaxed));
         v["why"] = json!(why(&st, &self.spec.peer_name, self.peer_member()));
         v
     }
@@ -555,6 +620,7 @@ impl Replicas {
                 nbd: Mutex::new(None),
                 peer_member: AtomicBool::new(false),
                 created,
+                window: AtomicBool::new(false),
             });
             if let Ok(mut m) = self.inner.lock() {
                 m.insert(local.spec.name.clone(), local);
@@ -567,7 +633,7 @@ impl Replicas {
 /// The admin socket's `replica.*` commands (`quorate replica ...`).
 ///
 /// `replica.status` (`name` optional) answers `{"replicas": [...]}`; `replica.primary` (`name`,
-/// `force`), `replica.secondary`, `replica.connect`, `replica.disconnect`, `replica.verify` and
+/// `force`, or `migration`: open the dual-primary window of a live migration), `replica.secondary`, `replica.connect`, `replica.disconnect`, `replica.verify` and
 /// `replica.discard_my_data` act on one volume.
 pub async fn admin(replicas: &Replicas, req: &crate::ipc::Request) -> crate::ipc::Response {
     use crate::ipc::Response;
@@ -605,7 +671,13 @@ pub async fn admin(replicas: &Replicas, req: &crate::ipc::Request) -> crate::ipc
         .get("force")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
+    let migration = req
+        .args
+        .get("migration")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     let result = match req.cmd.as_str() {
+        "replica.primary" if migration => l.promote_for_migration().await,
         "replica.primary" => l.promote(force).await,
         "replica.secondary" => l.demote().await,
         "replica.connect" => {

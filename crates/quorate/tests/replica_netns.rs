@@ -200,6 +200,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with("")
+}
+
+/// [`setup`] with extra attributes on the `<replica>`.
+fn setup_with(replica_attrs: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     let script = app_script(&d);
@@ -207,7 +212,7 @@ fn setup() -> Setup {
     let mut conf = Conf::new(2);
     conf.cman = r#"<cman two_node="1" expected_votes="1"/>"#.into();
     conf.extra = format!(
-        r#"<replicas><replica name="r0" size="32M" nbd_port="{NBD_PORT}">
+        r#"<replicas><replica name="r0" size="32M" nbd_port="{NBD_PORT}"{replica_attrs}>
       <node name="n1" disk="{}"/><node name="n2" disk="{}"/>
     </replica></replicas>"#,
         disk("n1").display(),
@@ -412,12 +417,13 @@ fn primary_killed_survivor_fenced_promoted_holds_acked_writes_old_primary_resync
     );
 }
 
-/// Reads writer lines until `stop` says so; panics on a write error or a silent writer.
+/// Reads writer lines (as `(unix ms, block, id)`) until `stop` says so; panics on a write error
+/// or a silent writer.
 fn collect(
     c: &labcluster::LabCluster,
     lines: &std::sync::mpsc::Receiver<String>,
-    acked: &mut Vec<(u64, u64)>,
-    mut stop: impl FnMut(&str, &[(u64, u64)]) -> bool,
+    acked: &mut Vec<(u64, u64, u64)>,
+    mut stop: impl FnMut(&str, &[(u64, u64, u64)]) -> bool,
 ) {
     loop {
         let Ok(l) = lines.recv_timeout(Duration::from_secs(30)) else {
@@ -425,7 +431,11 @@ fn collect(
         };
         let f: Vec<&str> = l.split_whitespace().collect();
         if f[0] == "ACK" {
-            acked.push((f[3].parse().unwrap(), f[2].parse().unwrap()));
+            acked.push((
+                f[3].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            ));
         } else if f[0] != "DONE" {
             panic!("writer: {l}\n{}", c.post_mortem());
         }
@@ -498,4 +508,54 @@ fn storage_link_cut_freezes_the_primary_until_the_peer_is_fenced_then_writes_res
         "n1",
         "the service stayed on n1"
     );
+}
+
+#[test]
+fn two_primaries_only_inside_a_migration_window_and_writes_on_the_target_reach_the_source() {
+    let Setup {
+        c,
+        client,
+        nbd,
+        disks,
+        _dir,
+    } = setup_with(r#" allow-two-primaries="1""#);
+    let ask = |i: usize, args: serde_json::Value| c.ask_with(i, "replica.primary", args);
+    // Outside a migration the target is refused even though the volume allows two primaries.
+    let e = ask(1, serde_json::json!({"name": "r0"})).unwrap_err();
+    assert!(e.contains("n1 is primary"), "{e}");
+    let o = cli(&c, 1, &["replica", "primary", "r0"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.code() == Some(1) && e.contains("only while a live migration is in flight"),
+        "{e}"
+    );
+    // The migration window: both sides primary, the target serves and replicates to the source.
+    let v = ok(ask(1, serde_json::json!({"name": "r0", "migration": true})));
+    assert_eq!(v["role"], "Primary", "{v}");
+    assert_eq!(v["migration_window"], true, "{v}");
+    assert_eq!(replica(&c, 0)["role"], "Primary");
+    ok(c.wait("n1 sees n2 primary", Duration::from_secs(10), |c| {
+        replica(c, 0)["peer_role"] == "Primary"
+    }));
+    let (mut w, lines) = spawn_writer(&client, &nbd[1], 5_000_000, 64, 3);
+    let mut acked = Vec::new();
+    collect(&c, &lines, &mut acked, |l, _| l == "DONE");
+    let _ = w.wait();
+    assert_eq!(acked.len(), 64);
+    // Protocol C: an acknowledged write on the target is on the source's disk too.
+    for (_, b, i) in &acked {
+        assert!(
+            block_id(&disks[0], *b) >= *i,
+            "block {b} of write {i} missing on the source"
+        );
+        assert!(
+            block_id(&disks[1], *b) >= *i,
+            "block {b} of write {i} missing on the target"
+        );
+    }
+    // The source's guest quit: it demotes and the window is closed.
+    let v = ok(c.ask_with(0, "replica.secondary", serde_json::json!({"name": "r0"})));
+    assert_eq!(v["role"], "Secondary", "{v}");
+    let e = ask(0, serde_json::json!({"name": "r0"})).unwrap_err();
+    assert!(e.contains("n2 is primary"), "{e}");
 }

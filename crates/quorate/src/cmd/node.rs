@@ -17,9 +17,29 @@ use std::sync::{Arc, Mutex};
 
 /// Runs `<vm>` resources with the vm crate; migrations go to the target
 /// node's ring-0 (back-channel) address, as the seed sends them over its BCN.
+///
+/// A guest whose disk is a replicated volume names it with `replica="r0"` (and opens it as
+/// `nbd://127.0.0.1:NBD_PORT/r0`, served on every node while it is primary there): the volume is
+/// promoted before the guest starts and demoted after it stops; the target of a live migration
+/// opens the dual-primary window before its incoming guest opens the disk, and the source
+/// demotes, closing the window, once its guest has quit.
 struct Vms {
     manager: vm::resource::VmManager,
     addrs: BTreeMap<NodeId, IpAddr>,
+    replicas: daemon::replicas::Replicas,
+}
+
+impl Vms {
+    /// The guest's replicated volume, if it names one.
+    fn volume(
+        &self,
+        attrs: &BTreeMap<String, String>,
+    ) -> Result<Option<Arc<daemon::replicas::Local>>, String> {
+        match attrs.get("replica") {
+            None => Ok(None),
+            Some(r) => self.replicas.find(r).map(Some).map_err(|e| e.to_string()),
+        }
+    }
 }
 
 impl rmexec::VmHandler for Vms {
@@ -29,6 +49,9 @@ impl rmexec::VmHandler for Vms {
         attrs: &'a BTreeMap<String, String>,
     ) -> rmexec::VmFuture<'a, ()> {
         Box::pin(async move {
+            if let Some(v) = self.volume(attrs)? {
+                v.promote(false).await.map_err(|e| e.to_string())?;
+            }
             self.manager
                 .start(attrs)
                 .await
@@ -47,7 +70,11 @@ impl rmexec::VmHandler for Vms {
                 .stop(attrs)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            if let Some(v) = self.volume(attrs)? {
+                v.demote().await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
         })
     }
 
@@ -99,6 +126,10 @@ impl rmexec::VmHandler for Vms {
                 total_ms = stats.total_time_ms,
                 "live migration completed"
             );
+            // The source's guest has quit: close the dual-primary window.
+            if let Some(v) = self.volume(&attrs)? {
+                v.demote().await.map_err(|e| e.to_string())?;
+            }
             Ok(())
         })
     }
@@ -181,6 +212,9 @@ impl ServiceRunner for Runner {
                 return Ok(());
             }
             for r in resources.iter().filter(|r| r.rtype == "vm") {
+                if let Some(v) = vms.volume(&r.attrs)? {
+                    v.promote_for_migration().await.map_err(|e| e.to_string())?;
+                }
                 vms.manager
                     .prepare_incoming(&r.attrs, ip)
                     .await
@@ -210,11 +244,12 @@ pub fn run(config: &Path, state_dir: &Path, node: Option<String>) -> u8 {
             .get(&plan.me)
             .copied()
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let replicas = daemon::replicas::Replicas::default();
         let vms = Arc::new(Vms {
             manager: vm::resource::VmManager::new(state_dir.join("vm")),
             addrs,
+            replicas: replicas.clone(),
         });
-        let replicas = daemon::replicas::Replicas::default();
         let executor = rmexec::Executor::new()
             .with_vm_handler(vms.clone())
             .with_replica_handler(Arc::new(ReplicaRes(replicas.clone())));
