@@ -674,6 +674,7 @@ impl<'a, 'i: 'a> P<'i> {
             walk(&s.resources, &mut replica_refs);
         }
         self.check_replica_refs(&replica_refs, &replicas);
+        self.check_replica_placement(&rm, &replicas, nodes.len());
 
         // Cross references.
         let dev_names: BTreeSet<&str> = fence_devices.iter().map(|d| d.name.as_str()).collect();
@@ -2055,6 +2056,7 @@ impl<'a, 'i: 'a> P<'i> {
             "__enforce_timeouts",
             "__max_failures",
             "__failure_expire_time",
+            "replica",
         ];
         self.warn_unknown_except(&a, KNOWN, &KNOWN[..9]);
         for e in Self::elements(c) {

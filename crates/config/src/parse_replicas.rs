@@ -15,7 +15,7 @@
 
 use super::{elem_name, suggest, Attrs, P};
 use crate::diag::Pos;
-use crate::model::{ClusterNode, Replica, ReplicaNode, Resource, Setting};
+use crate::model::{ClusterNode, Replica, ReplicaNode, Resource, Rm, Setting};
 use roxmltree::Node;
 
 /// DRBD's after-sb-0pri policies quorate implements.
@@ -325,6 +325,82 @@ impl<'a, 'i: 'a> P<'i> {
                         format!("use a defined replica ({})", known.join(", "))
                     },
                 );
+            }
+        }
+    }
+
+    /// Services and vms that use a volume can only run where it lives: a `<vm replica=>` names a
+    /// defined volume, and a warning when the failover domain allows other nodes.
+    pub(super) fn check_replica_placement(&mut self, rm: &Rm, defined: &[Replica], nodes: usize) {
+        fn names(rs: &[Resource], out: &mut Vec<String>) {
+            for r in rs {
+                if r.kind == "replica" {
+                    out.extend(r.attrs.get("name").cloned());
+                }
+                names(&r.children, out);
+            }
+        }
+        let mut users: Vec<(String, Option<String>, u32, Vec<String>)> = Vec::new();
+        for s in &rm.services {
+            let mut v = Vec::new();
+            names(&s.resources, &mut v);
+            users.push((
+                format!("service \"{}\"", s.name),
+                s.domain.clone(),
+                s.line,
+                v,
+            ));
+        }
+        for vm in &rm.vms {
+            let Some(r) = vm.attrs.get("replica") else {
+                continue;
+            };
+            if !defined.iter().any(|d| &d.name == r) {
+                let known: Vec<&str> = defined.iter().map(|d| d.name.as_str()).collect();
+                self.d.error(
+                    Pos {
+                        line: vm.line,
+                        column: 1,
+                    },
+                    format!(
+                        "<vm name=\"{}\" replica=\"{r}\"> names no <replica> in <replicas>",
+                        vm.name
+                    ),
+                    if known.is_empty() {
+                        "define the volume in <replicas> inside <cluster>".to_string()
+                    } else {
+                        format!("use a defined replica ({})", known.join(", "))
+                    },
+                );
+                continue;
+            }
+            users.push((
+                format!("vm \"{}\"", vm.name),
+                vm.domain.clone(),
+                vm.line,
+                vec![r.clone()],
+            ));
+        }
+        for (what, domain, line, used) in users {
+            for r in used {
+                let Some(rep) = defined.iter().find(|d| d.name == r) else {
+                    continue;
+                };
+                let holders: Vec<&str> = rep.nodes.iter().map(|n| n.name.as_str()).collect();
+                let fits = domain
+                    .as_deref()
+                    .and_then(|d| rm.domain(d))
+                    .is_some_and(|d| {
+                        *d.restricted.get()
+                            && d.nodes.iter().all(|m| holders.contains(&m.name.as_str()))
+                    });
+                if !fits && nodes > holders.len() {
+                    self.d.warn(
+                        Pos { line, column: 1 },
+                        format!("{what} uses replica \"{r}\", which lives only on {}, but may be placed on other nodes", holders.join(" and ")),
+                        format!("give it a restricted failover domain of {}", holders.join(" and ")),
+                    );
+                }
             }
         }
     }

@@ -214,3 +214,41 @@ fn unknown_replica_attribute_is_a_warning_with_a_suggestion() {
     assert!(w.hint.starts_with("did you mean protocol=?"), "{w}");
     assert!(p.config.is_some());
 }
+
+#[test]
+fn users_of_a_volume_must_run_where_it_lives() {
+    let three = conf(&volume("")).replace(
+        "</clusternodes>",
+        "<clusternode name=\"n3\" nodeid=\"3\"/></clusternodes>",
+    );
+    // Lines: 1 cluster, 2-6 nodes (n3 on line 5's end), volume 7-11, rm from 12.
+    let with = |rm: &str| three.replace("</cluster>", &format!("{rm}\n</cluster>"));
+    let p = parse(
+        "c.conf",
+        &with("<rm>\n<service name=\"s\"><replica name=\"r0\"/></service>\n<vm name=\"v\" replica=\"r9\"/>\n</rm>"),
+    );
+    let w = p
+        .warnings()
+        .find(|d| d.message.contains("uses replica \"r0\""))
+        .expect("a placement warning");
+    assert!(
+        w.message.contains("service \"s\"") && w.message.contains("n1 and n2"),
+        "{w}"
+    );
+    assert!(w.hint.contains("restricted failover domain"), "{w}");
+    let e = p
+        .errors()
+        .find(|d| d.message.contains("replica=\"r9\""))
+        .expect("an undefined volume on a vm");
+    assert!(e.hint.contains("r0"), "{e}");
+    // A restricted domain of the two holders is quiet.
+    let p = parse(
+        "c.conf",
+        &with("<rm><failoverdomains><failoverdomain name=\"d\" restricted=\"1\"><failoverdomainnode name=\"n1\"/><failoverdomainnode name=\"n2\"/></failoverdomain></failoverdomains>\n<service name=\"s\" domain=\"d\"><replica name=\"r0\"/></service>\n<vm name=\"v\" domain=\"d\" replica=\"r0\"/>\n</rm>"),
+    );
+    assert!(
+        !p.diagnostics.iter().any(|d| d.message.contains("replica")),
+        "{:#?}",
+        p.diagnostics
+    );
+}
