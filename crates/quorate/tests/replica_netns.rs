@@ -418,6 +418,24 @@ fn primary_killed_survivor_fenced_promoted_holds_acked_writes_old_primary_resync
         sha256(&disk("n2")),
         "backing files differ"
     );
+    // A real NBD client reads the whole volume from the new primary: the same bytes.
+    let copy = disks[0].with_file_name("copy.img");
+    let o = Command::new("ip")
+        .args(["netns", "exec", &client, "nbdcopy"])
+        .arg(format!("nbd://{a2}/r0"))
+        .arg(&copy)
+        .output()
+        .expect("nbdcopy (libnbd-bin)");
+    assert!(
+        o.status.success(),
+        "nbdcopy: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        sha256(&copy),
+        sha256(&disk("n2")),
+        "the export differs from its disk"
+    );
 }
 
 /// Reads writer lines (as `(unix ms, block, id)`) until `stop` says so; panics on a write error
