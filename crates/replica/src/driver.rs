@@ -494,7 +494,6 @@ impl Task {
                 let reader = tokio::spawn(async move {
                     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
                     let mut start = 0usize;
-                    let mut chunk = vec![0u8; 256 * 1024];
                     loop {
                         loop {
                             match Msg::decode(&buf[start..]) {
@@ -516,19 +515,19 @@ impl Task {
                                 }
                             }
                         }
-                        match rd.read(&mut chunk).await {
+                        if start > 0 {
+                            // Drop consumed frames before growing (one move per read).
+                            buf.drain(..start);
+                            start = 0;
+                        }
+                        // Read straight into the frame buffer (no bounce copy of the payload).
+                        buf.reserve(256 * 1024);
+                        match rd.read_buf(&mut buf).await {
                             Ok(0) | Err(_) => {
                                 let _ = tx.send(Net::Down(id));
                                 return;
                             }
-                            Ok(n) => {
-                                if start > 0 {
-                                    // Drop consumed frames before growing (one move per read).
-                                    buf.drain(..start);
-                                    start = 0;
-                                }
-                                buf.extend_from_slice(&chunk[..n]);
-                            }
+                            Ok(_) => {}
                         }
                     }
                 });
