@@ -590,6 +590,12 @@ impl Node {
                 continue;
             }
             let mut requested = requested;
+            // Only resource-and-stonith powers a member off; resource-only cannot reach the peer to
+            // outdate it, so it goes on (the engine does not freeze) and the peer stays as it is.
+            let stonith = l.spec.volume.replica.fencing == replica::Fencing::ResourceAndStonith;
+            if !stonith {
+                continue;
+            }
             if !requested && members.contains(&peer) && since.elapsed() >= grace {
                 let now = self.now();
                 let peer_name = l.spec.peer_name.clone();

@@ -684,10 +684,29 @@ pub async fn admin(replicas: &Replicas, req: &crate::ipc::Request) -> crate::ipc
             l.vol.connect();
             Ok(())
         }
-        "replica.disconnect" => {
-            l.vol.disconnect();
-            Ok(())
-        }
+        "replica.disconnect" => match l.status().await {
+            Ok(st)
+                if !force
+                    && linked(st.conn)
+                    && l.spec.volume.replica.fencing == Fencing::ResourceAndStonith
+                    && (st.role == Role::Primary || st.peer_role == Some(Role::Primary)) =>
+            {
+                let primary = if st.role == Role::Primary {
+                    "this node".to_string()
+                } else {
+                    l.spec.peer_name.clone()
+                };
+                Err(Refused::new(
+                    format!("replica {name}: disconnecting makes the primary ({primary}) freeze its I/O and fence its peer (fencing resource-and-stonith)"),
+                    format!("stop the service using it first (both sides secondary), or `quorate replica disconnect {name} --force` to accept the fencing"),
+                ))
+            }
+            Ok(_) => {
+                l.vol.disconnect();
+                Ok(())
+            }
+            Err(r) => Err(r),
+        },
         "replica.verify" => l.vol.verify().await.map_err(|e| {
             Refused::new(
                 format!("replica {name}: cannot verify: {e}"),

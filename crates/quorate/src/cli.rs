@@ -205,6 +205,9 @@ pub enum ReplicaCmd {
     Disconnect {
         /// The volume.
         name: String,
+        /// Disconnect even though the primary will freeze and fence its peer (resource-and-stonith).
+        #[arg(long)]
+        force: bool,
         /// Print the volume's status as JSON.
         #[arg(long)]
         json: bool,

@@ -308,6 +308,13 @@ fn primary_killed_survivor_fenced_promoted_holds_acked_writes_old_primary_resync
     );
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("n1 is primary") && e.contains("hint:"), "{e}");
+    let o = cli(&c, 1, &["replica", "disconnect", "r0"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("freeze its I/O and fence its peer") && e.contains("--force"),
+        "{e}"
+    );
 
     // Writes in flight through the primary, then the primary's node is SIGKILLed.
     let (mut w, lines) = spawn_writer(&client, &a1, 1, 1_000_000, 7);
@@ -582,4 +589,71 @@ fn two_primaries_only_inside_a_migration_window_and_writes_on_the_target_reach_t
     assert_eq!(v["role"], "Secondary", "{v}");
     let e = ask(0, serde_json::json!({"name": "r0"})).unwrap_err();
     assert!(e.contains("n2 is primary"), "{e}");
+}
+
+#[test]
+fn split_brain_is_detected_and_the_operator_chooses_the_victim() {
+    let Setup {
+        c,
+        client,
+        nbd,
+        disks,
+        _dir,
+    } = setup_with(r#" fencing="resource-only""#);
+    let run = |i: usize, args: &[&str]| {
+        let o = cli(&c, i, args);
+        assert!(
+            o.status.success(),
+            "quorate {args:?} on n{}: {}{}",
+            i + 1,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    // Both sides disconnected (resource-only: nobody is fenced for it), and n2 forced
+    // primary: two primaries that diverge.
+    run(0, &["replica", "disconnect", "r0"]);
+    run(1, &["replica", "disconnect", "r0"]);
+    run(1, &["replica", "primary", "r0", "--force"]);
+    for (i, first) in [(0usize, 7_000_000u64), (1, 8_000_000)] {
+        let (mut w, lines) = spawn_writer(&client, &nbd[i], first, 32, first);
+        let mut acked = Vec::new();
+        collect(&c, &lines, &mut acked, |l, _| l == "DONE");
+        let _ = w.wait();
+    }
+    run(0, &["replica", "connect", "r0"]);
+    run(1, &["replica", "connect", "r0"]);
+    ok(c.wait("split brain on both", Duration::from_secs(20), |c| {
+        (0..2).all(|i| {
+            let r = replica(c, i);
+            !r["split_brain"].is_null() && r["conn"] == "StandAlone"
+        })
+    }));
+    let o = cli(&c, 1, &["replica", "status", "r0"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("split brain with n1"), "{text}");
+    assert!(text.contains("discard-my-data"), "{text}");
+    // The victim must be secondary; then its changes are overwritten by n1's.
+    let o = cli(&c, 1, &["replica", "discard-my-data", "r0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must be secondary"));
+    run(1, &["replica", "secondary", "r0"]);
+    run(1, &["replica", "discard-my-data", "r0"]);
+    run(0, &["replica", "connect", "r0"]);
+    ok(c.wait("n2 resynced from n1", Duration::from_secs(60), |c| {
+        let (r1, r2) = (replica(c, 0), replica(c, 1));
+        r1["conn"] == "Connected"
+            && r1["out_of_sync_bytes"] == 0
+            && r2["disk"] == "UpToDate"
+            && r2["split_brain"].is_null()
+    }));
+    assert_eq!(
+        sha256(&disks[0]),
+        sha256(&disks[1]),
+        "the victim's disk equals the survivor's"
+    );
+    let on_victim = (0..BLOCKS)
+        .filter(|b| block_id(&disks[1], *b) >= 8_000_000)
+        .count();
+    assert_eq!(on_victim, 0, "the victim's own writes are gone");
 }

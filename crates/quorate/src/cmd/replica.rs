@@ -117,7 +117,7 @@ pub fn run(state_dir: &Path, cmd: ReplicaCmd) -> u8 {
         ReplicaCmd::Primary { name, force, json } => ("primary", name, force, json),
         ReplicaCmd::Secondary { name, json } => ("secondary", name, false, json),
         ReplicaCmd::Connect { name, json } => ("connect", name, false, json),
-        ReplicaCmd::Disconnect { name, json } => ("disconnect", name, false, json),
+        ReplicaCmd::Disconnect { name, force, json } => ("disconnect", name, force, json),
         ReplicaCmd::Verify { name, json } => ("verify", name, false, json),
         ReplicaCmd::DiscardMyData { name, json } => ("discard_my_data", name, false, json),
     };
