@@ -589,6 +589,16 @@ impl Node {
                 ));
                 continue;
             }
+            // Gone from the membership without becoming a victim: it left cleanly, and a
+            // secondary that stops beside a primary outdates its own disk first.
+            if !members.contains(&peer) && !self.stack.fence().blocked().contains(&peer) {
+                l.volume().fence_result(replica::FenceOutcome::PeerOutdated);
+                self.note(format!(
+                    "replica {name}: {} left the cluster cleanly (its disk is Outdated); the volume goes on without it",
+                    l.spec.peer_name
+                ));
+                continue;
+            }
             let mut requested = requested;
             // Only resource-and-stonith powers a member off; resource-only cannot reach the peer to
             // outdate it, so it goes on (the engine does not freeze) and the peer stays as it is.
@@ -1144,6 +1154,10 @@ pub async fn run_with_replicas(
         if node.leaving {
             // Give the leave message a moment to reach the wire.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            // A clean leave detaches the volumes (their metadata marked clean).
+            for l in node.replicas.all() {
+                l.volume().stop().await;
+            }
             return Ok(());
         }
     }

@@ -657,3 +657,56 @@ fn split_brain_is_detected_and_the_operator_chooses_the_victim() {
         .count();
     assert_eq!(on_victim, 0, "the victim's own writes are gone");
 }
+
+#[test]
+fn a_secondary_that_leaves_cleanly_is_outdated_not_fenced_and_the_primary_goes_on() {
+    let Setup {
+        c,
+        client,
+        nbd,
+        _dir,
+        ..
+    } = setup();
+    let (mut w, lines) = spawn_writer(&client, &nbd[0], 1, 1_000_000, 9);
+    let mut acked = Vec::new();
+    collect(&c, &lines, &mut acked, |_, a| a.len() >= 50);
+    let o = cli(&c, 1, &["cman", "leave"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    ok(c.wait("n2 gone", Duration::from_secs(30), |c| {
+        c.ask(1, "status").is_none() && c.sees(0, &[0], true)
+    }));
+    let left = unix_ms();
+    collect(&c, &lines, &mut acked, |_, a| {
+        a.iter().filter(|(t, _, _)| *t > left).count() >= 50
+    });
+    let _ = w.kill();
+    let _ = w.wait();
+    let r1 = replica(&c, 0);
+    assert_eq!(r1["frozen"], false, "{r1}");
+    // The fence domain normally lets a clean leave go; when the node's exit overtakes its
+    // leave message it fences it instead (a race of the clean leave, not of the volume):
+    // either way the primary goes on, never on a peer that might still be primary.
+    let events = log_text(&c, 0);
+    let outdated = events.contains("replica r0: n2 left the cluster cleanly");
+    assert!(
+        outdated || events.contains("replica r0: n2 is fenced"),
+        "{events}"
+    );
+    assert!(
+        !events.contains("fencing it (resource-and-stonith)"),
+        "the volume never fences a peer that left:\n{events}"
+    );
+    eprintln!(
+        "n2 {}",
+        if outdated {
+            "left cleanly and was taken as outdated"
+        } else {
+            "was fenced by the fence domain (its exit beat its leave message)"
+        }
+    );
+    let n2_log = std::fs::read_to_string(lab_file(&c, "n2.log")).unwrap_or_default();
+    assert!(
+        n2_log.contains("Disk(Outdated)"),
+        "n2 outdated its disk before it stopped:\n{n2_log}"
+    );
+}

@@ -234,7 +234,8 @@ impl Volume {
     pub fn disconnect(&self) {
         let _ = self.tx.send(Cmd::Disconnect);
     }
-    /// Stops the task after a clean detach (metadata marked clean).
+    /// Stops the task after a clean detach (metadata marked clean; a secondary whose peer is
+    /// primary marks its disk Outdated first, as DRBD's `down` does).
     pub async fn stop(&self) {
         let _ = self.ask(Cmd::Stop).await;
     }
@@ -309,6 +310,12 @@ impl Task {
                 c = rx.recv() => match c {
                     None => return,
                     Some(Cmd::Stop(done)) => {
+                        // A secondary leaving a running primary behind is out of date from now on.
+                        if self.r.role() == crate::msg::Role::Secondary
+                            && self.r.status().peer_role == Some(crate::msg::Role::Primary)
+                        {
+                            let _ = self.r.outdate();
+                        }
                         self.r.detach();
                         self.drain(&io_tx, &net_tx);
                         if let Some(l) = self.link.take() { l.reader.abort(); }
