@@ -589,8 +589,10 @@ impl Node {
                 ));
                 continue;
             }
-            // Gone from the membership without becoming a victim: it left cleanly, and a
-            // secondary that stops beside a primary outdates its own disk first.
+            // Not a member and not awaiting fencing: it left cleanly (a secondary that stops
+            // beside a primary outdates its own disk first), or the fence domain was told the
+            // absent nodes are clean (clean_start). A disk that is not UpToDate still cannot
+            // be promoted.
             if !members.contains(&peer) && !self.stack.fence().blocked().contains(&peer) {
                 l.volume().fence_result(replica::FenceOutcome::PeerOutdated);
                 self.note(format!(
