@@ -8,7 +8,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant as StdInstant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -112,11 +115,123 @@ fn nbd_errno(e: &ReplicaError) -> nbd::Errno {
     }
 }
 
+/// One stage of the write path: how often it ran and the time it took in total.
+#[derive(Debug, Default)]
+struct Stage {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl Stage {
+    fn add(&self, since: StdInstant) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.ns
+            .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+    fn get(&self) -> StageTime {
+        StageTime {
+            count: self.count.load(Ordering::Relaxed),
+            ns: self.ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Count and total time of one stage (see [`WriteStages`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageTime {
+    /// How many times the stage ran.
+    pub count: u64,
+    /// Total nanoseconds spent in it.
+    pub ns: u64,
+}
+
+impl StageTime {
+    /// Mean microseconds per run (0 when it never ran).
+    pub fn mean_us(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.ns as f64 / self.count as f64 / 1e3
+        }
+    }
+    /// The runs and time since `earlier`.
+    pub fn since(&self, earlier: &StageTime) -> StageTime {
+        StageTime {
+            count: self.count.saturating_sub(earlier.count),
+            ns: self.ns.saturating_sub(earlier.ns),
+        }
+    }
+    /// Both together.
+    pub fn plus(&self, other: &StageTime) -> StageTime {
+        StageTime {
+            count: self.count + other.count,
+            ns: self.ns + other.ns,
+        }
+    }
+}
+
+/// Where the time of a write goes on this node, counted by the driver since the volume started
+/// (`quorate bench replica` prints the difference over its rounds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStages {
+    /// An application write, from the volume task receiving it to its completion.
+    pub request: StageTime,
+    /// A local disk write (application, peer or resync), from the volume task starting it to the
+    /// end of the write (includes the hop to the blocking pool).
+    pub disk_write: StageTime,
+    /// A replicated write, from handing its data to the link writer to the peer's acknowledgement
+    /// arriving (network both ways plus the peer's disk write).
+    pub peer_ack: StageTime,
+    /// A metadata write (activity log, role, disk state); it holds up the volume task.
+    pub meta: StageTime,
+}
+
+impl WriteStages {
+    /// The runs and time of each stage since `earlier`.
+    pub fn since(&self, earlier: &WriteStages) -> WriteStages {
+        WriteStages {
+            request: self.request.since(&earlier.request),
+            disk_write: self.disk_write.since(&earlier.disk_write),
+            peer_ack: self.peer_ack.since(&earlier.peer_ack),
+            meta: self.meta.since(&earlier.meta),
+        }
+    }
+    /// Both together, stage by stage.
+    pub fn plus(&self, o: &WriteStages) -> WriteStages {
+        WriteStages {
+            request: self.request.plus(&o.request),
+            disk_write: self.disk_write.plus(&o.disk_write),
+            peer_ack: self.peer_ack.plus(&o.peer_ack),
+            meta: self.meta.plus(&o.meta),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    request: Stage,
+    disk_write: Stage,
+    peer_ack: Stage,
+    meta: Stage,
+}
+
+impl Stats {
+    fn snapshot(&self) -> WriteStages {
+        WriteStages {
+            request: self.request.get(),
+            disk_write: self.disk_write.get(),
+            peer_ack: self.peer_ack.get(),
+            meta: self.meta.get(),
+        }
+    }
+}
+
 /// Handle to a running volume.
 #[derive(Clone)]
 pub struct Volume {
     tx: mpsc::UnboundedSender<Cmd>,
     size: u64,
+    stats: Arc<Stats>,
 }
 
 fn gone() -> ReplicaError {
@@ -164,9 +279,22 @@ impl Volume {
         }
         let size = meta.size;
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = Task::new(cfg, meta, Arc::new(disk), events, tx.downgrade());
+        let stats = Arc::new(Stats::default());
+        let task = Task::new(
+            cfg,
+            meta,
+            Arc::new(disk),
+            events,
+            tx.downgrade(),
+            stats.clone(),
+        );
         tokio::spawn(task.run(rx, listen));
-        Ok(Volume { tx, size })
+        Ok(Volume { tx, size, stats })
+    }
+
+    /// Per-stage write timings of this node so far.
+    pub fn write_stages(&self) -> WriteStages {
+        self.stats.snapshot()
     }
 
     /// Volume size in bytes.
@@ -264,6 +392,10 @@ struct Task {
     link: Option<Link>,
     next_link: u64,
     self_tx: mpsc::WeakUnboundedSender<Cmd>,
+    stats: Arc<Stats>,
+    /// Start times of application requests (by request id) and replicated writes (by sequence).
+    req_started: HashMap<u64, StdInstant>,
+    data_sent: HashMap<u64, StdInstant>,
 }
 
 impl Task {
@@ -273,6 +405,7 @@ impl Task {
         disk: Arc<File>,
         events: mpsc::UnboundedSender<VolumeEvent>,
         self_tx: mpsc::WeakUnboundedSender<Cmd>,
+        stats: Arc<Stats>,
     ) -> Self {
         let r = Replica::new(cfg.replica.clone(), meta, base::Instant(0), cfg.seed);
         Task {
@@ -286,6 +419,9 @@ impl Task {
             link: None,
             next_link: 1,
             self_tx,
+            stats,
+            req_started: HashMap::new(),
+            data_sent: HashMap::new(),
         }
     }
 
@@ -360,6 +496,7 @@ impl Task {
                 let id = self.next_req;
                 self.next_req += 1;
                 self.waiting.insert(id, Waiter::Ask(reply));
+                self.req_started.insert(id, StdInstant::now());
                 self.r.handle_write(now, ReqId(id), offset, data, fua);
             }
             Cmd::Flush(reply) => {
@@ -415,6 +552,7 @@ impl Task {
                 let id = self.next_req;
                 self.next_req += 1;
                 self.waiting.insert(id, Waiter::Nbd(done));
+                self.req_started.insert(id, StdInstant::now());
                 self.r.handle_write(now, ReqId(id), op.offset, data, op.fua);
             }
             OpKind::Flush => {
@@ -451,6 +589,7 @@ impl Task {
             let vol = Volume {
                 tx,
                 size: self.r.metadata().size,
+                stats: self.stats.clone(),
             };
             tokio::spawn(async move {
                 let mut done_bytes = 0u64;
@@ -547,6 +686,11 @@ impl Task {
             }
             Net::Msg(id, m) => {
                 if self.link.as_ref().is_some_and(|l| l.id == id) {
+                    if let Msg::WriteAck { seq } | Msg::NegAck { seq } = &m {
+                        if let Some(t) = self.data_sent.remove(seq) {
+                            self.stats.peer_ack.add(t);
+                        }
+                    }
                     self.r.handle_msg(now, m);
                 }
             }
@@ -555,9 +699,20 @@ impl Task {
                     if let Some(l) = self.link.take() {
                         l.reader.abort();
                     }
+                    self.data_sent.clear();
                     self.r.handle_disconnected(now);
                 }
             }
+        }
+    }
+
+    fn complete(&mut self, req: ReqId, result: Result<(), ReplicaError>) {
+        match self.waiting.remove(&req.0) {
+            Some(Waiter::Ask(s)) => {
+                let _ = s.send(result);
+            }
+            Some(Waiter::Nbd(done)) => done(result.map(|_| Vec::new()).map_err(|e| nbd_errno(&e))),
+            None => {}
         }
     }
 
@@ -570,6 +725,9 @@ impl Task {
             match a {
                 Action::Send(m) => {
                     if let Some(l) = &self.link {
+                        if let Msg::Data { seq, .. } = &m {
+                            self.data_sent.insert(*seq, StdInstant::now());
+                        }
                         let (head, payload) = m.encode_parts();
                         let _ = l.tx.send(head);
                         if !payload.is_empty() {
@@ -585,11 +743,13 @@ impl Task {
                 } => {
                     let disk = self.disk.clone();
                     let tx = io_tx.clone();
+                    let (stats, t) = (self.stats.clone(), StdInstant::now());
                     tokio::task::spawn_blocking(move || {
                         let mut r = disk.write_all_at(&data, offset);
                         if fua && r.is_ok() {
                             r = disk.sync_data();
                         }
+                        stats.disk_write.add(t);
                         let _ = tx.send((io, r.map(|_| Vec::new()).map_err(|_| ())));
                     });
                 }
@@ -615,19 +775,18 @@ impl Task {
                 }
                 Action::PersistMeta => {
                     // Must be durable before later disk writes start: done inline.
+                    let t = StdInstant::now();
                     if let Err(e) = write_meta(&self.cfg.meta, self.r.metadata()) {
                         tracing::error!(error = %e, "cannot persist replica metadata");
                     }
+                    self.stats.meta.add(t);
                 }
-                Action::Complete { req, result } => match self.waiting.remove(&req.0) {
-                    Some(Waiter::Ask(s)) => {
-                        let _ = s.send(result);
+                Action::Complete { req, result } => {
+                    if let Some(t) = self.req_started.remove(&req.0) {
+                        self.stats.request.add(t);
                     }
-                    Some(Waiter::Nbd(done)) => {
-                        done(result.map(|_| Vec::new()).map_err(|e| nbd_errno(&e)))
-                    }
-                    None => {}
-                },
+                    self.complete(req, result)
+                }
                 Action::FencePeer => {
                     let _ = self.events.send(VolumeEvent::FencePeer);
                 }
@@ -635,6 +794,7 @@ impl Task {
                     if let Some(l) = self.link.take() {
                         l.reader.abort();
                     }
+                    self.data_sent.clear();
                     let now = self.now();
                     self.r.handle_disconnected(now);
                 }
