@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,7 +22,7 @@ use crate::engine::{
     Action, Event, FenceOutcome, Replica, ReplicaConfig, ReplicaError, ReqId, Status,
 };
 use crate::meta::Metadata;
-use crate::msg::Msg;
+use crate::msg::{Msg, FRAME_HEADER};
 
 /// Where a volume lives and how to reach its peer.
 #[derive(Debug, Clone)]
@@ -377,8 +378,95 @@ enum Net {
 
 struct Link {
     id: u64,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<Bytes>,
     reader: tokio::task::JoinHandle<()>,
+}
+
+/// Writes queued frames to the peer: everything queued goes out in vectored writes (a frame's
+/// header and its payload in one system call, many acknowledgements in one), with no copy into a
+/// staging buffer.
+async fn link_writer(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    const MAX_SLICES: usize = 64;
+    let mut queue: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+    while let Some(b) = rx.recv().await {
+        queue.push_back(b);
+        while !queue.is_empty() {
+            while let Ok(b) = rx.try_recv() {
+                queue.push_back(b);
+            }
+            let slices: Vec<io::IoSlice<'_>> = queue
+                .iter()
+                .take(MAX_SLICES)
+                .map(|b| io::IoSlice::new(b))
+                .collect();
+            let mut n = match wr.write_vectored(&slices).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while n > 0 {
+                let Some(front) = queue.front_mut() else { break };
+                if n >= front.len() {
+                    n -= front.len();
+                    queue.pop_front();
+                } else {
+                    let _ = front.split_to(n);
+                    n = 0;
+                }
+            }
+            while queue.front().is_some_and(|b| b.is_empty()) {
+                queue.pop_front();
+            }
+        }
+    }
+}
+
+/// Reads frames from the peer straight into one buffer and hands each on as a view of it: a
+/// replicated payload is never copied after the kernel put it there.
+async fn link_reader(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    id: u64,
+    tx: mpsc::UnboundedSender<Net>,
+) {
+    let mut buf = BytesMut::with_capacity(1 << 20);
+    loop {
+        let want = match Msg::frame_len(&buf) {
+            Ok(Some(total)) => {
+                let frame = buf.split_to(total).freeze();
+                match Msg::decode_frame(&frame) {
+                    Ok(m) => {
+                        if tx.send(Net::Msg(id, m)).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bad replication frame: dropping link");
+                        let _ = tx.send(Net::Down(id));
+                        return;
+                    }
+                }
+            }
+            Ok(None) if buf.len() >= FRAME_HEADER => {
+                // The header says how big the frame is: room for all of it at once.
+                let len = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+                FRAME_HEADER + len - buf.len()
+            }
+            Ok(None) => FRAME_HEADER,
+            Err(e) => {
+                tracing::warn!(error = %e, "bad replication frame: dropping link");
+                let _ = tx.send(Net::Down(id));
+                return;
+            }
+        };
+        buf.reserve(want.max(64 * 1024));
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = tx.send(Net::Down(id));
+                return;
+            }
+            Ok(_) => {}
+        }
+    }
 }
 
 struct Task {
@@ -618,65 +706,11 @@ impl Task {
                     return;
                 }
                 let _ = s.set_nodelay(true);
-                let (mut rd, wr) = s.into_split();
-                let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
-                tokio::spawn(async move {
-                    let mut w = BufWriter::with_capacity(256 * 1024, wr);
-                    while let Some(b) = wrx.recv().await {
-                        if w.write_all(&b).await.is_err() {
-                            return;
-                        }
-                        while let Ok(b) = wrx.try_recv() {
-                            if w.write_all(&b).await.is_err() {
-                                return;
-                            }
-                        }
-                        if w.flush().await.is_err() {
-                            return;
-                        }
-                    }
-                });
+                let (rd, wr) = s.into_split();
+                let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
+                tokio::spawn(link_writer(wr, wrx));
                 let tx = net_tx.clone();
-                let reader = tokio::spawn(async move {
-                    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-                    let mut start = 0usize;
-                    loop {
-                        loop {
-                            match Msg::decode(&buf[start..]) {
-                                Ok(Some((m, used))) => {
-                                    start += used;
-                                    if start == buf.len() {
-                                        buf.clear();
-                                        start = 0;
-                                    }
-                                    if tx.send(Net::Msg(id, m)).is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "bad replication frame: dropping link");
-                                    let _ = tx.send(Net::Down(id));
-                                    return;
-                                }
-                            }
-                        }
-                        if start > 0 {
-                            // Drop consumed frames before growing (one move per read).
-                            buf.drain(..start);
-                            start = 0;
-                        }
-                        // Read straight into the frame buffer (no bounce copy of the payload).
-                        buf.reserve(256 * 1024);
-                        match rd.read_buf(&mut buf).await {
-                            Ok(0) | Err(_) => {
-                                let _ = tx.send(Net::Down(id));
-                                return;
-                            }
-                            Ok(_) => {}
-                        }
-                    }
-                });
+                let reader = tokio::spawn(link_reader(rd, id, tx));
                 self.link = Some(Link {
                     id,
                     tx: wtx,
@@ -729,7 +763,7 @@ impl Task {
                             self.data_sent.insert(*seq, StdInstant::now());
                         }
                         let (head, payload) = m.encode_parts();
-                        let _ = l.tx.send(head);
+                        let _ = l.tx.send(head.into());
                         if !payload.is_empty() {
                             let _ = l.tx.send(payload);
                         }
