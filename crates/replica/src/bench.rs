@@ -64,6 +64,10 @@ pub struct BenchRow {
     pub qd1_iops: f64,
     /// 4 KiB FUA writes per second at queue depth 32 (`None` when not measured).
     pub qd32_iops: Option<f64>,
+    /// CPU time (user + system, every thread of this process) per MiB of the sequential test,
+    /// microseconds: the client, the server and, for protocol C, both nodes. `None` for a server in
+    /// another process (nbdkit), whose work this process cannot see.
+    pub seq_cpu_us_per_mib: Option<f64>,
 }
 
 /// Protocol C against the unreplicated NBD export within one round.
@@ -143,15 +147,18 @@ impl fmt::Display for BenchReport {
         )?;
         writeln!(
             f,
-            "{:<32} {:>10} {:>16} {:>10} {:>10}",
-            "target", "seq MB/s", "4k FUA p50 us", "QD1 IOPS", "QD32 IOPS"
+            "{:<32} {:>10} {:>16} {:>10} {:>10} {:>12}",
+            "target", "seq MB/s", "4k FUA p50 us", "QD1 IOPS", "QD32 IOPS", "CPU us/MiB"
         )?;
         for r in &self.rows {
             let qd32 = r.qd32_iops.map_or("-".to_string(), |x| format!("{x:.0}"));
+            let cpu = r
+                .seq_cpu_us_per_mib
+                .map_or("-".to_string(), |x| format!("{x:.0}"));
             writeln!(
                 f,
-                "{:<32} {:>10.1} {:>16.1} {:>10.0} {:>10}",
-                r.name, r.seq_mb_s, r.fua_p50_us, r.qd1_iops, qd32
+                "{:<32} {:>10.1} {:>16.1} {:>10.0} {:>10} {:>12}",
+                r.name, r.seq_mb_s, r.fua_p50_us, r.qd1_iops, qd32, cpu
             )?;
         }
         writeln!(
@@ -164,7 +171,11 @@ impl fmt::Display for BenchReport {
             .iter()
             .map(|r| format!("{:.0}%/+{:.0}us", r.seq_pct, r.fua_delta_us))
             .collect();
-        writeln!(f, "protocol C per round (MB/s %, FUA p50): {}", per.join(" "))?;
+        writeln!(
+            f,
+            "protocol C per round (MB/s %, FUA p50): {}",
+            per.join(" ")
+        )?;
         if !self.stages.is_empty() {
             writeln!(f, "protocol C stages (count x mean):")?;
         }
@@ -219,10 +230,12 @@ fn nbd_workload(
     cfg: &BenchConfig,
     probe: Option<Probe<'_>>,
     phases: &mut [(WriteStages, WriteStages); 3],
+    in_process: bool,
 ) -> io::Result<BenchRow> {
     let mut clock = PhaseClock { probe, mark: None };
     let mut c = Client::connect(addr, export)?;
     clock.start();
+    let cpu = cpu_time();
     let block = vec![0x5au8; 1 << 20];
     let n = (cfg.seq_bytes >> 20).max(1);
     let t = Instant::now();
@@ -241,6 +254,7 @@ fn nbd_workload(
     }
     c.flush()?;
     let seq = (n << 20) as f64 / t.elapsed().as_secs_f64() / 1e6;
+    let cpu = cpu_time().saturating_sub(cpu).as_secs_f64() * 1e6 / n as f64;
     clock.end(&mut phases[0]);
     let small = vec![0xa5u8; 4096];
     let mut lat = Vec::with_capacity(cfg.rand_ops);
@@ -278,6 +292,7 @@ fn nbd_workload(
         fua_p50_us: p50(lat),
         qd1_iops: qd1,
         qd32_iops: Some(qd32),
+        seq_cpu_us_per_mib: in_process.then_some(cpu),
     })
 }
 
@@ -292,12 +307,14 @@ fn local_workload(path: &std::path::Path, cfg: &BenchConfig) -> io::Result<Bench
     let f = OpenOptions::new().read(true).write(true).open(path)?;
     let block = vec![0x5au8; 1 << 20];
     let n = (cfg.seq_bytes >> 20).max(1);
+    let cpu = cpu_time();
     let t = Instant::now();
     for i in 0..n {
         f.write_all_at(&block, (i << 20) % cfg.size)?;
     }
     f.sync_data()?;
     let seq = (n << 20) as f64 / t.elapsed().as_secs_f64() / 1e6;
+    let cpu = cpu_time().saturating_sub(cpu).as_secs_f64() * 1e6 / n as f64;
     let small = vec![0xa5u8; 4096];
     let mut lat = Vec::new();
     let t = Instant::now();
@@ -314,6 +331,7 @@ fn local_workload(path: &std::path::Path, cfg: &BenchConfig) -> io::Result<Bench
         fua_p50_us: p50(lat),
         qd1_iops: qd1,
         qd32_iops: None,
+        seq_cpu_us_per_mib: Some(cpu),
     })
 }
 
@@ -354,6 +372,17 @@ impl Drop for Scratch {
     }
 }
 
+/// User plus system CPU time of every thread of this process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -374,7 +403,9 @@ fn start_nbdkit(path: &std::path::Path) -> Result<(Nbdkit, SocketAddr), String> 
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| {
-            format!("nbdkit not run ({e}): install the Debian package nbdkit for the comparison row")
+            format!(
+                "nbdkit not run ({e}): install the Debian package nbdkit for the comparison row"
+            )
         })?;
     let guard = Nbdkit(child);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -432,10 +463,20 @@ pub fn run(cfg: &BenchConfig) -> io::Result<BenchReport> {
         for t in order {
             let row = match t {
                 0 => local_workload(&local, cfg)?,
-                1 => nbd_workload(names[t], plain_addr, "plain", cfg, None, &mut unused)?,
-                2 => nbd_workload(names[t], repl.addr, "r0", cfg, Some(&probe), &mut phases)?,
+                1 => nbd_workload(names[t], plain_addr, "plain", cfg, None, &mut unused, true)?,
+                2 => nbd_workload(
+                    names[t],
+                    repl.addr,
+                    "r0",
+                    cfg,
+                    Some(&probe),
+                    &mut phases,
+                    true,
+                )?,
                 _ => match &kit {
-                    Some((_, addr)) => nbd_workload(names[t], *addr, "", cfg, None, &mut unused)?,
+                    Some((_, addr)) => {
+                        nbd_workload(names[t], *addr, "", cfg, None, &mut unused, false)?
+                    }
                     None => continue,
                 },
             };
@@ -466,6 +507,9 @@ pub fn run(cfg: &BenchConfig) -> io::Result<BenchReport> {
             qd32_iops: v[0]
                 .qd32_iops
                 .map(|_| median(v.iter().filter_map(|r| r.qd32_iops).collect())),
+            seq_cpu_us_per_mib: v[0]
+                .seq_cpu_us_per_mib
+                .map(|_| median(v.iter().filter_map(|r| r.seq_cpu_us_per_mib).collect())),
         })
         .collect();
     let resync_mb_s = repl.resync_mb_s;

@@ -3,12 +3,12 @@
 //! of the program uses; [`ReplicaBackend`] exports the volume through the NBD server.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
@@ -385,7 +385,10 @@ struct Link {
 /// Writes queued frames to the peer: everything queued goes out in vectored writes (a frame's
 /// header and its payload in one system call, many acknowledgements in one), with no copy into a
 /// staging buffer.
-async fn link_writer(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+async fn link_writer(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+) {
     const MAX_SLICES: usize = 64;
     let mut queue: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
     while let Some(b) = rx.recv().await {
@@ -404,7 +407,9 @@ async fn link_writer(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Unbo
                 Ok(n) => n,
             };
             while n > 0 {
-                let Some(front) = queue.front_mut() else { break };
+                let Some(front) = queue.front_mut() else {
+                    break;
+                };
                 if n >= front.len() {
                     n -= front.len();
                     queue.pop_front();

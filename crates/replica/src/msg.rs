@@ -356,7 +356,11 @@ impl Msg {
         let Some(total) = Msg::frame_len(buf)? else {
             return Ok(None);
         };
-        let msg = decode_body(u16::from_be_bytes([buf[6], buf[7]]), &buf[FRAME_HEADER..total], None)?;
+        let msg = decode_body(
+            u16::from_be_bytes([buf[6], buf[7]]),
+            &buf[FRAME_HEADER..total],
+            None,
+        )?;
         Ok(Some((msg, total)))
     }
 
@@ -392,7 +396,9 @@ impl Msg {
                 Some(frame),
             ),
             _ => Err(DecodeError::Malformed(
-                frame.get(6..8).map_or(0, |t| u16::from_be_bytes([t[0], t[1]])),
+                frame
+                    .get(6..8)
+                    .map_or(0, |t| u16::from_be_bytes([t[0], t[1]])),
             )),
         }
     }

@@ -89,9 +89,14 @@ fn every_message_round_trips_and_streams() {
         let frame = bytes::Bytes::from(b.clone());
         assert_eq!(Msg::frame_len(&frame).unwrap(), Some(b.len()));
         assert_eq!(Msg::decode_frame(&frame).unwrap(), m);
-        if let Msg::Data { data, .. } | Msg::ResyncData { data, .. } = Msg::decode_frame(&frame).unwrap() {
+        if let Msg::Data { data, .. } | Msg::ResyncData { data, .. } =
+            Msg::decode_frame(&frame).unwrap()
+        {
             let inside = frame.as_ptr_range();
-            assert!(data.is_empty() || inside.contains(&data.as_ptr()), "payload is a view of the frame");
+            assert!(
+                data.is_empty() || inside.contains(&data.as_ptr()),
+                "payload is a view of the frame"
+            );
         }
         // A frame cut short or with bytes beyond it is refused.
         assert!(Msg::decode_frame(&frame.slice(..b.len() - 1)).is_err());
