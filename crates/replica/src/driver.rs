@@ -9,12 +9,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -378,18 +378,77 @@ enum Net {
 
 struct Link {
     id: u64,
+    /// Frames for [`link_writer`] (only while `queued` is not zero or the socket is full).
     tx: mpsc::UnboundedSender<Bytes>,
+    wr: Arc<tokio::net::tcp::OwnedWriteHalf>,
+    queued: Arc<AtomicUsize>,
     reader: tokio::task::JoinHandle<()>,
 }
 
-/// Writes queued frames to the peer: everything queued goes out in vectored writes (a frame's
-/// header and its payload in one system call, many acknowledgements in one), with no copy into a
-/// staging buffer.
+impl Link {
+    /// Sends `out` in order: straight to the socket while the writer task has nothing queued
+    /// (no task switch per frame), the rest through the writer task.
+    fn send(&self, out: &mut std::collections::VecDeque<Bytes>) {
+        while !out.is_empty() && self.queued.load(Ordering::Acquire) == 0 {
+            match self.wr.try_write_vectored(&slices(out)) {
+                Ok(0) => {
+                    out.clear();
+                    return;
+                }
+                Ok(n) => {
+                    consume(out, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // The link is broken: the reader sees it and reports the link down.
+                Err(_) => {
+                    out.clear();
+                    return;
+                }
+            }
+        }
+        self.queued.fetch_add(out.len(), Ordering::AcqRel);
+        for b in out.drain(..) {
+            let _ = self.tx.send(b);
+        }
+    }
+}
+
+/// Drops the first `n` written bytes from the front of `queue`; returns how many frames were
+/// written whole.
+fn consume(queue: &mut std::collections::VecDeque<Bytes>, mut n: usize) -> usize {
+    let mut whole = 0;
+    while let Some(front) = queue.front_mut() {
+        if n >= front.len() {
+            n -= front.len();
+            queue.pop_front();
+            whole += 1;
+        } else {
+            let _ = front.split_to(n);
+            break;
+        }
+    }
+    whole
+}
+
+const MAX_SLICES: usize = 64;
+
+fn slices(queue: &std::collections::VecDeque<Bytes>) -> Vec<io::IoSlice<'_>> {
+    queue
+        .iter()
+        .take(MAX_SLICES)
+        .map(|b| io::IoSlice::new(b))
+        .collect()
+}
+
+/// Writes the frames the volume task could not write at once (the socket was full): in vectored
+/// writes, a frame's header and payload and many acknowledgements in one system call, with no
+/// copy into a staging buffer. `queued` counts frames handed over and not yet written whole; the
+/// volume task writes directly only while it is zero, so the byte stream keeps its order.
 async fn link_writer(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    wr: Arc<tokio::net::tcp::OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
 ) {
-    const MAX_SLICES: usize = 64;
     let mut queue: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
     while let Some(b) = rx.recv().await {
         queue.push_back(b);
@@ -397,29 +456,17 @@ async fn link_writer(
             while let Ok(b) = rx.try_recv() {
                 queue.push_back(b);
             }
-            let slices: Vec<io::IoSlice<'_>> = queue
-                .iter()
-                .take(MAX_SLICES)
-                .map(|b| io::IoSlice::new(b))
-                .collect();
-            let mut n = match wr.write_vectored(&slices).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            while n > 0 {
-                let Some(front) = queue.front_mut() else {
-                    break;
-                };
-                if n >= front.len() {
-                    n -= front.len();
-                    queue.pop_front();
-                } else {
-                    let _ = front.split_to(n);
-                    n = 0;
-                }
+            if wr.writable().await.is_err() {
+                return;
             }
-            while queue.front().is_some_and(|b| b.is_empty()) {
-                queue.pop_front();
+            match wr.try_write_vectored(&slices(&queue)) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let whole = consume(&mut queue, n);
+                    queued.fetch_sub(whole, Ordering::AcqRel);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
             }
         }
     }
@@ -489,6 +536,8 @@ struct Task {
     /// Start times of application requests (by request id) and replicated writes (by sequence).
     req_started: HashMap<u64, StdInstant>,
     data_sent: HashMap<u64, StdInstant>,
+    /// Frames to the peer gathered while draining the engine's actions.
+    out: std::collections::VecDeque<Bytes>,
 }
 
 impl Task {
@@ -515,6 +564,7 @@ impl Task {
             stats,
             req_started: HashMap::new(),
             data_sent: HashMap::new(),
+            out: std::collections::VecDeque::new(),
         }
     }
 
@@ -713,12 +763,16 @@ impl Task {
                 let _ = s.set_nodelay(true);
                 let (rd, wr) = s.into_split();
                 let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
-                tokio::spawn(link_writer(wr, wrx));
+                let wr = Arc::new(wr);
+                let queued = Arc::new(AtomicUsize::new(0));
+                tokio::spawn(link_writer(wr.clone(), wrx, queued.clone()));
                 let tx = net_tx.clone();
                 let reader = tokio::spawn(link_reader(rd, id, tx));
                 self.link = Some(Link {
                     id,
                     tx: wtx,
+                    wr,
+                    queued,
                     reader,
                 });
                 self.r.handle_connected(now);
@@ -739,9 +793,18 @@ impl Task {
                         l.reader.abort();
                     }
                     self.data_sent.clear();
+                    self.out.clear();
                     self.r.handle_disconnected(now);
                 }
             }
+        }
+    }
+
+    /// Sends the frames gathered while draining (one system call for all of them, usually).
+    fn send_out(&mut self) {
+        match &self.link {
+            Some(l) => l.send(&mut self.out),
+            None => self.out.clear(),
         }
     }
 
@@ -763,14 +826,14 @@ impl Task {
         while let Some(a) = self.r.poll_action() {
             match a {
                 Action::Send(m) => {
-                    if let Some(l) = &self.link {
+                    if self.link.is_some() {
                         if let Msg::Data { seq, .. } = &m {
                             self.data_sent.insert(*seq, StdInstant::now());
                         }
                         let (head, payload) = m.encode_parts();
-                        let _ = l.tx.send(head.into());
+                        self.out.push_back(head.into());
                         if !payload.is_empty() {
-                            let _ = l.tx.send(payload);
+                            self.out.push_back(payload);
                         }
                     }
                 }
@@ -813,6 +876,7 @@ impl Task {
                     });
                 }
                 Action::PersistMeta => {
+                    self.send_out();
                     // Must be durable before later disk writes start: done inline.
                     let t = StdInstant::now();
                     if let Err(e) = write_meta(&self.cfg.meta, self.r.metadata()) {
@@ -830,15 +894,19 @@ impl Task {
                     let _ = self.events.send(VolumeEvent::FencePeer);
                 }
                 Action::Disconnect => {
+                    // What was sent before the disconnect still goes out, as it did in order.
+                    self.send_out();
                     if let Some(l) = self.link.take() {
                         l.reader.abort();
                     }
                     self.data_sent.clear();
+                    self.out.clear();
                     let now = self.now();
                     self.r.handle_disconnected(now);
                 }
             }
         }
+        self.send_out();
         while let Some(e) = self.r.poll_event() {
             tracing::info!(event = ?e, "replica");
             let _ = self.events.send(VolumeEvent::Engine(e));
