@@ -117,7 +117,7 @@ impl BenchReport {
             return "replica: incomplete run".into();
         }
         format!(
-            "replica: protocol C at {:.0}% of unreplicated MB/s; 4k FUA p50 +{:.0} us",
+            "replica: protocol C at {:.0}% of unreplicated MB/s; 4k FUA p50 {:+.0} us",
             median(self.rounds.iter().map(|r| r.seq_pct).collect()),
             median(self.rounds.iter().map(|r| r.fua_delta_us).collect())
         )
@@ -169,7 +169,7 @@ impl fmt::Display for BenchReport {
         let per: Vec<String> = self
             .rounds
             .iter()
-            .map(|r| format!("{:.0}%/+{:.0}us", r.seq_pct, r.fua_delta_us))
+            .map(|r| format!("{:.0}%/{:+.0}us", r.seq_pct, r.fua_delta_us))
             .collect();
         writeln!(
             f,
