@@ -28,6 +28,8 @@ pub enum Area {
     Services,
     /// Virtual machines.
     Vms,
+    /// Replicated volumes (`<replicas>`).
+    Replicas,
     /// `<rm>` settings, `<logging>`, `<dlm>`, `<quorumd>`.
     Other,
 }
@@ -255,6 +257,18 @@ pub fn diff(old: &ClusterConf, new: &ClusterConf) -> Result<ConfigDiff, DiffErro
         old.rm.vms.iter().map(|s| (s.name.clone(), js(s))),
         new.rm.vms.iter().map(|s| (s.name.clone(), js(s))),
         |kind, key, path, detail| c(Area::Vms, kind, subject(&format!("vm:{key}"), path), detail),
+    );
+    keyed(
+        old.replicas.iter().map(|r| (r.name.clone(), js(r))),
+        new.replicas.iter().map(|r| (r.name.clone(), js(r))),
+        |kind, key, path, detail| {
+            c(
+                Area::Replicas,
+                kind,
+                subject(&format!("replica:{key}"), path),
+                detail,
+            )
+        },
     );
     changes.sort_by_key(|c| c.area);
     Ok(ConfigDiff {

@@ -106,6 +106,9 @@ pub struct ClusterConf {
     pub logging: Logging,
     /// `<dlm>`.
     pub dlm: Dlm,
+    /// `<replicas>` (extension): volumes mirrored between two nodes, DRBD's role.
+    #[serde(default)]
+    pub replicas: Vec<Replica>,
 }
 
 impl ClusterConf {
@@ -121,6 +124,63 @@ impl ClusterConf {
     pub fn fence_device(&self, name: &str) -> Option<&FenceDevice> {
         self.fence_devices.iter().find(|d| d.name == name)
     }
+    /// The replicated volume called `name`.
+    pub fn replica(&self, name: &str) -> Option<&Replica> {
+        self.replicas.iter().find(|r| r.name == name)
+    }
+}
+
+/// `<replicas><replica>` (extension): one volume mirrored between two nodes (a DRBD resource).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// Volume name (the NBD export name too).
+    pub name: String,
+    /// Size in bytes (`size="20G"`: K, M, G, T are powers of 1024).
+    pub size: u64,
+    /// Replication protocol: `A`, `B` or `C`.
+    pub protocol: Setting<String>,
+    /// TCP port of the replication link, on each node's storage address.
+    pub port: Setting<u16>,
+    /// TCP port of the NBD export, on the primary's storage address.
+    pub nbd_port: Setting<u16>,
+    /// `after-sb-0pri`: split brain, neither side primary.
+    pub after_sb_0pri: Setting<String>,
+    /// `after-sb-1pri`: split brain, one side primary.
+    pub after_sb_1pri: Setting<String>,
+    /// `after-sb-2pri`: split brain, both sides primary.
+    pub after_sb_2pri: Setting<String>,
+    /// Both sides primary, only while a live migration is in flight.
+    pub allow_two_primaries: Setting<bool>,
+    /// Resync ceiling, bytes per second (`rate="100M"`).
+    pub rate: Setting<u64>,
+    /// `fencing`: `resource-and-stonith`, `resource-only` or `dont-care`.
+    pub fencing: Setting<String>,
+    /// The two `<node>`s, in document order.
+    pub nodes: Vec<ReplicaNode>,
+    /// Line in the file.
+    pub line: u32,
+}
+
+impl Replica {
+    /// This volume's entry for node `name`.
+    pub fn node(&self, name: &str) -> Option<&ReplicaNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+/// `<replica><node>`: where one side of a volume lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaNode {
+    /// A `<clusternode>` name.
+    pub name: String,
+    /// Backing file or block device.
+    pub disk: String,
+    /// Metadata file.
+    pub meta: Setting<String>,
+    /// Storage-network name or address the replication link and NBD export bind to.
+    pub address: Setting<String>,
+    /// Line in the file.
+    pub line: u32,
 }
 
 /// `<cman>`: membership and quorum basics.

@@ -7,6 +7,10 @@ use roxmltree::{Document, Node, ParsingOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+#[path = "parse_replicas.rs"]
+mod replicas;
+pub use replicas::{parse_bytes, AFTER_SB_0PRI, AFTER_SB_1PRI, AFTER_SB_2PRI, FENCING, PROTOCOLS};
+
 /// Marks an error that a parser bug produced (tests assert it never appears).
 pub const INTERNAL: &str = "internal error";
 
@@ -585,6 +589,7 @@ impl<'a, 'i: 'a> P<'i> {
             "rm",
             "logging",
             "dlm",
+            "replicas",
         ];
         const UNUSED: &[&str] = &["fence_xvmd", "gfs_controld", "group", "clvmd"];
         let mut seen = BTreeMap::new();
@@ -592,6 +597,7 @@ impl<'a, 'i: 'a> P<'i> {
             (None, None, None, None, None);
         let (mut nodes_n, mut devs_n, mut rm_n, mut log_n, mut dlm_n) =
             (None, None, None, None, None);
+        let mut replicas_n = None;
         for c in Self::elements(root) {
             let en = elem_name(&c);
             if KNOWN.contains(&en) && !self.single(&mut seen, c) {
@@ -608,6 +614,7 @@ impl<'a, 'i: 'a> P<'i> {
                 "rm" => rm_n = Some(c),
                 "logging" => log_n = Some(c),
                 "dlm" => dlm_n = Some(c),
+                "replicas" => replicas_n = Some(c),
                 _ if UNUSED.contains(&en) => {
                     let pos = self.pos(c);
                     self.d.warn(
@@ -644,6 +651,30 @@ impl<'a, 'i: 'a> P<'i> {
         let rm = self.rm(rm_n);
         let logging = self.logging(log_n);
         let dlm = self.dlm(dlm_n);
+        let replicas = match replicas_n {
+            Some(n) => self.replicas(n, &nodes),
+            None => Vec::new(),
+        };
+        let mut replica_refs = Vec::new();
+        fn walk(rs: &[Resource], out: &mut Vec<(Resource, Pos)>) {
+            for r in rs {
+                if r.kind == "replica" {
+                    out.push((
+                        r.clone(),
+                        Pos {
+                            line: r.line,
+                            column: 1,
+                        },
+                    ));
+                }
+                walk(&r.children, out);
+            }
+        }
+        for s in &rm.services {
+            walk(&s.resources, &mut replica_refs);
+        }
+        self.check_replica_refs(&replica_refs, &replicas);
+        self.check_replica_placement(&rm, &replicas, nodes.len());
 
         // Cross references.
         let dev_names: BTreeSet<&str> = fence_devices.iter().map(|d| d.name.as_str()).collect();
@@ -869,6 +900,7 @@ impl<'a, 'i: 'a> P<'i> {
             rm,
             logging,
             dlm,
+            replicas,
         })
     }
 
@@ -2024,6 +2056,7 @@ impl<'a, 'i: 'a> P<'i> {
             "__enforce_timeouts",
             "__max_failures",
             "__failure_expire_time",
+            "replica",
         ];
         self.warn_unknown_except(&a, KNOWN, &KNOWN[..9]);
         for e in Self::elements(c) {

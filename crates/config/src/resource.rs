@@ -36,12 +36,15 @@ pub const KNOWN_TYPES: &[&str] = &[
     "SAPDatabase",
     "ASEHAagent",
     "vm",
+    "replica",
 ];
 
 /// rgmanager's implicit start level of a child by type (service.sh `<special>`);
 /// `None` for types without one, which start after all typed siblings.
 pub fn start_level(kind: &str) -> Option<u8> {
     Some(match kind {
+        // quorate's replicated volume (DRBD's role): promoted before anything that uses the disk.
+        "replica" => 0,
         "lvm" => 1,
         "fs" => 2,
         "clusterfs" => 3,

@@ -167,6 +167,32 @@ pub fn render_text(c: &ClusterConf) -> String {
             let _ = writeln!(w, "    unfence device {} {}", d.name, attrs_line(&d.attrs));
         }
     }
+    if !c.replicas.is_empty() {
+        let _ = writeln!(w, "\nreplicas:");
+    }
+    for r in &c.replicas {
+        let _ = writeln!(w, "  replica {} size {} bytes:", r.name, r.size);
+        let _ = writeln!(w, "    protocol                {}", r.protocol);
+        let _ = writeln!(w, "    port                    {}", r.port);
+        let _ = writeln!(w, "    nbd_port                {}", r.nbd_port);
+        let _ = writeln!(w, "    fencing                 {}", r.fencing);
+        let _ = writeln!(w, "    after-sb-0pri           {}", r.after_sb_0pri);
+        let _ = writeln!(w, "    after-sb-1pri           {}", r.after_sb_1pri);
+        let _ = writeln!(w, "    after-sb-2pri           {}", r.after_sb_2pri);
+        let _ = writeln!(
+            w,
+            "    allow-two-primaries     {}",
+            r.allow_two_primaries.map_bool()
+        );
+        let _ = writeln!(w, "    rate                    {}", u(&r.rate, "bytes/s"));
+        for n in &r.nodes {
+            let _ = writeln!(
+                w,
+                "    node {}: disk {} meta {} address {}",
+                n.name, n.disk, n.meta, n.address
+            );
+        }
+    }
     let _ = writeln!(w, "\nfence devices:");
     if c.fence_devices.is_empty() {
         let _ = writeln!(w, "  none");

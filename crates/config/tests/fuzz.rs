@@ -93,6 +93,16 @@ const SNIPPETS: &[&str] = &[
     " address=\"::1/129\"",
     " name=\"\"",
     " port=\"70000\"",
+    "<replicas>",
+    "</replicas>",
+    "<replica name=\"r0\" size=\"1G\">",
+    "</replica>",
+    "<node name=\"n\" disk=\"/d\"/>",
+    "<replica name=\"r0\"/>",
+    " size=\"18446744073709551615T\"",
+    " rate=\"9iB\"",
+    " after-sb-0pri=\"discard-zero-changes\"",
+    " nbd_port=\"7789\"",
 ];
 
 fn mutate(base: &str, ops: &[(u8, usize, usize, usize)]) -> String {
@@ -215,6 +225,9 @@ fn element() -> impl Strategy<Value = String> {
         "dlm",
         "multicast",
         "interface",
+        "replicas",
+        "replica",
+        "node",
         "zzz",
     ]);
     let attr = (
@@ -248,6 +261,15 @@ fn element() -> impl Strategy<Value = String> {
             "weight",
             "port",
             "passwd",
+            "size",
+            "disk",
+            "meta",
+            "protocol",
+            "nbd_port",
+            "rate",
+            "fencing",
+            "after-sb-1pri",
+            "allow-two-primaries",
         ]),
         prop::sample::select(vec![
             "1",
@@ -269,6 +291,11 @@ fn element() -> impl Strategy<Value = String> {
             "99999999999999999999",
             "yes",
             "service:s",
+            "r0",
+            "20G",
+            "C",
+            "7789",
+            "Q",
         ]),
     );
     let leaf = (names.clone(), prop::collection::vec(attr.clone(), 0..4)).prop_map(|(n, a)| {

@@ -8,6 +8,8 @@
 //!   JSON response per line, and the client the admin commands use.
 //! - [`udp`]: one UDP socket per ring, unicast to each node.
 //! - [`clock`]: the monotonic clock turned into [`base::Instant`].
+//! - [`replicas`]: this node's replicated volumes (`<replicas>`), their NBD exports and the
+//!   fence-peer hook.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -16,4 +18,5 @@ pub mod ipc;
 pub mod load;
 pub mod node;
 pub mod plan;
+pub mod replicas;
 pub mod udp;

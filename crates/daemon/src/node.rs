@@ -91,6 +91,9 @@ pub enum NodeError {
         "quorum disk {0}: {1}. Format it once with `quorate qdisk format DEVICE` from one node"
     )]
     Qdisk(String, String),
+    /// A replicated volume could not be set up.
+    #[error(transparent)]
+    Replica(#[from] crate::replicas::SetupError),
     /// The quorum disk asked this node to remove itself.
     #[error("self-fenced by the quorum disk: {0}")]
     SelfFenced(String),
@@ -343,6 +346,10 @@ pub struct Node {
     config_path: PathBuf,
     /// `config push` requests waiting for their outcome, by ticket.
     pushes: BTreeMap<u64, tokio::sync::oneshot::Sender<Response>>,
+    /// This node's replicated volumes.
+    replicas: crate::replicas::Replicas,
+    /// Volumes waiting for their peer to be fenced: name -> (since, fencing requested by us).
+    fence_waits: BTreeMap<String, (std::time::Instant, bool)>,
 }
 
 /// The resource manager stamps its messages with agreed wall-clock times
@@ -567,6 +574,107 @@ impl Node {
                 self.leaving = true;
             }
         }
+    }
+
+    /// An event of a replicated volume: the fence-peer request, or an engine event for the log.
+    fn on_replica_event(&mut self, name: String, ev: replica::VolumeEvent) {
+        use replica::Event;
+        match ev {
+            replica::VolumeEvent::FencePeer => {
+                self.fence_waits
+                    .entry(name)
+                    .or_insert((std::time::Instant::now(), false));
+            }
+            replica::VolumeEvent::Engine(e) => {
+                let text = match e {
+                    Event::Conn(c) => format!("connection {c:?}"),
+                    Event::Disk(d) => format!("disk {d:?}"),
+                    Event::Role(r) => format!("role {r:?}"),
+                    Event::SplitBrain(r) => format!("SPLIT BRAIN: {r:?}"),
+                    Event::ResyncStarted { source, bytes } => format!(
+                        "resync started as {}: {bytes} bytes out of sync",
+                        if source { "source" } else { "target" }
+                    ),
+                    Event::ResyncFinished => "resync finished".into(),
+                    Event::Frozen => "I/O FROZEN: peer lost, waiting for it to be fenced".into(),
+                    Event::Resumed => "I/O resumed".into(),
+                    Event::PeerLost => "peer lost".into(),
+                    other => format!("{other:?}"),
+                };
+                self.note(format!("replica {name}: {text}"));
+            }
+        }
+    }
+
+    /// Tell each volume whether its peer is a member, and answer fence-peer requests
+    /// (resource-and-stonith): fenced by the cluster -> `PeerFenced`; still a member two token
+    /// timeouts after its replication link went down (so not a crash totem is about to see)
+    /// -> fence it, as DRBD's rhcs_fence handler does.
+    fn replica_fencing(&mut self) {
+        let token = u64::from(*self.stack.conf().totem.token.get());
+        let grace = std::time::Duration::from_millis(2 * token);
+        let members = self.stack.members().to_vec();
+        for l in self.replicas.all() {
+            l.set_peer_member(members.contains(&l.spec.peer));
+        }
+        let waits: Vec<(String, (std::time::Instant, bool))> =
+            std::mem::take(&mut self.fence_waits).into_iter().collect();
+        for (name, (since, requested)) in waits {
+            let Some(l) = self.replicas.get(&name) else {
+                continue;
+            };
+            let peer = l.spec.peer;
+            if self.stack.fence().is_fenced(peer) {
+                l.volume().fence_result(replica::FenceOutcome::PeerFenced);
+                self.note(format!(
+                    "replica {name}: {} is fenced; the volume may go on without it",
+                    l.spec.peer_name
+                ));
+                continue;
+            }
+            // Not a member and not awaiting fencing: it left cleanly (a secondary that stops
+            // beside a primary outdates its own disk first), or the fence domain was told the
+            // absent nodes are clean (clean_start). A disk that is not UpToDate still cannot
+            // be promoted.
+            if !members.contains(&peer) && !self.stack.fence().blocked().contains(&peer) {
+                l.volume().fence_result(replica::FenceOutcome::PeerOutdated);
+                self.note(format!(
+                    "replica {name}: {} left the cluster cleanly (its disk is Outdated); the volume goes on without it",
+                    l.spec.peer_name
+                ));
+                continue;
+            }
+            let mut requested = requested;
+            // Only resource-and-stonith powers a member off; resource-only cannot reach the peer to
+            // outdate it, so it goes on (the engine does not freeze) and the peer stays as it is.
+            let stonith = l.spec.volume.replica.fencing == replica::Fencing::ResourceAndStonith;
+            if !stonith {
+                continue;
+            }
+            if !requested && members.contains(&peer) && since.elapsed() >= grace {
+                let now = self.now();
+                let peer_name = l.spec.peer_name.clone();
+                match self.stack.fence_command(now, stack::FenceCommand::Fence, peer) {
+                    Ok(()) => self.note(format!(
+                        "replica {name}: replication link to {peer_name} lost while it is a member; fencing it (resource-and-stonith)"
+                    )),
+                    Err(r) => self.note(format!(
+                        "replica {name}: cannot fence {peer_name}: {}", r.reason
+                    )),
+                }
+                requested = true;
+            }
+            self.fence_waits.insert(name, (since, requested));
+        }
+    }
+
+    /// `quorate replica ...`: answered from a task of its own (volumes answer asynchronously).
+    fn replica_request(&self, req: Request, reply: tokio::sync::oneshot::Sender<Response>) {
+        let replicas = self.replicas.clone();
+        tokio::spawn(async move {
+            let r = crate::replicas::admin(&replicas, &req).await;
+            let _ = reply.send(r);
+        });
     }
 
     /// Drain the quorum disk's events (its thread runs on its own clock).
@@ -939,9 +1047,32 @@ pub async fn run(
     services: std::sync::Arc<dyn ServiceRunner>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
+    run_with_replicas(
+        opts,
+        services,
+        crate::replicas::Replicas::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`], with the registry the node fills with its replicated volumes (`<replicas>`), so that
+/// the caller's resource executor can promote and demote them.
+pub async fn run_with_replicas(
+    opts: NodeOptions,
+    services: std::sync::Arc<dyn ServiceRunner>,
+    replicas: crate::replicas::Replicas,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
     let conf = load_config(&opts.config_path)?;
     let me_name = local_node_name(&conf, opts.node.as_deref())?;
     let plan = make_plan(&conf, &me_name)?;
+    let replica_specs = crate::replicas::specs(
+        &conf,
+        &me_name,
+        wall_ns() ^ u64::from(std::process::id()),
+        crate::plan::resolve,
+    )?;
     let text = std::fs::read_to_string(&opts.config_path).map_err(|e| {
         NodeError::Load(config::LoadError::Io {
             path: opts.config_path.clone(),
@@ -1022,7 +1153,11 @@ pub async fn run(
         watch_tx,
         config_path: opts.config_path.clone(),
         pushes: BTreeMap::new(),
+        replicas: replicas.clone(),
+        fence_waits: BTreeMap::new(),
     };
+    let (replica_tx, mut replica_rx) = mpsc::unbounded_channel();
+    replicas.start(replica_specs, replica_tx).await?;
     if let Some((device, cfg)) = qdisk_plan {
         let handle = qdisk::QdiskHandle::spawn(
             &device,
@@ -1071,6 +1206,8 @@ pub async fn run(
             Some(p) = ipc_rx.recv() => {
                 if p.request.cmd == "config.push" {
                     node.config_push(&p.request, p.reply);
+                } else if p.request.cmd.starts_with("replica.") {
+                    node.replica_request(p.request, p.reply);
                 } else {
                     let r = node.handle_request(&p.request);
                     let _ = p.reply.send(r);
@@ -1081,6 +1218,7 @@ pub async fn run(
             Some(d) = agent_rx.recv() => node.on_agent_done(d),
             Some(d) = service_rx.recv() => node.on_service_done(d),
             Some(w) = watch_rx.recv() => node.on_watch_fired(w),
+            Some((name, ev)) = replica_rx.recv() => node.on_replica_event(name, ev),
             _ = qdisk_tick.tick(), if node.qdisk.is_some() => node.poll_qdisk(),
             _ = sleep => node.on_timeout(),
             _ = &mut shutdown, if !node.stack.leave_requested() => {
@@ -1091,6 +1229,8 @@ pub async fn run(
         if node.load_tx.active() {
             node.pump_load();
         }
+        node.drain();
+        node.replica_fencing();
         node.drain();
         if let Some(reason) = node.self_fence.take() {
             // Stop at once, without a clean leave: the others must see this
@@ -1103,6 +1243,10 @@ pub async fn run(
         if node.leaving {
             // Give the leave message a moment to reach the wire.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            // A clean leave detaches the volumes (their metadata marked clean).
+            for l in node.replicas.all() {
+                l.volume().stop().await;
+            }
             return Ok(());
         }
     }

@@ -82,6 +82,9 @@ pub enum Command {
     Fence(FenceArgs),
     /// Enable, disable, relocate, restart, stop, freeze, unfreeze or migrate a service (clusvcadm).
     Svc(SvcCmd),
+    /// Replicated volumes (DRBD's role): status, and the drbdadm commands an operator needs.
+    #[command(subcommand)]
+    Replica(ReplicaCmd),
     /// Write a new random cluster key (corosync's authkey) to FILE, mode 0400.
     Keygen {
         /// Where to write it; refuses to overwrite.
@@ -152,6 +155,76 @@ pub enum CmanCmd {
         #[arg(long)]
         remove: bool,
         /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `quorate replica ...` (drbdadm / drbd-overview).
+#[derive(Debug, Subcommand)]
+pub enum ReplicaCmd {
+    /// Role, peer role, connection, disks, resync progress (rate, ETA), out-of-sync bytes, split brain.
+    Status {
+        /// One volume (default: every volume of this node).
+        name: Option<String>,
+        /// Refresh every SECONDS until interrupted.
+        #[arg(short = 'i', long, value_name = "SECONDS")]
+        interval: Option<u64>,
+        /// Print {replicas: [{name, role, peer_role, conn, disk, peer_disk, out_of_sync_bytes, resync, frozen, split_brain, ...}]} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Promote this node (drbdadm primary); waits for a lost peer to be fenced.
+    Primary {
+        /// The volume.
+        name: String,
+        /// Promote a disk that is not UpToDate, without fencing the peer (the very first primary of a volume with data, or the last copy left).
+        #[arg(long)]
+        force: bool,
+        /// Print the volume's status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Demote this node (drbdadm secondary); stops its NBD export.
+    Secondary {
+        /// The volume.
+        name: String,
+        /// Print the volume's status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connect to the peer again (drbdadm connect).
+    Connect {
+        /// The volume.
+        name: String,
+        /// Print the volume's status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the replication link and stay StandAlone (drbdadm disconnect).
+    Disconnect {
+        /// The volume.
+        name: String,
+        /// Disconnect even though the primary will freeze and fence its peer (resource-and-stonith).
+        #[arg(long)]
+        force: bool,
+        /// Print the volume's status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare both sides by checksums; mismatches are marked out of sync (drbdadm verify).
+    Verify {
+        /// The volume.
+        name: String,
+        /// Print the volume's status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make this node the split-brain victim and reconnect: its changes are overwritten by the peer's (drbdadm connect --discard-my-data).
+    DiscardMyData {
+        /// The volume.
+        name: String,
+        /// Print the volume's status as JSON.
         #[arg(long)]
         json: bool,
     },

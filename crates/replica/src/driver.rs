@@ -3,14 +3,18 @@
 //! of the program uses; [`ReplicaBackend`] exports the volume through the NBD server.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant as StdInstant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -18,7 +22,7 @@ use crate::engine::{
     Action, Event, FenceOutcome, Replica, ReplicaConfig, ReplicaError, ReqId, Status,
 };
 use crate::meta::Metadata;
-use crate::msg::Msg;
+use crate::msg::{Msg, FRAME_HEADER};
 
 /// Where a volume lives and how to reach its peer.
 #[derive(Debug, Clone)]
@@ -112,11 +116,123 @@ fn nbd_errno(e: &ReplicaError) -> nbd::Errno {
     }
 }
 
+/// One stage of the write path: how often it ran and the time it took in total.
+#[derive(Debug, Default)]
+struct Stage {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl Stage {
+    fn add(&self, since: StdInstant) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.ns
+            .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+    fn get(&self) -> StageTime {
+        StageTime {
+            count: self.count.load(Ordering::Relaxed),
+            ns: self.ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Count and total time of one stage (see [`WriteStages`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageTime {
+    /// How many times the stage ran.
+    pub count: u64,
+    /// Total nanoseconds spent in it.
+    pub ns: u64,
+}
+
+impl StageTime {
+    /// Mean microseconds per run (0 when it never ran).
+    pub fn mean_us(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.ns as f64 / self.count as f64 / 1e3
+        }
+    }
+    /// The runs and time since `earlier`.
+    pub fn since(&self, earlier: &StageTime) -> StageTime {
+        StageTime {
+            count: self.count.saturating_sub(earlier.count),
+            ns: self.ns.saturating_sub(earlier.ns),
+        }
+    }
+    /// Both together.
+    pub fn plus(&self, other: &StageTime) -> StageTime {
+        StageTime {
+            count: self.count + other.count,
+            ns: self.ns + other.ns,
+        }
+    }
+}
+
+/// Where the time of a write goes on this node, counted by the driver since the volume started
+/// (`quorate bench replica` prints the difference over its rounds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStages {
+    /// An application write, from the volume task receiving it to its completion.
+    pub request: StageTime,
+    /// A local disk write (application, peer or resync), from the volume task starting it to the
+    /// end of the write (includes the hop to the blocking pool).
+    pub disk_write: StageTime,
+    /// A replicated write, from handing its data to the link writer to the peer's acknowledgement
+    /// arriving (network both ways plus the peer's disk write).
+    pub peer_ack: StageTime,
+    /// A metadata write (activity log, role, disk state); it holds up the volume task.
+    pub meta: StageTime,
+}
+
+impl WriteStages {
+    /// The runs and time of each stage since `earlier`.
+    pub fn since(&self, earlier: &WriteStages) -> WriteStages {
+        WriteStages {
+            request: self.request.since(&earlier.request),
+            disk_write: self.disk_write.since(&earlier.disk_write),
+            peer_ack: self.peer_ack.since(&earlier.peer_ack),
+            meta: self.meta.since(&earlier.meta),
+        }
+    }
+    /// Both together, stage by stage.
+    pub fn plus(&self, o: &WriteStages) -> WriteStages {
+        WriteStages {
+            request: self.request.plus(&o.request),
+            disk_write: self.disk_write.plus(&o.disk_write),
+            peer_ack: self.peer_ack.plus(&o.peer_ack),
+            meta: self.meta.plus(&o.meta),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    request: Stage,
+    disk_write: Stage,
+    peer_ack: Stage,
+    meta: Stage,
+}
+
+impl Stats {
+    fn snapshot(&self) -> WriteStages {
+        WriteStages {
+            request: self.request.get(),
+            disk_write: self.disk_write.get(),
+            peer_ack: self.peer_ack.get(),
+            meta: self.meta.get(),
+        }
+    }
+}
+
 /// Handle to a running volume.
 #[derive(Clone)]
 pub struct Volume {
     tx: mpsc::UnboundedSender<Cmd>,
     size: u64,
+    stats: Arc<Stats>,
 }
 
 fn gone() -> ReplicaError {
@@ -164,9 +280,22 @@ impl Volume {
         }
         let size = meta.size;
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = Task::new(cfg, meta, Arc::new(disk), events, tx.downgrade());
+        let stats = Arc::new(Stats::default());
+        let task = Task::new(
+            cfg,
+            meta,
+            Arc::new(disk),
+            events,
+            tx.downgrade(),
+            stats.clone(),
+        );
         tokio::spawn(task.run(rx, listen));
-        Ok(Volume { tx, size })
+        Ok(Volume { tx, size, stats })
+    }
+
+    /// Per-stage write timings of this node so far.
+    pub fn write_stages(&self) -> WriteStages {
+        self.stats.snapshot()
     }
 
     /// Volume size in bytes.
@@ -234,7 +363,8 @@ impl Volume {
     pub fn disconnect(&self) {
         let _ = self.tx.send(Cmd::Disconnect);
     }
-    /// Stops the task after a clean detach (metadata marked clean).
+    /// Stops the task after a clean detach (metadata marked clean; a secondary whose peer is
+    /// primary marks its disk Outdated first, as DRBD's `down` does).
     pub async fn stop(&self) {
         let _ = self.ask(Cmd::Stop).await;
     }
@@ -248,8 +378,147 @@ enum Net {
 
 struct Link {
     id: u64,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Frames for [`link_writer`] (only while `queued` is not zero or the socket is full).
+    tx: mpsc::UnboundedSender<Bytes>,
+    wr: Arc<tokio::net::tcp::OwnedWriteHalf>,
+    queued: Arc<AtomicUsize>,
     reader: tokio::task::JoinHandle<()>,
+}
+
+impl Link {
+    /// Sends `out` in order: straight to the socket while the writer task has nothing queued
+    /// (no task switch per frame), the rest through the writer task.
+    fn send(&self, out: &mut std::collections::VecDeque<Bytes>) {
+        while !out.is_empty() && self.queued.load(Ordering::Acquire) == 0 {
+            match self.wr.try_write_vectored(&slices(out)) {
+                Ok(0) => {
+                    out.clear();
+                    return;
+                }
+                Ok(n) => {
+                    consume(out, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // The link is broken: the reader sees it and reports the link down.
+                Err(_) => {
+                    out.clear();
+                    return;
+                }
+            }
+        }
+        self.queued.fetch_add(out.len(), Ordering::AcqRel);
+        for b in out.drain(..) {
+            let _ = self.tx.send(b);
+        }
+    }
+}
+
+/// Drops the first `n` written bytes from the front of `queue`; returns how many frames were
+/// written whole.
+fn consume(queue: &mut std::collections::VecDeque<Bytes>, mut n: usize) -> usize {
+    let mut whole = 0;
+    while let Some(front) = queue.front_mut() {
+        if n >= front.len() {
+            n -= front.len();
+            queue.pop_front();
+            whole += 1;
+        } else {
+            let _ = front.split_to(n);
+            break;
+        }
+    }
+    whole
+}
+
+const MAX_SLICES: usize = 64;
+
+fn slices(queue: &std::collections::VecDeque<Bytes>) -> Vec<io::IoSlice<'_>> {
+    queue
+        .iter()
+        .take(MAX_SLICES)
+        .map(|b| io::IoSlice::new(b))
+        .collect()
+}
+
+/// Writes the frames the volume task could not write at once (the socket was full): in vectored
+/// writes, a frame's header and payload and many acknowledgements in one system call, with no
+/// copy into a staging buffer. `queued` counts frames handed over and not yet written whole; the
+/// volume task writes directly only while it is zero, so the byte stream keeps its order.
+async fn link_writer(
+    wr: Arc<tokio::net::tcp::OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+) {
+    let mut queue: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+    while let Some(b) = rx.recv().await {
+        queue.push_back(b);
+        while !queue.is_empty() {
+            while let Ok(b) = rx.try_recv() {
+                queue.push_back(b);
+            }
+            if wr.writable().await.is_err() {
+                return;
+            }
+            match wr.try_write_vectored(&slices(&queue)) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let whole = consume(&mut queue, n);
+                    queued.fetch_sub(whole, Ordering::AcqRel);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Reads frames from the peer straight into one buffer and hands each on as a view of it: a
+/// replicated payload is never copied after the kernel put it there.
+async fn link_reader(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    id: u64,
+    tx: mpsc::UnboundedSender<Net>,
+) {
+    let mut buf = BytesMut::with_capacity(1 << 20);
+    loop {
+        let want = match Msg::frame_len(&buf) {
+            Ok(Some(total)) => {
+                let frame = buf.split_to(total).freeze();
+                match Msg::decode_frame(&frame) {
+                    Ok(m) => {
+                        if tx.send(Net::Msg(id, m)).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bad replication frame: dropping link");
+                        let _ = tx.send(Net::Down(id));
+                        return;
+                    }
+                }
+            }
+            Ok(None) if buf.len() >= FRAME_HEADER => {
+                // The header says how big the frame is: room for all of it at once.
+                let len = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+                FRAME_HEADER + len - buf.len()
+            }
+            Ok(None) => FRAME_HEADER,
+            Err(e) => {
+                tracing::warn!(error = %e, "bad replication frame: dropping link");
+                let _ = tx.send(Net::Down(id));
+                return;
+            }
+        };
+        buf.reserve(want.max(64 * 1024));
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = tx.send(Net::Down(id));
+                return;
+            }
+            Ok(_) => {}
+        }
+    }
 }
 
 struct Task {
@@ -263,6 +532,12 @@ struct Task {
     link: Option<Link>,
     next_link: u64,
     self_tx: mpsc::WeakUnboundedSender<Cmd>,
+    stats: Arc<Stats>,
+    /// Start times of application requests (by request id) and replicated writes (by sequence).
+    req_started: HashMap<u64, StdInstant>,
+    data_sent: HashMap<u64, StdInstant>,
+    /// Frames to the peer gathered while draining the engine's actions.
+    out: std::collections::VecDeque<Bytes>,
 }
 
 impl Task {
@@ -272,6 +547,7 @@ impl Task {
         disk: Arc<File>,
         events: mpsc::UnboundedSender<VolumeEvent>,
         self_tx: mpsc::WeakUnboundedSender<Cmd>,
+        stats: Arc<Stats>,
     ) -> Self {
         let r = Replica::new(cfg.replica.clone(), meta, base::Instant(0), cfg.seed);
         Task {
@@ -285,6 +561,10 @@ impl Task {
             link: None,
             next_link: 1,
             self_tx,
+            stats,
+            req_started: HashMap::new(),
+            data_sent: HashMap::new(),
+            out: std::collections::VecDeque::new(),
         }
     }
 
@@ -309,6 +589,12 @@ impl Task {
                 c = rx.recv() => match c {
                     None => return,
                     Some(Cmd::Stop(done)) => {
+                        // A secondary leaving a running primary behind is out of date from now on.
+                        if self.r.role() == crate::msg::Role::Secondary
+                            && self.r.status().peer_role == Some(crate::msg::Role::Primary)
+                        {
+                            let _ = self.r.outdate();
+                        }
                         self.r.detach();
                         self.drain(&io_tx, &net_tx);
                         if let Some(l) = self.link.take() { l.reader.abort(); }
@@ -353,6 +639,7 @@ impl Task {
                 let id = self.next_req;
                 self.next_req += 1;
                 self.waiting.insert(id, Waiter::Ask(reply));
+                self.req_started.insert(id, StdInstant::now());
                 self.r.handle_write(now, ReqId(id), offset, data, fua);
             }
             Cmd::Flush(reply) => {
@@ -408,6 +695,7 @@ impl Task {
                 let id = self.next_req;
                 self.next_req += 1;
                 self.waiting.insert(id, Waiter::Nbd(done));
+                self.req_started.insert(id, StdInstant::now());
                 self.r.handle_write(now, ReqId(id), op.offset, data, op.fua);
             }
             OpKind::Flush => {
@@ -444,6 +732,7 @@ impl Task {
             let vol = Volume {
                 tx,
                 size: self.r.metadata().size,
+                stats: self.stats.clone(),
             };
             tokio::spawn(async move {
                 let mut done_bytes = 0u64;
@@ -472,75 +761,29 @@ impl Task {
                     return;
                 }
                 let _ = s.set_nodelay(true);
-                let (mut rd, wr) = s.into_split();
-                let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
-                tokio::spawn(async move {
-                    let mut w = BufWriter::with_capacity(256 * 1024, wr);
-                    while let Some(b) = wrx.recv().await {
-                        if w.write_all(&b).await.is_err() {
-                            return;
-                        }
-                        while let Ok(b) = wrx.try_recv() {
-                            if w.write_all(&b).await.is_err() {
-                                return;
-                            }
-                        }
-                        if w.flush().await.is_err() {
-                            return;
-                        }
-                    }
-                });
+                let (rd, wr) = s.into_split();
+                let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
+                let wr = Arc::new(wr);
+                let queued = Arc::new(AtomicUsize::new(0));
+                tokio::spawn(link_writer(wr.clone(), wrx, queued.clone()));
                 let tx = net_tx.clone();
-                let reader = tokio::spawn(async move {
-                    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-                    let mut start = 0usize;
-                    let mut chunk = vec![0u8; 256 * 1024];
-                    loop {
-                        loop {
-                            match Msg::decode(&buf[start..]) {
-                                Ok(Some((m, used))) => {
-                                    start += used;
-                                    if start == buf.len() {
-                                        buf.clear();
-                                        start = 0;
-                                    }
-                                    if tx.send(Net::Msg(id, m)).is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "bad replication frame: dropping link");
-                                    let _ = tx.send(Net::Down(id));
-                                    return;
-                                }
-                            }
-                        }
-                        match rd.read(&mut chunk).await {
-                            Ok(0) | Err(_) => {
-                                let _ = tx.send(Net::Down(id));
-                                return;
-                            }
-                            Ok(n) => {
-                                if start > 0 {
-                                    // Drop consumed frames before growing (one move per read).
-                                    buf.drain(..start);
-                                    start = 0;
-                                }
-                                buf.extend_from_slice(&chunk[..n]);
-                            }
-                        }
-                    }
-                });
+                let reader = tokio::spawn(link_reader(rd, id, tx));
                 self.link = Some(Link {
                     id,
                     tx: wtx,
+                    wr,
+                    queued,
                     reader,
                 });
                 self.r.handle_connected(now);
             }
             Net::Msg(id, m) => {
                 if self.link.as_ref().is_some_and(|l| l.id == id) {
+                    if let Msg::WriteAck { seq } | Msg::NegAck { seq } = &m {
+                        if let Some(t) = self.data_sent.remove(seq) {
+                            self.stats.peer_ack.add(t);
+                        }
+                    }
                     self.r.handle_msg(now, m);
                 }
             }
@@ -549,9 +792,29 @@ impl Task {
                     if let Some(l) = self.link.take() {
                         l.reader.abort();
                     }
+                    self.data_sent.clear();
+                    self.out.clear();
                     self.r.handle_disconnected(now);
                 }
             }
+        }
+    }
+
+    /// Sends the frames gathered while draining (one system call for all of them, usually).
+    fn send_out(&mut self) {
+        match &self.link {
+            Some(l) => l.send(&mut self.out),
+            None => self.out.clear(),
+        }
+    }
+
+    fn complete(&mut self, req: ReqId, result: Result<(), ReplicaError>) {
+        match self.waiting.remove(&req.0) {
+            Some(Waiter::Ask(s)) => {
+                let _ = s.send(result);
+            }
+            Some(Waiter::Nbd(done)) => done(result.map(|_| Vec::new()).map_err(|e| nbd_errno(&e))),
+            None => {}
         }
     }
 
@@ -563,11 +826,14 @@ impl Task {
         while let Some(a) = self.r.poll_action() {
             match a {
                 Action::Send(m) => {
-                    if let Some(l) = &self.link {
+                    if self.link.is_some() {
+                        if let Msg::Data { seq, .. } = &m {
+                            self.data_sent.insert(*seq, StdInstant::now());
+                        }
                         let (head, payload) = m.encode_parts();
-                        let _ = l.tx.send(head);
+                        self.out.push_back(head.into());
                         if !payload.is_empty() {
-                            let _ = l.tx.send(payload);
+                            self.out.push_back(payload);
                         }
                     }
                 }
@@ -579,11 +845,13 @@ impl Task {
                 } => {
                     let disk = self.disk.clone();
                     let tx = io_tx.clone();
+                    let (stats, t) = (self.stats.clone(), StdInstant::now());
                     tokio::task::spawn_blocking(move || {
                         let mut r = disk.write_all_at(&data, offset);
                         if fua && r.is_ok() {
                             r = disk.sync_data();
                         }
+                        stats.disk_write.add(t);
                         let _ = tx.send((io, r.map(|_| Vec::new()).map_err(|_| ())));
                     });
                 }
@@ -608,32 +876,37 @@ impl Task {
                     });
                 }
                 Action::PersistMeta => {
+                    self.send_out();
                     // Must be durable before later disk writes start: done inline.
+                    let t = StdInstant::now();
                     if let Err(e) = write_meta(&self.cfg.meta, self.r.metadata()) {
                         tracing::error!(error = %e, "cannot persist replica metadata");
                     }
+                    self.stats.meta.add(t);
                 }
-                Action::Complete { req, result } => match self.waiting.remove(&req.0) {
-                    Some(Waiter::Ask(s)) => {
-                        let _ = s.send(result);
+                Action::Complete { req, result } => {
+                    if let Some(t) = self.req_started.remove(&req.0) {
+                        self.stats.request.add(t);
                     }
-                    Some(Waiter::Nbd(done)) => {
-                        done(result.map(|_| Vec::new()).map_err(|e| nbd_errno(&e)))
-                    }
-                    None => {}
-                },
+                    self.complete(req, result)
+                }
                 Action::FencePeer => {
                     let _ = self.events.send(VolumeEvent::FencePeer);
                 }
                 Action::Disconnect => {
+                    // What was sent before the disconnect still goes out, as it did in order.
+                    self.send_out();
                     if let Some(l) = self.link.take() {
                         l.reader.abort();
                     }
+                    self.data_sent.clear();
+                    self.out.clear();
                     let now = self.now();
                     self.r.handle_disconnected(now);
                 }
             }
         }
+        self.send_out();
         while let Some(e) = self.r.poll_event() {
             tracing::info!(event = ?e, "replica");
             let _ = self.events.send(VolumeEvent::Engine(e));

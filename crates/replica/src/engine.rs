@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use base::{DetRng, Duration, Instant};
+use bytes::Bytes;
 
 use crate::gen::{
     resolve_split_brain, uuid_compare, CrashFlags, SbResolution, SbSide, SplitBrainPolicy,
@@ -167,8 +168,8 @@ pub enum Action {
         io: u64,
         /// Byte offset.
         offset: u64,
-        /// Bytes.
-        data: Vec<u8>,
+        /// Bytes (shared with the copy sent to the peer).
+        data: Bytes,
         /// Durable before completion.
         fua: bool,
     },
@@ -340,6 +341,12 @@ pub struct Status {
     pub split_brain: Option<SyncDecision>,
     /// Replication protocol.
     pub protocol: Protocol,
+    /// This side's data was never primary anywhere (fresh generation identifiers).
+    pub never_synced: bool,
+    /// The same for the peer, when connected.
+    pub peer_never_synced: Option<bool>,
+    /// The peer was confirmed fenced or outdated since it was lost.
+    pub peer_fenced: bool,
 }
 
 #[derive(Debug)]
@@ -367,7 +374,7 @@ enum Held {
     Write {
         req: ReqId,
         offset: u64,
-        data: Vec<u8>,
+        data: Bytes,
         fua: bool,
     },
     Flush {
@@ -554,6 +561,9 @@ impl Replica {
             frozen: self.frozen,
             split_brain: self.split_brain,
             protocol: self.cfg.protocol,
+            never_synced: self.meta.gen.is_fresh(),
+            peer_never_synced: self.peer.as_ref().map(|h| h.gen.is_fresh()),
+            peer_fenced: self.peer_fenced,
         }
     }
 
@@ -827,9 +837,10 @@ impl Replica {
         now: Instant,
         req: ReqId,
         offset: u64,
-        data: Vec<u8>,
+        data: impl Into<Bytes>,
         fua: bool,
     ) {
+        let data: Bytes = data.into();
         let len = data.len() as u64;
         if let Err(e) = self.check_read(offset, len) {
             self.actions.push_back(Action::Complete {
@@ -1741,7 +1752,13 @@ impl Replica {
             }
             Io::ResyncRead(offset, len) => match result {
                 Ok(data) if data.len() == len as usize && self.sync.is_some() => {
-                    self.send(now, Msg::ResyncData { offset, data });
+                    self.send(
+                        now,
+                        Msg::ResyncData {
+                            offset,
+                            data: data.into(),
+                        },
+                    );
                 }
                 _ => {
                     if let Some(s) = &mut self.sync {

@@ -25,7 +25,9 @@ pub mod meta;
 pub mod msg;
 
 pub use bitmap::Bitmap;
-pub use driver::{create_metadata, ReplicaBackend, Volume, VolumeConfig, VolumeEvent};
+pub use driver::{
+    create_metadata, ReplicaBackend, StageTime, Volume, VolumeConfig, VolumeEvent, WriteStages,
+};
 pub use engine::{
     Action, ConnState, Event, FenceOutcome, Fencing, Replica, ReplicaConfig, ReplicaError, ReqId,
     ResyncProgress, Status,

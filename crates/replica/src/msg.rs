@@ -2,6 +2,8 @@
 //! type u16, body length u32, body. Big-endian. The decoder returns an error for anything
 //! malformed and never panics or allocates more than the frame announces (bounded by `MAX_FRAME`).
 
+use bytes::Bytes;
+
 use crate::gen::Gen;
 use crate::meta::DiskState;
 
@@ -75,7 +77,7 @@ pub enum Msg {
         /// Must be durable before the write ack.
         fua: bool,
         /// Bytes.
-        data: Vec<u8>,
+        data: Bytes,
     },
     /// Protocol B: the data arrived.
     RecvAck {
@@ -118,7 +120,7 @@ pub enum Msg {
         /// Byte offset.
         offset: u64,
         /// Bytes.
-        data: Vec<u8>,
+        data: Bytes,
     },
     /// The resync block is on the target's disk.
     ResyncAck {
@@ -314,7 +316,7 @@ impl Msg {
 
     /// Encodes one frame as a header and a payload, moving (not copying) the data of `Data` and
     /// `ResyncData`; sending both back to back gives exactly [`Msg::encode`].
-    pub fn encode_parts(self) -> (Vec<u8>, Vec<u8>) {
+    pub fn encode_parts(self) -> (Vec<u8>, Bytes) {
         match self {
             Msg::Data {
                 seq,
@@ -326,7 +328,7 @@ impl Msg {
                     seq,
                     offset,
                     fua,
-                    data: Vec::new(),
+                    data: Bytes::new(),
                 }
                 .encode();
                 let len = (h.len() - FRAME_HEADER + data.len()) as u32;
@@ -336,20 +338,35 @@ impl Msg {
             Msg::ResyncData { offset, data } => {
                 let mut h = Msg::ResyncData {
                     offset,
-                    data: Vec::new(),
+                    data: Bytes::new(),
                 }
                 .encode();
                 let len = (h.len() - FRAME_HEADER + data.len()) as u32;
                 h[8..12].copy_from_slice(&len.to_be_bytes());
                 (h, data)
             }
-            other => (other.encode(), Vec::new()),
+            other => (other.encode(), Bytes::new()),
         }
     }
 
     /// Decodes one frame from the front of `buf`: `Ok(None)` if more bytes are needed, otherwise the
-    /// message and the bytes it used. Errors mean the connection must be dropped.
+    /// message and the bytes it used. Errors mean the connection must be dropped. Payloads are copied
+    /// out of `buf`; [`Msg::decode_frame`] shares them instead.
     pub fn decode(buf: &[u8]) -> Result<Option<(Msg, usize)>, DecodeError> {
+        let Some(total) = Msg::frame_len(buf)? else {
+            return Ok(None);
+        };
+        let msg = decode_body(
+            u16::from_be_bytes([buf[6], buf[7]]),
+            &buf[FRAME_HEADER..total],
+            None,
+        )?;
+        Ok(Some((msg, total)))
+    }
+
+    /// The length of the frame at the front of `buf` once its header is there (`Ok(None)` before),
+    /// after checking magic, version and size.
+    pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, DecodeError> {
         if buf.len() < FRAME_HEADER {
             return Ok(None);
         }
@@ -361,24 +378,37 @@ impl Msg {
         if version != MSG_VERSION {
             return Err(DecodeError::BadVersion(version));
         }
-        let ty = u16::from_be_bytes([buf[6], buf[7]]);
         let len = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
         if len > MAX_FRAME {
             return Err(DecodeError::TooLarge(len));
         }
         let total = FRAME_HEADER + len as usize;
-        if buf.len() < total {
-            return Ok(None);
+        Ok((buf.len() >= total).then_some(total))
+    }
+
+    /// Decodes exactly one whole frame (as cut by [`Msg::frame_len`]); the payload of `Data` and
+    /// `ResyncData` is a view of `frame`, not a copy.
+    pub fn decode_frame(frame: &Bytes) -> Result<Msg, DecodeError> {
+        match Msg::frame_len(frame)? {
+            Some(total) if total == frame.len() => decode_body(
+                u16::from_be_bytes([frame[6], frame[7]]),
+                &frame[FRAME_HEADER..],
+                Some(frame),
+            ),
+            _ => Err(DecodeError::Malformed(
+                frame
+                    .get(6..8)
+                    .map_or(0, |t| u16::from_be_bytes([t[0], t[1]])),
+            )),
         }
-        let body = &buf[FRAME_HEADER..total];
-        let msg = decode_body(ty, body)?;
-        Ok(Some((msg, total)))
     }
 }
 
 struct R<'a> {
     b: &'a [u8],
     ty: u16,
+    /// The whole frame when payloads may be shared with it.
+    src: Option<&'a Bytes>,
 }
 impl<'a> R<'a> {
     fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
@@ -409,8 +439,12 @@ impl<'a> R<'a> {
             history: [self.u64()?, self.u64()?],
         })
     }
-    fn rest(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.b).to_vec()
+    fn rest(&mut self) -> Bytes {
+        let b = std::mem::take(&mut self.b);
+        match self.src {
+            Some(src) => src.slice_ref(b),
+            None => Bytes::copy_from_slice(b),
+        }
     }
     fn end(&self) -> Result<(), DecodeError> {
         if self.b.is_empty() {
@@ -421,8 +455,8 @@ impl<'a> R<'a> {
     }
 }
 
-fn decode_body(ty: u16, body: &[u8]) -> Result<Msg, DecodeError> {
-    let mut r = R { b: body, ty };
+fn decode_body<'a>(ty: u16, body: &'a [u8], src: Option<&'a Bytes>) -> Result<Msg, DecodeError> {
+    let mut r = R { b: body, ty, src };
     let bad = DecodeError::Malformed(ty);
     let m = match ty {
         1 => {

@@ -16,10 +16,16 @@ fn bench_runs_and_prints_the_summary_line() {
         assert!(row.seq_mb_s > 0.0 && row.fua_p50_us > 0.0, "{text}");
     }
     assert!(r.resync_mb_s > 0.0);
+    // Every round compared protocol C with the unreplicated export, and the stages saw the writes.
+    assert_eq!(r.rounds.len(), cfg.rounds, "{text}");
+    let seq_writes: u64 = r.stages[0].1.request.count;
+    assert_eq!(seq_writes, cfg.rounds as u64 * 16, "{text}");
+    assert_eq!(r.stages[0].2.disk_write.count, seq_writes, "{text}");
     let last = text.lines().last().unwrap();
     assert!(
         last.starts_with("replica: protocol C at ")
-            && last.contains("% of unreplicated MB/s; 4k FUA p50 +"),
+            && last.contains("% of unreplicated MB/s; 4k FUA p50 ")
+            && last.ends_with(" us"),
         "{last}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -28,7 +28,7 @@ fn all_msgs() -> Vec<Msg> {
             seq: 9,
             offset: 4096,
             fua: true,
-            data: vec![1, 2, 3],
+            data: vec![1, 2, 3].into(),
         },
         Msg::RecvAck { seq: 1 },
         Msg::WriteAck { seq: 2 },
@@ -45,7 +45,7 @@ fn all_msgs() -> Vec<Msg> {
         Msg::BitmapDone,
         Msg::ResyncData {
             offset: 8192,
-            data: vec![9; 100],
+            data: vec![9; 100].into(),
         },
         Msg::ResyncAck {
             offset: 8192,
@@ -84,7 +84,25 @@ fn every_message_round_trips_and_streams() {
             }
         }
         let (h, p) = m.clone().encode_parts();
-        assert_eq!([h, p].concat(), b, "encode_parts of {m:?}");
+        assert_eq!([h, p.to_vec()].concat(), b, "encode_parts of {m:?}");
+        // The link reader's path: the frame is cut out and the payload shared with it.
+        let frame = bytes::Bytes::from(b.clone());
+        assert_eq!(Msg::frame_len(&frame).unwrap(), Some(b.len()));
+        assert_eq!(Msg::decode_frame(&frame).unwrap(), m);
+        if let Msg::Data { data, .. } | Msg::ResyncData { data, .. } =
+            Msg::decode_frame(&frame).unwrap()
+        {
+            let inside = frame.as_ptr_range();
+            assert!(
+                data.is_empty() || inside.contains(&data.as_ptr()),
+                "payload is a view of the frame"
+            );
+        }
+        // A frame cut short or with bytes beyond it is refused.
+        assert!(Msg::decode_frame(&frame.slice(..b.len() - 1)).is_err());
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(Msg::decode_frame(&bytes::Bytes::from(longer)).is_err());
         stream.extend_from_slice(&b);
     }
     let mut pos = 0;
@@ -189,12 +207,14 @@ proptest! {
     #[test]
     fn decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         let _ = Msg::decode(&bytes);
+        let _ = Msg::decode_frame(&bytes::Bytes::from(bytes.clone()));
         let _ = Metadata::decode(&bytes);
         // Valid header, random body for every type.
         for ty in 0u16..20 {
             let mut f = msg_header(ty, bytes.len() as u32);
             f.extend_from_slice(&bytes);
             let _ = Msg::decode(&f);
+            let _ = Msg::decode_frame(&bytes::Bytes::from(f));
         }
     }
 
@@ -204,6 +224,7 @@ proptest! {
         let p = pos % b.len();
         b[p] = val;
         let _ = Msg::decode(&b);
+        let _ = Msg::decode_frame(&bytes::Bytes::from(b));
     }
 }
 

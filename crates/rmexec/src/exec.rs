@@ -64,6 +64,9 @@ pub enum StepError {
     /// The agent ran and said the resource is failed or not running.
     #[error("{0}")]
     Failed(String),
+    /// A replica resource, and the executor has no [`ReplicaHandler`].
+    #[error("replica {0}: this executor was not given a replica handler (Executor::with_replica_handler); replica resources are run by the node daemon")]
+    NoReplicaHandler(String),
     /// A vm resource, and the executor has no [`VmHandler`].
     #[error("vm {0}: this executor was not given a vm handler (Executor::with_vm_handler); vm resources are run by the vm crate")]
     NoVmHandler(String),
@@ -228,6 +231,17 @@ pub trait VmHandler: Send + Sync {
     fn migrate<'a>(&'a self, name: &'a str, to: NodeId, mode: MigrateMode) -> VmFuture<'a, ()>;
 }
 
+/// Runs `replica` resources (a replicated volume, DRBD's role), implemented by the node daemon
+/// over its volumes. Each call names the volume (the resource's `name=`).
+pub trait ReplicaHandler: Send + Sync {
+    /// Make this node the volume's primary (waits for the peer to be fenced if it is lost).
+    fn promote<'a>(&'a self, name: &'a str) -> VmFuture<'a, ()>;
+    /// Make this node a secondary (success if it already is).
+    fn demote<'a>(&'a self, name: &'a str) -> VmFuture<'a, ()>;
+    /// `Ok` when this node is primary with an UpToDate disk; the reason otherwise.
+    fn status<'a>(&'a self, name: &'a str) -> VmFuture<'a, ()>;
+}
+
 /// Runs services' resources on this node (a tokio driver; one executor can run several actions at once).
 #[derive(Clone)]
 pub struct Executor {
@@ -235,6 +249,7 @@ pub struct Executor {
     ocf_root: PathBuf,
     rgmanager_dir: PathBuf,
     vm: Option<Arc<dyn VmHandler>>,
+    replica: Option<Arc<dyn ReplicaHandler>>,
     status_slots: Arc<tokio::sync::Semaphore>,
     status_max: usize,
 }
@@ -268,6 +283,7 @@ impl Executor {
             ocf_root: PathBuf::from(agents::ocf::DEFAULT_OCF_ROOT),
             rgmanager_dir: PathBuf::from(DEFAULT_RGMANAGER_DIR),
             vm: None,
+            replica: None,
             status_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_STATUS_CHILD_MAX)),
             status_max: DEFAULT_STATUS_CHILD_MAX,
         }
@@ -304,6 +320,12 @@ impl Executor {
     /// Hands `vm` resources (and `<vm>` services) to `handler`.
     pub fn with_vm_handler(mut self, handler: Arc<dyn VmHandler>) -> Self {
         self.vm = Some(handler);
+        self
+    }
+
+    /// Hands `replica` resources to `handler` (promote on start, demote on stop).
+    pub fn with_replica_handler(mut self, handler: Arc<dyn ReplicaHandler>) -> Self {
+        self.replica = Some(handler);
         self
     }
 
@@ -443,6 +465,7 @@ impl Executor {
             "ip" => ip::run(&mut runner, step, op).await,
             "fs" => fs::run(&mut runner, step, op).await,
             "vm" => self.vm_step(step, op).await,
+            "replica" => self.replica_step(step, op).await,
             _ => ocf::run(&mut runner, &self.ocf_root, &self.rgmanager_dir, step, op).await,
         };
         let log = StepLog {
@@ -483,6 +506,10 @@ impl Executor {
                 Some(_) => Ok(Vec::new()),
                 None => Err(StepError::NoVmHandler(step.name.clone())),
             },
+            "replica" => match self.replica {
+                Some(_) => Ok(Vec::new()),
+                None => Err(StepError::NoReplicaHandler(step.name.clone())),
+            },
             rtype => {
                 crate::timeout::op_timeout(&step.attrs, Op::Start)?;
                 crate::timeout::op_timeout(&step.attrs, Op::Stop)?;
@@ -491,6 +518,20 @@ impl Executor {
                     .await?
                     .check(rtype, &step.name, &step.attrs)
             }
+        }
+    }
+
+    async fn replica_step(&self, step: &ResourceStep, op: Op) -> Result<(), StepError> {
+        let h = self
+            .replica
+            .as_ref()
+            .ok_or_else(|| StepError::NoReplicaHandler(step.name.clone()))?;
+        let fail =
+            |e: String| StepError::Failed(format!("replica {} {}: {e}", step.name, op.as_str()));
+        match op {
+            Op::Start => h.promote(&step.name).await.map_err(fail),
+            Op::Stop => h.demote(&step.name).await.map_err(fail),
+            Op::Status => h.status(&step.name).await.map_err(fail),
         }
     }
 

@@ -24,6 +24,9 @@
 //! - `fs`: a filesystem (`device`, `mountpoint`, `fstype`, `options`,
 //!   `force_fsck`, `force_unmount`) mounted with `mount`;
 //! - `vm`: handed to the [`VmHandler`] given with [`Executor::with_vm_handler`];
+//! - `replica`: a replicated volume, handed to the [`ReplicaHandler`] given with
+//!   [`Executor::with_replica_handler`] (start promotes, stop demotes, status
+//!   checks Primary and UpToDate);
 //! - anything else: an OCF agent, `ocf:PROVIDER:TYPE` or a bare name looked up
 //!   under `<ocf_root>/resource.d/heartbeat`, then every other provider, then
 //!   rgmanager's `/usr/share/cluster/<name>.sh`.
@@ -61,8 +64,8 @@ mod timeout;
 
 pub use cmd::CmdLog;
 pub use exec::{
-    ActionReport, ExecResult, Executor, Op, StepError, StepLog, VmFuture, VmHandler, VmStatus,
-    DEFAULT_RGMANAGER_DIR, DEFAULT_STATUS_CHILD_MAX,
+    ActionReport, ExecResult, Executor, Op, ReplicaHandler, StepError, StepLog, VmFuture,
+    VmHandler, VmStatus, DEFAULT_RGMANAGER_DIR, DEFAULT_STATUS_CHILD_MAX,
 };
 pub use timeout::{
     fold_action_timeouts, op_timeout, parse_duration, DEFAULT_START_TIMEOUT,

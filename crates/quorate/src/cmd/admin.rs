@@ -22,13 +22,23 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Ask the node; on failure print why and what to do, and return the exit code.
 fn ask(state_dir: &Path, cmd: &str, args: Value) -> Result<Value, u8> {
+    ask_within(state_dir, cmd, args, ASK_TIMEOUT)
+}
+
+/// [`ask`] with a timeout of its own (for requests the node answers when they are done).
+pub(crate) fn ask_within(
+    state_dir: &Path,
+    cmd: &str,
+    args: Value,
+    timeout: Duration,
+) -> Result<Value, u8> {
     match call(
         state_dir,
         &Request {
             cmd: cmd.to_string(),
             args,
         },
-        ASK_TIMEOUT,
+        timeout,
     ) {
         Ok(Response { ok: true, data, .. }) => Ok(data),
         Ok(r) => {
@@ -46,7 +56,7 @@ fn ask(state_dir: &Path, cmd: &str, args: Value) -> Result<Value, u8> {
     }
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     out(&format!(
         "{}\n",
         serde_json::to_string_pretty(v).unwrap_or_default()

@@ -448,6 +448,8 @@ pub fn run(cmd: BenchCmd) -> u8 {
                 return EXIT_FAIL;
             }
             let r = replica::bench::run(&replica::bench::BenchConfig::new(dir.clone()));
+            // The bench removes its files; the folder goes too if nothing else is in it.
+            let _ = std::fs::remove_dir(&dir);
             match r {
                 Ok(report) => {
                     out(&format!("{report}\n"));

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod node;
+pub mod replica;
 pub mod tools;
 
 use crate::cli::{Cli, Command, FenceCmd, FenceSub};
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> u8 {
             admin::fence(state, cmd)
         }
         Command::Svc(c) => admin::svc(state, c),
+        Command::Replica(c) => replica::run(state, c),
         Command::Keygen { file } => tools::keygen(&file),
         Command::PowerSwitch(args) => tools::power_switch(args),
         Command::Demo { quiet, dir } => demo::run(quiet, dir),

@@ -2,7 +2,8 @@
 //!
 //! The daemon crate runs the protocols; this file plugs in what carries out
 //! the resource manager's actions: the resource executor (script, ip, fs, OCF
-//! agents) and the vm manager (QEMU guests, live migration).
+//! agents), the vm manager (QEMU guests, live migration) and the node's
+//! replicated volumes (`replica` resources).
 
 use super::err;
 use crate::cli::{EXIT_FAIL, EXIT_OK};
@@ -16,11 +17,18 @@ use std::sync::{Arc, Mutex};
 
 /// Runs `<vm>` resources with the vm crate; migrations go to the target
 /// node's ring-0 (back-channel) address, as the seed sends them over its BCN.
+///
+/// A guest whose disk is a replicated volume names it with `replica="r0"` (and opens it as
+/// `nbd://127.0.0.1:NBD_PORT/r0`, served on every node while it is primary there): the volume is
+/// promoted before the guest starts and demoted after it stops; the target of a live migration
+/// opens the dual-primary window before its incoming guest opens the disk, and the source
+/// demotes, closing the window, once its guest has quit.
 struct Vms {
     manager: vm::resource::VmManager,
     addrs: BTreeMap<NodeId, IpAddr>,
     /// Per vm: the running migration's last progress, then its figures.
     migrations: Mutex<BTreeMap<String, Migration>>,
+    replicas: daemon::replicas::Replicas,
 }
 
 #[derive(Clone, Debug)]
@@ -104,6 +112,17 @@ impl Vms {
         }
         Some(v)
     }
+
+    /// The guest's replicated volume, if it names one.
+    fn volume(
+        &self,
+        attrs: &BTreeMap<String, String>,
+    ) -> Result<Option<Arc<daemon::replicas::Local>>, String> {
+        match attrs.get("replica") {
+            None => Ok(None),
+            Some(r) => self.replicas.find(r).map(Some).map_err(|e| e.to_string()),
+        }
+    }
 }
 
 /// How far a migration is: RAM sent of RAM sent plus still to send.
@@ -123,6 +142,9 @@ impl rmexec::VmHandler for Vms {
         attrs: &'a BTreeMap<String, String>,
     ) -> rmexec::VmFuture<'a, ()> {
         Box::pin(async move {
+            if let Some(v) = self.volume(attrs)? {
+                v.promote(false).await.map_err(|e| e.to_string())?;
+            }
             self.manager
                 .start(attrs)
                 .await
@@ -141,7 +163,11 @@ impl rmexec::VmHandler for Vms {
                 .stop(attrs)
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            if let Some(v) = self.volume(attrs)? {
+                v.demote().await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
         })
     }
 
@@ -224,7 +250,43 @@ impl rmexec::VmHandler for Vms {
                 total_ms = stats.total_time_ms,
                 "live migration completed"
             );
+            // The source's guest has quit: close the dual-primary window.
+            if let Some(v) = self.volume(&attrs)? {
+                v.demote().await.map_err(|e| e.to_string())?;
+            }
             Ok(())
+        })
+    }
+}
+
+/// Runs `replica` resources over the daemon's volumes (promote on start, demote on stop).
+struct ReplicaRes(daemon::replicas::Replicas);
+
+impl ReplicaRes {
+    fn volume(&self, name: &str) -> Result<Arc<daemon::replicas::Local>, String> {
+        self.0.find(name).map_err(|r| r.to_string())
+    }
+}
+
+impl rmexec::ReplicaHandler for ReplicaRes {
+    fn promote<'a>(&'a self, name: &'a str) -> rmexec::VmFuture<'a, ()> {
+        Box::pin(async move {
+            let v = self.volume(name)?;
+            v.promote(false).await.map_err(|r| r.to_string())
+        })
+    }
+
+    fn demote<'a>(&'a self, name: &'a str) -> rmexec::VmFuture<'a, ()> {
+        Box::pin(async move {
+            let v = self.volume(name)?;
+            v.demote().await.map_err(|r| r.to_string())
+        })
+    }
+
+    fn status<'a>(&'a self, name: &'a str) -> rmexec::VmFuture<'a, ()> {
+        Box::pin(async move {
+            let v = self.volume(name)?;
+            v.check().await.map_err(|r| r.to_string())
         })
     }
 }
@@ -262,6 +324,9 @@ impl ServiceRunner for Runner {
         let ip = self.my_ip;
         Box::pin(async move {
             for r in resources.iter().filter(|r| r.rtype == "vm") {
+                if let Some(v) = vms.volume(&r.attrs)? {
+                    v.promote_for_migration().await.map_err(|e| e.to_string())?;
+                }
                 vms.manager
                     .prepare_incoming(&r.attrs, ip)
                     .await
@@ -305,12 +370,16 @@ pub fn run(config: &Path, state_dir: &Path, node: Option<String>) -> u8 {
             .get(&plan.me)
             .copied()
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let replicas = daemon::replicas::Replicas::default();
         let vms = Arc::new(Vms {
             manager: vm::resource::VmManager::new(state_dir.join("vm")),
             addrs,
             migrations: Mutex::new(BTreeMap::new()),
+            replicas: replicas.clone(),
         });
-        let executor = rmexec::Executor::new().with_vm_handler(vms.clone());
+        let executor = rmexec::Executor::new()
+            .with_vm_handler(vms.clone())
+            .with_replica_handler(Arc::new(ReplicaRes(replicas.clone())));
         let runner = Arc::new(Runner {
             executor,
             vms,
@@ -321,7 +390,7 @@ pub fn run(config: &Path, state_dir: &Path, node: Option<String>) -> u8 {
             node: Some(me),
             state_dir: state_dir.to_path_buf(),
         };
-        daemon::node::run(opts, runner, shutdown_signal()).await
+        daemon::node::run_with_replicas(opts, runner, replicas, shutdown_signal()).await
     });
     match result {
         Ok(()) => EXIT_OK,
