@@ -387,7 +387,7 @@ pub struct ClusterSim {
     /// The clean-leave fault's own stream (its draws leave `rng` alone).
     lrng: DetRng,
     /// When each node's pending `cman leave` was asked for, and whether
-    /// the node has been quorate at every step since.
+    /// the node has been quorate (and nobody's fence victim) since.
     leave_began: BTreeMap<NodeId, (Instant, bool)>,
     /// Nodes that left cleanly, until their daemon starts again.
     clean_left: BTreeMap<NodeId, CleanLeave>,
@@ -1471,7 +1471,14 @@ impl ClusterSim {
             .stack
             .as_ref()
             .is_some_and(|s| s.quorum().is_quorate());
-        self.leave_began.insert(id, (self.now, quorate));
+        // A node some member still means to fence is not in good standing:
+        // what it runs waits for that fencing, and it may leave meanwhile.
+        let victim = self.nodes.iter().any(|n| {
+            n.stack
+                .as_ref()
+                .is_some_and(|s| s.fence().blocked().contains(&id))
+        });
+        self.leave_began.insert(id, (self.now, quorate && !victim));
         let here = self.procs_on(id);
         self.log(format!(
             "operator on {}: cman leave (quorate {quorate}, processes here: {here:?})",
