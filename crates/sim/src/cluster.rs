@@ -1520,10 +1520,33 @@ impl ClusterSim {
                 self.now - began
             )));
         }
+        // A fencing of the node that had begun (for an earlier departure)
+        // is finished whatever the node does since, and the fencer tells
+        // the others: nobody is watched then.
+        let begun = self.nodes.iter().any(|n| {
+            n.stack.as_ref().is_some_and(|t| {
+                t.fence().status().victims.iter().any(|v| {
+                    v.node == id
+                        && (v.tries > 0
+                            || matches!(
+                                v.state,
+                                fence::VictimState::RunningAgent
+                                    | fence::VictimState::DeviceDelay
+                                    | fence::VictimState::RetryWait
+                                    | fence::VictimState::Announced
+                            ))
+                })
+            })
+        });
+        if begun {
+            self.log(format!(
+                "{name}'s fencing for an earlier departure had begun: it goes on"
+            ));
+        }
         // Whoever had the announcement and did not already hold the node as
         // a victim must not fence it for this departure.
         let mut watch = BTreeSet::new();
-        for m in members {
+        for m in members.into_iter().filter(|_| !begun) {
             let j = self.idx(m);
             if let Some(t) = &self.nodes[j].stack {
                 if !t.fence().blocked().contains(&id) {
