@@ -853,8 +853,8 @@ impl ClusterSim {
                 if let Some(cl) = self.clean_left.get(&run.victim) {
                     if cl.watch.contains(&(id, inc)) {
                         return Err(self.fail(format!(
-                            "{name} runs fence agent {} against n{}, which left cleanly at {} \
-                             after its announcement was delivered in safe order (to {name} too)",
+                            "{name} runs fence agent {} against n{}, which left cleanly at {} once its \
+                             announcement came back to it ordered ({name} was in its ring then)",
                             run.agent, run.victim.0, cl.at
                         )));
                     }
