@@ -10,8 +10,12 @@
 //! symmetric and one-way partitions, power loss and reboot, long pauses (a
 //! stopped daemon whose services keep running), clock drift, fence devices
 //! that fail, hang past their timeout or succeed late, service starts that
-//! fail (sometimes leaving half-started processes), services that die, and
-//! operator relocations.
+//! fail (sometimes leaving half-started processes), services that die,
+//! operator relocations, and clean leaves (`cman leave` on a node; when its
+//! stack emits `Action::Left` the daemon exits, the node keeping its power
+//! and whatever still runs there, and an admin may start it again later).
+//! Leaves draw from a stream of their own, so a seed without them runs
+//! exactly as before they existed.
 //!
 //! The world's truth is kept outside the stacks: which node's processes run
 //! each service ([`World`]), which nodes have power, when a node was last
@@ -26,7 +30,12 @@
 //!   that host was fenced or has booted again since;
 //! - no two quorate partitions with disjoint members (except under two_node,
 //!   where the fence race decides);
-//! - members of one ring whose vote core has settled agree on quorum.
+//! - members of one ring whose vote core has settled agree on quorum;
+//! - a node that left cleanly (its announcement came back to it ordered) is
+//!   not fenced for that departure by any member of its ring then (unless
+//!   a fencing of it had already begun);
+//! - a leave during which the node stayed quorate and nobody's victim moved
+//!   the node's services away before the daemon exited.
 //!
 //! Liveness, once faults stop and every node has power again: within a bound
 //! every node is in one quorate ring, nobody waits on fencing, every replica
