@@ -60,6 +60,17 @@ fn seeds_that_once_failed_pass() {
         (2931, "liveness: a start left starting"),
         // Left a start "starting" under an intermediate rule of this change.
         (472, "liveness: a start left starting"),
+        // Clean leaves (issue 4): the announcement, delivered in an old
+        // ring's recovery, never reached a member that joined then.
+        (
+            254,
+            "leave: fenced by a joiner that never had the announcement",
+        ),
+        (799, "leave: fenced by a restarted member of the old ring"),
+        // A victim rejoined, then left cleanly before Rejoined was ordered.
+        (506, "leave: a cancelling victim fenced after all"),
+        // A node restarted while leaving stayed "leaving" for good.
+        (1028, "leave: a new incarnation still leaving"),
     ] {
         let r = run(ClusterOptions::from_seed(seed, None))
             .unwrap_or_else(|f| panic!("seed {seed} ({why}): {f}"));

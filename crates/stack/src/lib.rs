@@ -195,6 +195,9 @@ pub struct Stack {
     /// as members yet (delivered in a ring whose membership it has not been
     /// given): handed to it with that membership.
     leaves_unsynced: BTreeSet<NodeId>,
+    /// The transitional configuration being delivered (between a ring's
+    /// end and the next regular one): who carried the old ring over.
+    transitional: Option<Vec<NodeId>>,
     left: bool,
     /// Services with an operation running here (one at a time per service).
     running_ops: BTreeMap<String, rm::OpId>,
@@ -275,6 +278,7 @@ impl Stack {
             leave_announced: false,
             leave_delivered: None,
             leaves_unsynced: BTreeSet::new(),
+            transitional: None,
             left: false,
             running_ops: BTreeMap::new(),
             held: rmglue::Held::new(),
@@ -797,8 +801,15 @@ impl Stack {
         match ev {
             totem::Event::ConfigurationChange(c) => {
                 if c.transitional {
+                    // Only these members carry the old ring's messages over
+                    // (a member that restarted meanwhile is a new one).
+                    if let Some(heard) = self.leave_delivered.as_mut() {
+                        heard.retain(|m| c.members.contains(m));
+                    }
+                    self.transitional = Some(c.members.clone());
                     return;
                 }
+                self.transitional = None;
                 let names = |ids: &[NodeId]| {
                     ids.iter()
                         .map(|n| self.name_of(*n))
@@ -945,7 +956,14 @@ impl Stack {
                             self.leaves_unsynced.insert(d.sender);
                         }
                         if d.sender == self.plan.me {
-                            self.leave_delivered = Some(self.members.iter().copied().collect());
+                            let trans = self.transitional.as_ref();
+                            self.leave_delivered = Some(
+                                self.members
+                                    .iter()
+                                    .copied()
+                                    .filter(|m| trans.is_none_or(|t| t.contains(m)))
+                                    .collect(),
+                            );
                         }
                     }
                     TAG_CONFSYNC => match confsync::ConfSyncMsg::decode(body) {
@@ -1106,6 +1124,12 @@ impl Stack {
                 self.multicast_ordered(TAG_LEAVING, Vec::new(), true);
                 return;
             }
+        }
+        // Old-ring messages can be delivered while a new ring is still
+        // forming: wait until it is installed, so the check above sees
+        // every member it brings.
+        if self.totem.state() != totem::State::Operational {
+            return;
         }
         self.finish_leave(remove);
     }
