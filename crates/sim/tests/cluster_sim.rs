@@ -82,6 +82,8 @@ fn seeds_that_once_failed_pass() {
 #[ignore = "release build: scripts/test.sh"]
 fn same_seed_same_trace() {
     check_determinism(ClusterOptions::from_seed(5, None)).unwrap();
+    // and one with clean leaves (and daemons started again)
+    check_determinism(ClusterOptions::from_seed(254, None)).unwrap();
 }
 
 #[test]
@@ -125,12 +127,13 @@ fn many_seeds() {
     let t = std::time::Instant::now();
     let s = sim::cluster::run_seeds(0, n, None).unwrap_or_else(|f| panic!("{f}"));
     eprintln!(
-        "{} seeds, {} steps, {} service starts, {} fenced, {} power losses and pauses, worst settling {}, {:.1}s",
+        "{} seeds, {} steps, {} service starts, {} fenced, {} power losses and pauses, {} clean leaves, worst settling {}, {:.1}s",
         s.runs,
         s.steps,
         s.starts,
         s.fenced,
         s.crashes,
+        s.leaves,
         s.worst_converge,
         t.elapsed().as_secs_f64()
     );
