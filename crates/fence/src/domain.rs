@@ -452,11 +452,19 @@ impl FenceDomain {
                 info!(node = %l, "left after being fenced: no further fencing");
                 continue;
             }
-            if self.leaving.remove(&l) && !self.victims.contains_key(&l) {
+            let clean = self.leaving.remove(&l);
+            if clean && !self.victims.contains_key(&l) {
                 info!(node = %l, "left the fence domain cleanly: not a victim");
                 continue;
             }
             if let Some(v) = self.victims.get_mut(&l) {
+                if v.phase == Phase::Cancelling && clean {
+                    // It rejoined (which answered its old departure) and then
+                    // left cleanly, before the Rejoined outcome was ordered.
+                    info!(node = %l, "rejoined, then left cleanly: not fencing it");
+                    self.victims.remove(&l);
+                    continue;
+                }
                 if v.phase == Phase::Cancelling {
                     // It left again before the Rejoined outcome arrived: fence after all.
                     v.phase = Phase::Waiting;

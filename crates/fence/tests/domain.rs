@@ -775,3 +775,28 @@ fn a_node_that_announced_a_clean_leave_is_not_fenced_when_it_goes() {
     d.handle_membership(Instant(20_000_000_000), m(&[1]));
     assert_eq!(d.blocked(), vec![NodeId(2)]);
 }
+
+#[test]
+fn a_victim_that_rejoined_then_left_cleanly_is_not_fenced() {
+    // Seed 506 of the cluster simulator: n3 was a victim, rejoined (the
+    // Rejoined outcome not yet ordered), announced a clean leave in that
+    // ring and left: the rejoin answered its old departure.
+    let mut d = lost3(1);
+    d.handle_membership(t(3000), memb(&[1, 2, 3], true));
+    let acts = actions(&mut d);
+    assert!(
+        matches!(&acts[..], [Action::Broadcast(o)] if o.kind == OutcomeKind::Rejoined),
+        "{acts:?}"
+    );
+    d.handle_clean_leave(n(3));
+    d.handle_membership(t(4000), memb(&[1, 2], true));
+    d.handle_timeout(t(100_000));
+    assert!(runs(&actions(&mut d)).is_empty());
+    assert!(d.blocked().is_empty(), "{:?}", d.status());
+    // Without the announcement it is fenced after all.
+    let mut d = lost3(1);
+    d.handle_membership(t(3000), memb(&[1, 2, 3], true));
+    actions(&mut d);
+    d.handle_membership(t(4000), memb(&[1, 2], true));
+    assert_eq!(d.blocked(), vec![n(3)]);
+}

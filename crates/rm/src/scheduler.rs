@@ -728,6 +728,7 @@ impl Scheduler {
             Input::Restarted { node } => self.handle_restarted(now, node),
             Input::Rebooted { node } => {
                 if self.st.members.contains(&node) && self.st.needs_rejoin.remove(&node) {
+                    self.st.leaving.remove(&node);
                     self.event(
                         now,
                         None,
@@ -1242,6 +1243,8 @@ impl Scheduler {
             return;
         }
         let nname = self.node_name(node);
+        // The new incarnation did not ask to leave (the old one may have).
+        self.st.leaving.remove(&node);
         self.event(
             now,
             None,

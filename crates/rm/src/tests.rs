@@ -1085,6 +1085,28 @@ fn leaving_node_with_restricted_only_service_stops_it_then_is_ready() {
 }
 
 #[test]
+fn a_leaving_node_that_restarts_before_it_left_may_run_services_again() {
+    // Seed 1028 of the cluster simulator: n1 asked to leave, lost its power
+    // and booted again before the others saw it go; the new incarnation
+    // stayed "leaving" and its restricted service never started again.
+    let mut s = web();
+    s.domain = Some(domain(false, true, false, &[(1, 1)]));
+    let mut h = started_cluster(2, vec![s]);
+    h.feed(Input::Leave { node: n(1) }).unwrap();
+    h.settle();
+    assert_eq!(h.svc("web").state, State::Stopped);
+    h.feed(Input::Restarted { node: n(1) }).unwrap();
+    h.settle();
+    assert!(
+        !h.s[0].ready_to_leave(n(1)),
+        "the new incarnation is not leaving"
+    );
+    let v = h.svc("web");
+    assert_eq!(v.state, State::Started, "{}", v.reason);
+    assert_eq!(v.owner, Some(n(1)));
+}
+
+#[test]
 fn config_change_moves_service_out_of_a_shrunken_restricted_domain() {
     let mut s = web();
     s.domain = Some(domain(true, true, false, &[(1, 1), (2, 2)]));

@@ -19,8 +19,8 @@ fn main() {
         o.faults = std::env::var("SIM_CALM").is_err();
         match sim::cluster::run(o) {
             Ok(r) => println!(
-                "seed {seed} nodes {} ok: steps {} starts {} fenced {} crashes {} converge {}",
-                r.nodes, r.steps, r.starts, r.fenced, r.crashes, r.converge
+                "seed {seed} nodes {} ok: steps {} starts {} fenced {} crashes {} leaves {} converge {}",
+                r.nodes, r.steps, r.starts, r.fenced, r.crashes, r.leaves, r.converge
             ),
             Err(f) => {
                 fails += 1;

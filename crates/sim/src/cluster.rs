@@ -10,8 +10,12 @@
 //! symmetric and one-way partitions, power loss and reboot, long pauses (a
 //! stopped daemon whose services keep running), clock drift, fence devices
 //! that fail, hang past their timeout or succeed late, service starts that
-//! fail (sometimes leaving half-started processes), services that die, and
-//! operator relocations.
+//! fail (sometimes leaving half-started processes), services that die,
+//! operator relocations, and clean leaves (`cman leave` on a node; when its
+//! stack emits `Action::Left` the daemon exits, the node keeping its power
+//! and whatever still runs there, and an admin may start it again later).
+//! Leaves draw from a stream of their own, so a seed without them runs
+//! exactly as before they existed.
 //!
 //! The world's truth is kept outside the stacks: which node's processes run
 //! each service ([`World`]), which nodes have power, when a node was last
@@ -26,7 +30,12 @@
 //!   that host was fenced or has booted again since;
 //! - no two quorate partitions with disjoint members (except under two_node,
 //!   where the fence race decides);
-//! - members of one ring whose vote core has settled agree on quorum.
+//! - members of one ring whose vote core has settled agree on quorum;
+//! - a node that left cleanly (its announcement came back to it ordered) is
+//!   not fenced for that departure by any member of its ring then (unless
+//!   a fencing of it had already begun);
+//! - a leave during which the node stayed quorate and nobody's victim moved
+//!   the node's services away before the daemon exited.
 //!
 //! Liveness, once faults stop and every node has power again: within a bound
 //! every node is in one quorate ring, nobody waits on fencing, every replica
@@ -137,6 +146,10 @@ pub struct Profile {
     pub disk_slow: f64,
     /// Probability that a heuristic run fails (flapping).
     pub heuristic_flap: f64,
+    /// Mean time between clean leaves (`quorate cman leave` on a node; an
+    /// admin may start it again later). Drawn from its own stream, so the
+    /// rest of a seed's profile is what it was before leaves existed.
+    pub leaves: Option<Duration>,
 }
 
 impl Profile {
@@ -176,6 +189,7 @@ impl Profile {
             disk_loss: pick(r, 0.5, 3000, 10000),
             disk_slow: f(r, &[0.0, 0.05, 0.2]),
             heuristic_flap: f(r, &[0.0, 0.1, 0.4]),
+            leaves: None,
         }
     }
 }
@@ -195,6 +209,8 @@ pub struct Report {
     pub fenced: u64,
     /// Power losses and pauses injected.
     pub crashes: u64,
+    /// Clean leaves completed (the node's daemon exited after `Action::Left`).
+    pub leaves: u64,
     /// Time from the end of faults to the settled cluster.
     pub converge: Duration,
     /// Rolling hash of the trace (determinism check).
@@ -217,6 +233,9 @@ enum Ev {
     AgentDone {
         fencer: NodeId,
         inc: u32,
+        /// The fencer's power-on count: an agent outlives its daemon's
+        /// exit, not a power cut.
+        boot: u32,
         run: Box<fence::AgentRun>,
         ok: bool,
         error: String,
@@ -224,6 +243,8 @@ enum Ev {
     ServiceDone {
         node: NodeId,
         inc: u32,
+        /// The node's power-on count: a script outlives its daemon's exit.
+        boot: u32,
         action: Box<rm::Action>,
         fail: bool,
     },
@@ -264,6 +285,13 @@ enum Ev {
     DiskBack {
         node: NodeId,
     },
+    /// An operator runs `quorate cman leave` on a random node.
+    Leave,
+    /// An admin starts the daemon of a node that left (incarnation `inc`).
+    Restart {
+        node: NodeId,
+        inc: u32,
+    },
 }
 
 /// A node's clocks: monotonic (offset and drift) and wall (skewed).
@@ -294,8 +322,12 @@ enum Held {
 struct SimNode {
     id: NodeId,
     name: String,
-    /// Incarnation: bumped at every power-on; work of an older one is void.
+    /// Incarnation: bumped at every daemon start; work of an older one is void.
     inc: u32,
+    /// The node has power (its daemon may still have exited after a leave).
+    powered: bool,
+    /// Power-on count: processes a daemon started outlive its exit, not this.
+    boot: u32,
     epoch: u64,
     ring_seq: u64,
     stack: Option<Stack>,
@@ -310,6 +342,15 @@ struct SimNode {
     qgen: u64,
     /// This node cannot reach the disk (its I/O fails).
     disk_lost: bool,
+}
+
+/// A node whose daemon left the cluster cleanly and exited.
+struct CleanLeave {
+    at: Instant,
+    /// Members that had the safe-ordered announcement, as (node,
+    /// incarnation), that did not already hold the node as a fence victim:
+    /// none of them may fence it for this departure.
+    watch: BTreeSet<(NodeId, u32)>,
 }
 
 /// What is really true, whatever the nodes believe.
@@ -352,6 +393,14 @@ pub struct ClusterSim {
     starts: u64,
     fenced: u64,
     crashes: u64,
+    /// The clean-leave fault's own stream (its draws leave `rng` alone).
+    lrng: DetRng,
+    /// When each node's pending `cman leave` was asked for, and whether
+    /// the node has been quorate (and nobody's fence victim) since.
+    leave_began: BTreeMap<NodeId, (Instant, bool)>,
+    /// Nodes that left cleanly, until their daemon starts again.
+    clean_left: BTreeMap<NodeId, CleanLeave>,
+    leaves: u64,
 }
 
 /// The sim's resolver: node `nK` is 10.0.0.K (never used for a socket).
@@ -494,6 +543,9 @@ impl ClusterSim {
         let mut rng = DetRng::new(opts.seed);
         let mut profile = Profile::derive(&mut rng, opts.faults);
         profile.qdisk &= opts.qdisk;
+        let mut lrng = DetRng::new(opts.seed ^ 0x006c_6561_7665_7321);
+        let m = Duration::from_millis(lrng.range(3000, 12000));
+        profile.leaves = (opts.faults && lrng.chance(0.4)).then_some(m);
         let (conf_text, services, domains) = render_conf(&mut rng, opts.nodes, &profile);
         let parsed = config::parse("cluster.conf", &conf_text);
         let fail = |why: String| Failure {
@@ -545,6 +597,8 @@ impl ClusterSim {
                 id: NodeId(i as u32 + 1),
                 name: format!("n{}", i + 1),
                 inc: 0,
+                powered: false,
+                boot: 0,
                 epoch: 0,
                 ring_seq: 0,
                 stack: None,
@@ -589,6 +643,10 @@ impl ClusterSim {
             starts: 0,
             fenced: 0,
             crashes: 0,
+            lrng,
+            leave_began: BTreeMap::new(),
+            clean_left: BTreeMap::new(),
+            leaves: 0,
         })
     }
 
@@ -635,14 +693,28 @@ impl ClusterSim {
     // ---------------------------------------------------------- power
 
     fn power_on(&mut self, i: usize) -> Result<(), Failure> {
-        if self.nodes[i].stack.is_some() {
+        if self.nodes[i].powered {
+            return Ok(());
+        }
+        self.nodes[i].powered = true;
+        self.nodes[i].boot += 1;
+        self.nodes[i].booted_at = self.now;
+        self.start_daemon(i, "powers on")
+    }
+
+    /// Start a fresh incarnation of a powered node's daemon (at boot, or an
+    /// admin starting it again after a clean leave).
+    fn start_daemon(&mut self, i: usize, how: &str) -> Result<(), Failure> {
+        if self.nodes[i].stack.is_some() || !self.nodes[i].powered {
             return Ok(());
         }
         self.nodes[i].epoch += 1;
         self.nodes[i].inc += 1;
         self.nodes[i].paused = false;
         self.nodes[i].held.clear();
-        self.nodes[i].booted_at = self.now;
+        let id = self.nodes[i].id;
+        self.clean_left.remove(&id);
+        self.leave_began.remove(&id);
         let name = self.nodes[i].name.clone();
         let plan = stack::plan::make_plan(&self.conf, &name, resolve)
             .map_err(|e| self.fail(format!("plan for {name}: {e}")))?;
@@ -664,7 +736,7 @@ impl ClusterSim {
         let s = Stack::new(init, now).map_err(|e| self.fail(format!("stack for {name}: {e}")))?;
         self.nodes[i].stack = Some(s);
         let inc = self.nodes[i].inc;
-        self.log(format!("{name} powers on (incarnation {inc})"));
+        self.log(format!("{name} {how} (incarnation {inc})"));
         self.after(i)?;
         self.after_qdisk(i)
     }
@@ -672,19 +744,15 @@ impl ClusterSim {
     /// Cut a node's power: its daemon and every process it ran are gone.
     fn power_off(&mut self, i: usize, why: &str) {
         let id = self.nodes[i].id;
-        if self.nodes[i].stack.take().is_none() {
+        if !self.nodes[i].powered {
             return;
         }
+        self.nodes[i].powered = false;
+        self.nodes[i].stack = None;
         self.nodes[i].qdisk = None;
         self.nodes[i].paused = false;
         self.nodes[i].held.clear();
-        let lost: Vec<String> = self
-            .world
-            .procs
-            .iter()
-            .filter(|(_, n)| **n == id)
-            .map(|(s, _)| s.clone())
-            .collect();
+        let lost = self.procs_on(id);
         for s in &lost {
             self.world.procs.remove(s);
             self.world.lost_with_power.insert(s.clone(), (id, self.now));
@@ -751,10 +819,21 @@ impl ClusterSim {
         for t in out {
             self.send(id, t.to, t.bytes);
         }
+        let left = actions.iter().any(|a| matches!(a, Action::Left));
         for a in actions {
             self.on_action(i, a)?;
         }
         self.check()?;
+        let quorate = self.nodes[i]
+            .stack
+            .as_ref()
+            .is_some_and(|s| s.quorum().is_quorate());
+        if let Some((_, kept)) = self.leave_began.get_mut(&id) {
+            *kept &= quorate;
+        }
+        if left && self.nodes[i].stack.is_some() {
+            return self.daemon_exits(i);
+        }
         if let Some(d) = self.nodes[i].stack.as_ref().and_then(|s| s.poll_deadline()) {
             self.nodes[i].gen += 1;
             let gen = self.nodes[i].gen;
@@ -779,6 +858,15 @@ impl ClusterSim {
                         "{name} runs fence agent {} against n{} while inquorate",
                         run.agent, run.victim.0
                     )));
+                }
+                if let Some(cl) = self.clean_left.get(&run.victim) {
+                    if cl.watch.contains(&(id, inc)) {
+                        return Err(self.fail(format!(
+                            "{name} runs fence agent {} against n{}, which left cleanly at {} once its \
+                             announcement came back to it ordered ({name} was in its ring then)",
+                            run.agent, run.victim.0, cl.at
+                        )));
+                    }
                 }
                 let (ok, error, took) = if run.agent == "fence_sim_pdu" && self.faults_on {
                     let roll = self.rng.next_u64() as f64 / u64::MAX as f64;
@@ -808,6 +896,7 @@ impl ClusterSim {
                     Ev::AgentDone {
                         fencer: id,
                         inc,
+                        boot: self.nodes[i].boot,
                         run: Box::new(run),
                         ok,
                         error,
@@ -830,6 +919,7 @@ impl ClusterSim {
                     Ev::ServiceDone {
                         node: id,
                         inc,
+                        boot: self.nodes[i].boot,
                         action: Box::new(action),
                         fail,
                     },
@@ -954,13 +1044,17 @@ impl ClusterSim {
         &mut self,
         node: NodeId,
         inc: u32,
+        boot: u32,
         action: rm::Action,
         fail: bool,
     ) -> Result<(), Failure> {
         let i = self.idx(node);
-        if self.nodes[i].inc != inc || self.nodes[i].stack.is_none() {
-            return Ok(()); // the agent died with its node
+        if self.nodes[i].boot != boot || !self.nodes[i].powered {
+            return Ok(()); // the script died with its node's power
         }
+        // A script outlives a daemon that exited after a clean leave (it
+        // does what it does; nobody hears how it ended).
+        let heard = self.nodes[i].inc == inc && self.nodes[i].stack.is_some();
         let name = self.nodes[i].name.clone();
         let (service, op, outcome) = match action {
             rm::Action::StartService { service, op, .. } => {
@@ -1012,19 +1106,27 @@ impl ClusterSim {
                 (service, op, Some(rm::Outcome::MigrateFailed))
             }
         };
+        if !heard {
+            self.log(format!(
+                "{name}: {service}'s script ends after its daemon exited"
+            ));
+            return Ok(());
+        }
         self.feed(i, Held::Service(service, op, outcome))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn agent_done(
         &mut self,
         fencer: NodeId,
         inc: u32,
+        boot: u32,
         run: fence::AgentRun,
         ok: bool,
         error: String,
     ) -> Result<(), Failure> {
         let f = self.idx(fencer);
-        if self.nodes[f].inc != inc || self.nodes[f].stack.is_none() {
+        if self.nodes[f].boot != boot || !self.nodes[f].powered {
             self.log(format!(
                 "n{}'s agent against n{} died with its fencer",
                 fencer.0, run.victim.0
@@ -1052,6 +1154,9 @@ impl ClusterSim {
                     }
                 }
             }
+        }
+        if self.nodes[f].inc != inc || self.nodes[f].stack.is_none() {
+            return Ok(()); // its daemon exited: nobody hears the result
         }
         let result = if ok { Ok(()) } else { Err(error) };
         self.feed(f, Held::Agent(run.run_id, result))
@@ -1337,6 +1442,143 @@ impl ClusterSim {
         self.after(i)
     }
 
+    /// Services whose processes run on `id` (the world's truth).
+    fn procs_on(&self, id: NodeId) -> Vec<String> {
+        self.world
+            .procs
+            .iter()
+            .filter(|(_, n)| **n == id)
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    /// `quorate cman leave` on a random running node, half of the time one
+    /// whose processes run a service (the clean-leave stream draws).
+    fn operator_leave(&mut self) -> Result<(), Failure> {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| {
+                let n = &self.nodes[*i];
+                !n.paused && n.stack.as_ref().is_some_and(|s| !s.leave_requested())
+            })
+            .collect();
+        let hosts: Vec<usize> = up
+            .iter()
+            .copied()
+            .filter(|i| !self.procs_on(self.nodes[*i].id).is_empty())
+            .collect();
+        let pool = if !hosts.is_empty() && self.lrng.chance(0.5) {
+            hosts
+        } else {
+            up
+        };
+        if pool.is_empty() {
+            return Ok(());
+        }
+        let i = pool[self.lrng.below(pool.len() as u64) as usize];
+        let id = self.nodes[i].id;
+        let quorate = self.nodes[i]
+            .stack
+            .as_ref()
+            .is_some_and(|s| s.quorum().is_quorate());
+        // A node some member still means to fence is not in good standing:
+        // what it runs waits for that fencing, and it may leave meanwhile.
+        let victim = self.nodes.iter().any(|n| {
+            n.stack
+                .as_ref()
+                .is_some_and(|s| s.fence().blocked().contains(&id))
+        });
+        self.leave_began.insert(id, (self.now, quorate && !victim));
+        let here = self.procs_on(id);
+        self.log(format!(
+            "operator on {}: cman leave (quorate {quorate}, processes here: {here:?})",
+            self.nodes[i].name
+        ));
+        let now = self.now_of(i);
+        self.nodes[i]
+            .stack
+            .as_mut()
+            .expect("up")
+            .begin_leave(now, false);
+        self.after(i)
+    }
+
+    /// The daemon returns after `Action::Left` (as `quorate node` does): its
+    /// stack and disk thread are gone; the node keeps its power and whatever
+    /// processes still run there. Checks what a clean leave promises.
+    fn daemon_exits(&mut self, i: usize) -> Result<(), Failure> {
+        let id = self.nodes[i].id;
+        let name = self.nodes[i].name.clone();
+        let Some(s) = self.nodes[i].stack.take() else {
+            return Ok(());
+        };
+        self.nodes[i].qdisk = None;
+        self.nodes[i].paused = false;
+        self.nodes[i].held.clear();
+        self.leaves += 1;
+        let (began, kept) = self.leave_began.remove(&id).unwrap_or((self.now, false));
+        let members: Vec<NodeId> = s.members().iter().copied().filter(|m| *m != id).collect();
+        let here = self.procs_on(id);
+        self.log(format!(
+            "{name}'s daemon exits after its clean leave (others in its ring {:?}, quorate all along {kept}); processes still here: {here:?}",
+            members.iter().map(|m| m.0).collect::<Vec<_>>()
+        ));
+        let wait = Duration::from_secs(stack::LEAVE_WAIT_SECS);
+        if kept && self.now - began < wait && !here.is_empty() {
+            return Err(self.fail(format!(
+                "{name} left cleanly, quorate all along and {} after `cman leave`, with {here:?} still running there: its services were not moved away first",
+                self.now - began
+            )));
+        }
+        // A fencing of the node that had begun (for an earlier departure)
+        // is finished whatever the node does since, and the fencer tells
+        // the others: nobody is watched then.
+        let begun = self.nodes.iter().any(|n| {
+            n.stack.as_ref().is_some_and(|t| {
+                t.fence().status().victims.iter().any(|v| {
+                    v.node == id
+                        && (v.tries > 0
+                            || matches!(
+                                v.state,
+                                fence::VictimState::RunningAgent
+                                    | fence::VictimState::DeviceDelay
+                                    | fence::VictimState::RetryWait
+                                    | fence::VictimState::Announced
+                            ))
+                })
+            })
+        });
+        if begun {
+            self.log(format!(
+                "{name}'s fencing for an earlier departure had begun: it goes on"
+            ));
+        }
+        // Whoever had the announcement and did not already hold the node as
+        // a victim must not fence it for this departure.
+        let mut watch = BTreeSet::new();
+        for m in members.into_iter().filter(|_| !begun) {
+            let j = self.idx(m);
+            if let Some(t) = &self.nodes[j].stack {
+                if !t.fence().blocked().contains(&id) {
+                    watch.insert((m, self.nodes[j].inc));
+                }
+            }
+        }
+        self.clean_left.insert(
+            id,
+            CleanLeave {
+                at: self.now,
+                watch,
+            },
+        );
+        // An admin starts it again later (always once faults are over).
+        let inc = self.nodes[i].inc;
+        if !self.faults_on || self.lrng.chance(0.6) {
+            let d = Duration::from_millis(self.lrng.range(1000, 10000));
+            self.at(self.now + d, Ev::Restart { node: id, inc });
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, ev: Ev) -> Result<(), Failure> {
         match ev {
             Ev::Packet { to, from, bytes } => {
@@ -1358,16 +1600,18 @@ impl ClusterSim {
             Ev::AgentDone {
                 fencer,
                 inc,
+                boot,
                 run,
                 ok,
                 error,
-            } => self.agent_done(fencer, inc, *run, ok, error)?,
+            } => self.agent_done(fencer, inc, boot, *run, ok, error)?,
             Ev::ServiceDone {
                 node,
                 inc,
+                boot,
                 action,
                 fail,
-            } => self.service_done(node, inc, *action, fail)?,
+            } => self.service_done(node, inc, boot, *action, fail)?,
             Ev::PowerOn { node } => {
                 let i = self.idx(node);
                 self.power_on(i)?;
@@ -1386,7 +1630,7 @@ impl ClusterSim {
                     return Ok(());
                 }
                 let i = self.rng.below(self.nodes.len() as u64) as usize;
-                if self.nodes[i].stack.is_some() {
+                if self.nodes[i].powered {
                     self.crashes += 1;
                     self.power_off(i, "power loss");
                     let d = Duration::from_millis(self.rng.range(500, 8000));
@@ -1546,6 +1790,21 @@ impl ClusterSim {
                     ));
                 }
             }
+            Ev::Leave => {
+                if !self.faults_on {
+                    return Ok(());
+                }
+                self.operator_leave()?;
+                let m = self.profile.leaves.unwrap_or(Duration::from_secs(5));
+                let d = crate::exp(&mut self.lrng, m);
+                self.at(self.now + d, Ev::Leave);
+            }
+            Ev::Restart { node, inc } => {
+                let i = self.idx(node);
+                if self.nodes[i].inc == inc {
+                    self.start_daemon(i, "daemon started again by an admin")?;
+                }
+            }
             Ev::Liveness => {
                 self.faults_on = false;
                 self.blocked.clear();
@@ -1554,8 +1813,10 @@ impl ClusterSim {
                 }
                 self.log("liveness phase: faults stop, every node gets power".into());
                 for i in 0..self.nodes.len() {
-                    if self.nodes[i].stack.is_none() {
+                    if !self.nodes[i].powered {
                         self.power_on(i)?;
+                    } else if self.nodes[i].stack.is_none() {
+                        self.start_daemon(i, "daemon started again by an admin")?;
                     } else if self.nodes[i].paused {
                         self.resume(i)?;
                     }
@@ -1674,6 +1935,10 @@ impl ClusterSim {
                     self.at(Instant::ZERO + d, ev);
                 }
             }
+            if let Some(m) = p.leaves {
+                let d = Duration::from_secs(5) + crate::exp(&mut self.lrng, m);
+                self.at(Instant::ZERO + d, Ev::Leave);
+            }
         }
         let live_at = Instant::ZERO + self.opts.safety_time;
         self.at(live_at, Ev::Liveness);
@@ -1701,6 +1966,7 @@ impl ClusterSim {
             starts: self.starts,
             fenced: self.fenced,
             crashes: self.crashes,
+            leaves: self.leaves,
             converge,
             trace_hash: self.trace.hash(),
         })
@@ -1738,6 +2004,8 @@ pub struct Summary {
     pub fenced: u64,
     /// Power losses and pauses injected over all runs.
     pub crashes: u64,
+    /// Clean leaves completed over all runs.
+    pub leaves: u64,
     /// Longest settling time after faults stopped.
     pub worst_converge: Duration,
 }
@@ -1752,6 +2020,7 @@ pub fn run_seeds(first: u64, count: u64, nodes: Option<usize>) -> Result<Summary
         s.starts += r.starts;
         s.fenced += r.fenced;
         s.crashes += r.crashes;
+        s.leaves += r.leaves;
         s.worst_converge = s.worst_converge.max(r.converge);
     }
     Ok(s)

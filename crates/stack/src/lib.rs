@@ -189,7 +189,15 @@ pub struct Stack {
     leave_requested: Option<(bool, Instant)>,
     /// The clean-leave announcement went out; leave once it comes back ordered.
     leave_announced: bool,
-    leave_delivered: bool,
+    /// Our announcement came back ordered: the members then (who all have it).
+    leave_delivered: Option<BTreeSet<NodeId>>,
+    /// Clean-leave announcements of members the fence domain does not know
+    /// as members yet (delivered in a ring whose membership it has not been
+    /// given): handed to it with that membership.
+    leaves_unsynced: BTreeSet<NodeId>,
+    /// The transitional configuration being delivered (between a ring's
+    /// end and the next regular one): who carried the old ring over.
+    transitional: Option<Vec<NodeId>>,
     left: bool,
     /// Services with an operation running here (one at a time per service).
     running_ops: BTreeMap<String, rm::OpId>,
@@ -268,7 +276,9 @@ impl Stack {
             joined_at: BTreeMap::new(),
             leave_requested: None,
             leave_announced: false,
-            leave_delivered: false,
+            leave_delivered: None,
+            leaves_unsynced: BTreeSet::new(),
+            transitional: None,
             left: false,
             running_ops: BTreeMap::new(),
             held: rmglue::Held::new(),
@@ -801,8 +811,15 @@ impl Stack {
         match ev {
             totem::Event::ConfigurationChange(c) => {
                 if c.transitional {
+                    // Only these members carry the old ring's messages over
+                    // (a member that restarted meanwhile is a new one).
+                    if let Some(heard) = self.leave_delivered.as_mut() {
+                        heard.retain(|m| c.members.contains(m));
+                    }
+                    self.transitional = Some(c.members.clone());
                     return;
                 }
+                self.transitional = None;
                 let names = |ids: &[NodeId]| {
                     ids.iter()
                         .map(|n| self.name_of(*n))
@@ -936,9 +953,27 @@ impl Stack {
                         }
                     },
                     TAG_LEAVING => {
+                        let text = format!(
+                            "{} announced a clean leave (ring {}/{}, seq {})",
+                            self.name_of(d.sender),
+                            d.ring_id.rep.0,
+                            d.ring_id.seq,
+                            d.seq
+                        );
+                        self.note(text);
                         self.fence.handle_clean_leave(d.sender);
+                        if self.members.contains(&d.sender) {
+                            self.leaves_unsynced.insert(d.sender);
+                        }
                         if d.sender == self.plan.me {
-                            self.leave_delivered = true;
+                            let trans = self.transitional.as_ref();
+                            self.leave_delivered = Some(
+                                self.members
+                                    .iter()
+                                    .copied()
+                                    .filter(|m| trans.is_none_or(|t| t.contains(m)))
+                                    .collect(),
+                            );
                         }
                     }
                     TAG_CONFSYNC => match confsync::ConfSyncMsg::decode(body) {
@@ -1013,17 +1048,25 @@ impl Stack {
     /// Tell the fence domain about membership and quorum whenever either changed.
     fn sync_fence_view(&mut self) {
         let view = (self.members.clone(), self.quorum.is_quorate());
-        if self.members.is_empty() || self.fence_view.as_ref() == Some(&view) {
-            return;
+        if !self.members.is_empty() && self.fence_view.as_ref() != Some(&view) {
+            self.fence_view = Some(view.clone());
+            self.fence.handle_membership(
+                self.now.mono,
+                fence::Membership {
+                    members: view.0.into_iter().collect(),
+                    quorate: view.1,
+                },
+            );
         }
-        self.fence_view = Some(view.clone());
-        self.fence.handle_membership(
-            self.now.mono,
-            fence::Membership {
-                members: view.0.into_iter().collect(),
-                quorate: view.1,
-            },
-        );
+        // A configuration change and a clean-leave announcement in that
+        // ring can arrive together: the fence domain gets the announcement
+        // after the membership, or it would drop it as from a non-member
+        // and fence the node when it leaves.
+        for n in std::mem::take(&mut self.leaves_unsynced) {
+            if self.members.contains(&n) {
+                self.fence.handle_clean_leave(n);
+            }
+        }
     }
 
     fn on_fence_action(&mut self, a: fence::Action) {
@@ -1078,9 +1121,31 @@ impl Stack {
             self.multicast_ordered(TAG_LEAVING, Vec::new(), true);
             return;
         }
-        if self.leave_announced && !self.leave_delivered {
+        if self.leave_announced {
+            let Some(heard) = &self.leave_delivered else {
+                return;
+            };
+            // Delivered in an old ring's recovery, the announcement reached
+            // that ring's members only; a node that has joined since never
+            // had it and would fence us as failed: announce again here.
+            if self.members.iter().any(|m| !heard.contains(m)) {
+                self.note("announcing the clean leave again: members joined since".to_string());
+                self.leave_delivered = None;
+                self.multicast_ordered(TAG_LEAVING, Vec::new(), true);
+                return;
+            }
+        }
+        // Old-ring messages can be delivered while a new ring is still
+        // forming: wait until it is installed, so the check above sees
+        // every member it brings.
+        if self.totem.state() != totem::State::Operational {
             return;
         }
+        self.finish_leave(remove);
+    }
+
+    fn finish_leave(&mut self, remove: bool) {
+        let now = self.now.mono;
         self.quorum.leave(now, remove);
         self.pump();
         let _ = self.totem.handle_command(now, totem::Command::Leave);
