@@ -174,10 +174,13 @@ async fn run(
             },
             req = requests.recv() => match req {
                 None => break,
-                Some(req) => match session.execute(&req.command, req.args) {
-                    Ok(id) => { waiting.insert(id, req.reply); }
-                    Err(e) => { let _ = req.reply.send(Err(e)); }
-                },
+                Some(req) => {
+                    tracing::debug!(path = %path.display(), command = %req.command, args = %req.args, "QMP command");
+                    match session.execute(&req.command, req.args) {
+                        Ok(id) => { waiting.insert(id, req.reply); }
+                        Err(e) => { let _ = req.reply.send(Err(e)); }
+                    }
+                }
             },
         }
         if let Some(out) = session.poll_transmit() {
@@ -192,7 +195,7 @@ async fn run(
             }
         }
         while let Some(ev) = session.poll_event() {
-            tracing::trace!(event = %ev.name, "QMP event");
+            tracing::debug!(path = %path.display(), event = %ev.name, data = %ev.data, "QMP event");
             let _ = events.send(ev);
         }
         if *session.state() == SessionState::Closed {
