@@ -286,7 +286,10 @@ mod tests {
                 .unwrap()
                 .parse()
                 .unwrap();
-            assert!(k % 256 != 0 && k % 8 == 0, "{mib} MiB -> {k} KiB");
+            assert!(
+                !k.is_multiple_of(256) && k.is_multiple_of(8),
+                "{mib} MiB -> {k} KiB"
+            );
             assert!(k < u64::from(mib) * 1024 && k + 8 >= u64::from(mib) * 1024);
         }
         let kvm = AccelChoice {
