@@ -143,7 +143,10 @@ impl LabCluster {
                     state = dir.join(n).display()
                 );
                 let mut o = powerswitch::OutletConfig::shell(n, &cmd);
-                o.env.push(("QUORATE_LOG".into(), "info".into()));
+                // The nodes log at info, or at the test's QUORATE_LOG when set
+                // (QUORATE_LOG=debug shows every QMP command a node sends).
+                let level = std::env::var("QUORATE_LOG").unwrap_or_else(|_| "info".into());
+                o.env.push(("QUORATE_LOG".into(), level));
                 o.log = Some(dir.join(format!("{n}.log")));
                 // The namespace is the node's machine: off takes its guests' QEMUs too.
                 o.netns = Some(ns.clone());

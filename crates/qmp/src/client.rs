@@ -152,6 +152,21 @@ impl QmpClient {
     }
 }
 
+/// A command's arguments as the debug log shows them: withheld when they
+/// might carry a secret (a password, a `secret` object's data).
+fn loggable(args: &Value) -> String {
+    let text = args.to_string();
+    let lower = text.to_ascii_lowercase();
+    if ["password", "secret", "\"data\"", "key"]
+        .iter()
+        .any(|w| lower.contains(w))
+    {
+        "(withheld: may hold a secret)".into()
+    } else {
+        text
+    }
+}
+
 async fn run(
     mut stream: UnixStream,
     mut session: Session,
@@ -174,10 +189,13 @@ async fn run(
             },
             req = requests.recv() => match req {
                 None => break,
-                Some(req) => match session.execute(&req.command, req.args) {
-                    Ok(id) => { waiting.insert(id, req.reply); }
-                    Err(e) => { let _ = req.reply.send(Err(e)); }
-                },
+                Some(req) => {
+                    tracing::debug!(path = %path.display(), command = %req.command, args = %loggable(&req.args), "QMP command");
+                    match session.execute(&req.command, req.args) {
+                        Ok(id) => { waiting.insert(id, req.reply); }
+                        Err(e) => { let _ = req.reply.send(Err(e)); }
+                    }
+                }
             },
         }
         if let Some(out) = session.poll_transmit() {
@@ -192,7 +210,7 @@ async fn run(
             }
         }
         while let Some(ev) = session.poll_event() {
-            tracing::trace!(event = %ev.name, "QMP event");
+            tracing::debug!(path = %path.display(), event = %ev.name, data = %ev.data, "QMP event");
             let _ = events.send(ev);
         }
         if *session.state() == SessionState::Closed {
@@ -205,5 +223,29 @@ async fn run(
     }
     for (_, tx) in waiting {
         let _ = tx.send(Err(QmpError::Closed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable;
+    use serde_json::json;
+
+    #[test]
+    fn arguments_that_may_hold_a_secret_are_withheld_from_the_log() {
+        assert_eq!(
+            loggable(&json!({"uri": "tcp:10.0.0.2:49152"})),
+            r#"{"uri":"tcp:10.0.0.2:49152"}"#
+        );
+        assert_eq!(loggable(&serde_json::Value::Null), "null");
+        for secret in [
+            json!({"password": "hunter2"}),
+            json!({"qom-type": "secret", "id": "s0", "data": "hunter2"}),
+            json!({"options": {"key-secret": "s0"}}),
+        ] {
+            assert!(
+                !loggable(&secret).contains("hunter2") && loggable(&secret).contains("withheld")
+            );
+        }
     }
 }

@@ -607,8 +607,9 @@ impl Guest {
         // No `return-path` capability (it would make `completed` mean the
         // target loaded the state): tried, one scripted migration in 61 of
         // the tiny guest under TCG (QEMU 7.2, 32 MiB/s) then left a guest
-        // kernel oopsing on the target, none in 124 without; the cluster
-        // tests see such oopses without it too, so it is not proven guilty.
+        // kernel oopsing on the target, none in 124 without. Those oopses
+        // were most likely QEMU's lost TCG dirty pages (see `ram_size` in
+        // argv.rs), not the return path; not re-measured since.
         let setup = async {
             q.execute_timeout("migrate-set-parameters", params, QMP_TIMEOUT)
                 .await?;
