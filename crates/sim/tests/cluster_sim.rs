@@ -67,6 +67,9 @@ fn seeds_that_once_failed_pass() {
             "leave: fenced by a joiner that never had the announcement",
         ),
         (799, "leave: fenced by a restarted member of the old ring"),
+        // A leave that lost quorum exited with a start in flight; after a
+        // cold restart of all three, s0 was started on n1 while n2 ran it.
+        (1103, "leave: exited with a start in flight"),
         // A victim rejoined, then left cleanly before Rejoined was ordered.
         (506, "leave: a cancelling victim fenced after all"),
         // A node restarted while leaving stayed "leaving" for good.

@@ -1103,12 +1103,17 @@ impl Stack {
         let now = self.now.mono;
         let ready =
             self.rm.scheduler_ref().ready_to_leave(self.plan.me) && self.running_ops.is_empty();
-        if !ready && now < give_up && self.quorum.is_quorate() {
+        // Without quorum nothing moves away, but a node without quorum stops
+        // its services, and a start still running here ends in a stop too:
+        // wait for those as well (up to the same bound), never exit with a
+        // start in flight whose processes nobody would know of afterwards.
+        if !ready && now < give_up {
             return;
         }
         if !ready && !self.leave_announced {
             self.note(
-                "leaving with services still here: the wait is over or quorum is gone".to_string(),
+                "leaving with services still here: the wait for them to move or stop is over"
+                    .to_string(),
             );
         }
         if !self.leave_announced && self.members.len() > 1 {
