@@ -59,7 +59,8 @@ pub const TAG_LOAD: u8 = 6;
 /// Process groups a node joins: one per service layer, so `status` can show
 /// which layers run where.
 pub const GROUPS: [&str; 2] = ["cman", "fenced"];
-/// How long a leaving node waits for its services to move away.
+/// How long a leaving node waits for its services to move away (or, without
+/// quorum, to stop here) and for its running operations to end.
 pub const LEAVE_WAIT_SECS: u64 = 120;
 
 /// The current time on both clocks.
