@@ -24,4 +24,15 @@ fi
 echo "installing: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq "${missing[@]}" >/dev/null
+# The whole list, not only the missing ones: apt resolves them together, so
+# installing one cannot silently remove another (seen once: qemu-utils went
+# missing after qemu-system-x86 was installed on its own).
+apt-get install -y -qq "${PACKAGES[@]}" >/dev/null
+still=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || still+=("$p")
+done
+if [ ${#still[@]} -ne 0 ]; then
+  echo "install-deps: still not installed after apt-get install: ${still[*]}" >&2
+  exit 1
+fi

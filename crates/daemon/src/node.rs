@@ -494,23 +494,21 @@ impl Node {
             }
             stack::Action::RunService(action) => {
                 let service = action.service().to_string();
-                let op = match &action {
-                    rm::Action::StartService { op, .. }
-                    | rm::Action::StopService { op, .. }
-                    | rm::Action::StatusCheck { op, .. }
-                    | rm::Action::Migrate { op, .. } => *op,
-                };
+                let op = action.op();
                 let runner = self.services.clone();
                 let tx = self.service_tx.clone();
                 tokio::spawn(async move {
                     let watchable = match &action {
                         rm::Action::StartService { resources, .. }
-                        | rm::Action::StatusCheck { resources, .. } => Some(resources.clone()),
+                        | rm::Action::StatusCheck { resources, .. }
+                        | rm::Action::ConfirmIncoming { resources, .. } => Some(resources.clone()),
                         _ => None,
                     };
                     let outcome = runner.run(action).await;
                     let running = match outcome {
-                        None | Some(rm::Outcome::StartOk) => watchable,
+                        None | Some(rm::Outcome::StartOk | rm::Outcome::IncomingRunning) => {
+                            watchable
+                        }
                         _ => None,
                     };
                     let _ = tx

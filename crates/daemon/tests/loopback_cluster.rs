@@ -36,6 +36,8 @@ impl ServiceRunner for FileRunner {
                     (!marker.exists()).then_some(rm::Outcome::StatusFailed)
                 }
                 rm::Action::Migrate { .. } => Some(rm::Outcome::MigrateFailed),
+                rm::Action::ConfirmIncoming { .. } => Some(rm::Outcome::IncomingFailed),
+                rm::Action::FinishMigration { .. } => Some(rm::Outcome::StopOk),
             }
         })
     }

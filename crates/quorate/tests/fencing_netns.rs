@@ -482,11 +482,15 @@ fn fence_status_text_names_the_victim() {
     // outcome gone round the ring, so the record may lag `is_off` briefly.
     let want = format!("fenced {oname}: method power by {}", c.names()[fencer]);
     let mut last = String::new();
-    let seen = c.wait("fence status records the fencing", Duration::from_secs(20), |c| {
-        let o = cli(c, fencer, &["fence", "status"]);
-        last = String::from_utf8_lossy(&o.stdout).into_owned();
-        last.contains(&want)
-    });
+    let seen = c.wait(
+        "fence status records the fencing",
+        Duration::from_secs(20),
+        |c| {
+            let o = cli(c, fencer, &["fence", "status"]);
+            last = String::from_utf8_lossy(&o.stdout).into_owned();
+            last.contains(&want)
+        },
+    );
     assert!(seen.is_ok(), "{want:?} not in:\n{last}");
 }
 

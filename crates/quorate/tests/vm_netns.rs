@@ -272,27 +272,52 @@ fn a_guest_starts_restarts_after_a_crash_live_migrates_survives_an_aborted_migra
     assert!(lab.pid(1).is_none(), "no second copy on n2");
 
     // (c) Live migration as an admin types it. The owner changes only once
-    // the migration completed (the target's QEMU alive, the source's gone);
-    // the guest keeps counting from where it was, without a reboot.
+    // the target has reported the guest running there (its QEMU alive);
+    // until then every view names the source. The source's paused copy is
+    // ended after that. The guest keeps counting from where it was, without
+    // a reboot.
     let child = lab.migrate_cli(0, "n2");
     let mut changed_at_owner = None;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(90) {
         let s = lab.svc(1);
         if s["owner_name"] == "n2" {
-            changed_at_owner = Some((lab.pid(1), lab.pid(0), s["state"].clone()));
+            changed_at_owner = Some((lab.pid(1), s["state"].clone()));
             break;
         }
+        assert!(
+            s["owner_name"] == "n1",
+            "mid-migration the owner is the source: {s}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let (ok_, said) = finish(child);
     assert!(ok_, "migrate failed: {said}\n{}", c.post_mortem());
     assert!(said.contains("started on n2"), "{said}");
-    let (tgt, src, state) = changed_at_owner.expect("owner never became n2");
+    let (tgt, state) = changed_at_owner.expect("owner never became n2");
     assert!(
-        tgt.is_some() && src.is_none() && state == "Started",
-        "when the owner became n2: target QEMU {tgt:?}, source QEMU {src:?}, state {state}"
+        tgt.is_some() && state == "Started",
+        "when the owner became n2: target QEMU {tgt:?}, state {state}"
     );
+    ok(c.wait(
+        "the source's paused copy ended",
+        Duration::from_secs(20),
+        |c| {
+            lab.pid(0).is_none()
+                && log_text(c, 1).contains("ended the handed-over copy of guest1 on n1")
+        },
+    ));
+    let log = log_text(c, 1);
+    let handed = log
+        .find("n1 handed guest1 over to n2; waiting for n2 to report it running")
+        .expect("the hand-over is in the event log");
+    let moved = log
+        .find("migrated guest1 from n1 to n2")
+        .expect("the move is in the event log");
+    let ended = log
+        .find("ended the handed-over copy of guest1 on n1")
+        .expect("the source's copy was ended");
+    assert!(handed < moved && moved < ended, "{log}");
     let src_last = lab.last(0);
     lab.counting_above(1, src_last + 5, Duration::from_secs(30));
     let on_target = lab.counters(1);

@@ -162,10 +162,17 @@ pub enum Outcome {
     StopFailed,
     /// A status check of the running service failed (op = the start's op).
     StatusFailed,
-    /// Migration finished: the vm runs on the target.
+    /// The source's part of a migration finished (QEMU there reports
+    /// `completed` and holds the guest paused): the target must now confirm.
     MigrateOk,
     /// Migration failed: the vm still runs on the source.
     MigrateFailed,
+    /// The migration target reports the guest running there: only now is it
+    /// recorded as the owner.
+    IncomingRunning,
+    /// The migration target did not get the guest running after the
+    /// switch-over: it is stopped there and started again per policy.
+    IncomingFailed,
 }
 
 /// A resource result, sent by the node that ran the operation.
@@ -317,6 +324,8 @@ pub enum Action {
         resources: Vec<ResourceStep>,
     },
     /// Migrate the running vm to `to`, then report MigrateOk/MigrateFailed.
+    /// On success the source keeps its (paused, handed-over) copy until
+    /// [`Action::FinishMigration`].
     Migrate {
         /// Service (vm).
         service: String,
@@ -327,6 +336,32 @@ pub enum Action {
         /// Live or pause.
         mode: MigrateMode,
     },
+    /// On a migration's target, after the source reported MigrateOk: wait
+    /// (bounded) until the guest runs here, then report IncomingRunning, or
+    /// IncomingFailed.
+    ConfirmIncoming {
+        /// Service (vm).
+        service: String,
+        /// Op id to quote in the report.
+        op: OpId,
+        /// Service or vm.
+        kind: ServiceKind,
+        /// Resources in start order.
+        resources: Vec<ResourceStep>,
+    },
+    /// On a migration's source once the target has confirmed (or failed):
+    /// end the handed-over copy (quit its QEMU, demote its volume) by
+    /// stopping the resources here; report StopOk/StopFailed.
+    FinishMigration {
+        /// Service (vm).
+        service: String,
+        /// Op id to quote in the report.
+        op: OpId,
+        /// Service or vm.
+        kind: ServiceKind,
+        /// Resources in stop order.
+        resources: Vec<ResourceStep>,
+    },
 }
 
 impl Action {
@@ -336,7 +371,21 @@ impl Action {
             Action::StartService { service, .. }
             | Action::StopService { service, .. }
             | Action::StatusCheck { service, .. }
-            | Action::Migrate { service, .. } => service,
+            | Action::Migrate { service, .. }
+            | Action::ConfirmIncoming { service, .. }
+            | Action::FinishMigration { service, .. } => service,
+        }
+    }
+
+    /// The op id the action's report quotes.
+    pub fn op(&self) -> OpId {
+        match self {
+            Action::StartService { op, .. }
+            | Action::StopService { op, .. }
+            | Action::StatusCheck { op, .. }
+            | Action::Migrate { op, .. }
+            | Action::ConfirmIncoming { op, .. }
+            | Action::FinishMigration { op, .. } => *op,
         }
     }
 }
@@ -468,6 +517,13 @@ struct Svc {
     removed: bool,
     /// A planned stop waiting for hard dependents to stop first (its cause).
     deferred: Option<String>,
+    /// While `Starting` on a migration's target: the source that handed the
+    /// guest over; the target's IncomingRunning makes it the owner.
+    #[serde(default)]
+    arrival: Option<NodeId>,
+    /// The FinishMigration sent to a migration's source, until it reports.
+    #[serde(default)]
+    release: Option<(NodeId, OpId)>,
     reason: String,
 }
 
@@ -506,6 +562,8 @@ impl Svc {
             no_migrate: false,
             removed: false,
             deferred: None,
+            arrival: None,
+            release: None,
             reason,
         }
     }
@@ -853,7 +911,12 @@ impl Scheduler {
     /// True when the cluster has seen `node`'s [`Input::Leave`] and the node
     /// owns no service any more, so it may leave without being fenced.
     pub fn ready_to_leave(&self, node: NodeId) -> bool {
-        self.st.leaving.contains(&node) && !self.st.services.values().any(|s| s.occupies(node))
+        self.st.leaving.contains(&node)
+            && !self.st.services.values().any(|s| {
+                s.occupies(node)
+                    || s.arrival == Some(node)
+                    || s.release.is_some_and(|(n, _)| n == node)
+            })
     }
 
     /// The replicated view: identical on every replica that saw the same inputs.
@@ -988,6 +1051,10 @@ impl Scheduler {
             let Some(mut svc) = self.st.services.remove(&name) else {
                 continue;
             };
+            if svc.release.is_some_and(|(r, _)| r == n) {
+                // Its paused copy died with it (or is fenced): nothing reports.
+                svc.release = None;
+            }
             if svc.state == State::Migrating && (svc.owner == Some(n) || svc.target == Some(n)) {
                 let src = svc.owner.unwrap_or(n);
                 let tgt = svc.target.unwrap_or(n);
@@ -1024,8 +1091,15 @@ impl Scheduler {
                     );
                 }
                 self.event(now, Some(&name), svc.reason.clone());
+            } else if svc.arrival == Some(n) {
+                // The source was lost after handing the guest over: what it
+                // held is paused and inactive; the target still reports.
+                svc.arrival = None;
             } else if svc.occupies(n) {
                 svc.deferred = None;
+                if let Some(src) = svc.arrival.take() {
+                    self.release(now, &mut svc, src);
+                }
                 svc.fence_wait.insert(n);
                 svc.last_owner = Some(n);
                 svc.owner = None;
@@ -1194,6 +1268,10 @@ impl Scheduler {
             let Some(mut svc) = self.st.services.remove(&name) else {
                 continue;
             };
+            if svc.release.is_some_and(|(r, _)| r == node) {
+                // A new incarnation never reports the old one's FinishMigration.
+                svc.release = None;
+            }
             if svc.state == State::Migrating && svc.owner != Some(node) && svc.target == Some(node)
             {
                 // Only the migration's target restarted: the guest still
@@ -1225,8 +1303,14 @@ impl Scheduler {
             None,
             format!("{nname} left the ring after its fencing; what it held is recovered"),
         );
-        for svc in self.st.services.values_mut() {
+        for name in self.st.order.clone() {
+            let Some(mut svc) = self.st.services.remove(&name) else {
+                continue;
+            };
             if svc.occupies(node) {
+                if let Some(src) = svc.arrival.take() {
+                    self.release(now, &mut svc, src);
+                }
                 svc.last_owner = Some(node);
                 svc.owner = None;
                 svc.target = None;
@@ -1235,6 +1319,7 @@ impl Scheduler {
                 svc.reason = format!("{nname} was fenced and has left the ring; recovering");
                 svc.plan.cause = svc.reason.clone();
             }
+            self.st.services.insert(name, svc);
         }
     }
 
@@ -1283,6 +1368,25 @@ impl Scheduler {
                 }
                 _ => None,
             };
+            if let Some((rn, rop)) = svc.release {
+                if rn == node && rop <= upto {
+                    match held.get(&name) {
+                        Some((o, Some(outcome))) if *o == rop => {
+                            let r = Report {
+                                node,
+                                service: name.clone(),
+                                op: rop,
+                                outcome: *outcome,
+                            };
+                            self.apply_result(now, &mut svc, &r);
+                        }
+                        Some((o, None)) if *o == rop => {}
+                        // Never handed to it: nobody would report; a start
+                        // there ends the paused copy first.
+                        _ => svc.release = None,
+                    }
+                }
+            }
             if let Some(op) = pending {
                 match held.get(&name) {
                     Some((o, Some(outcome))) if *o == op => {
@@ -1442,6 +1546,25 @@ impl Scheduler {
     fn apply_result(&mut self, now: Instant, svc: &mut Svc, r: &Report) {
         let name = svc.spec.name.clone();
         let nname = self.node_name(r.node);
+        if svc.release == Some((r.node, r.op)) {
+            svc.release = None;
+            if r.outcome == Outcome::StopOk {
+                self.event(
+                    now,
+                    Some(&name),
+                    format!("ended the handed-over copy of {name} on {nname}"),
+                );
+            } else {
+                self.event(
+                    now,
+                    Some(&name),
+                    format!(
+                        "could not end the handed-over copy of {name} on {nname} (it stays paused there and is ended before {name} starts there again); see the node's log"
+                    ),
+                );
+            }
+            return;
+        }
         if r.outcome == Outcome::StatusFailed {
             if svc.state != State::Started
                 || svc.run_op != r.op
@@ -1550,20 +1673,78 @@ impl Scheduler {
                     svc.reason = format!(
                         "migrated {name} from {nname} to {tname}, which was lost meanwhile; waiting for it to be fenced"
                     );
+                    self.release(now, svc, src);
                 } else if !self.st.members.contains(&tgt) {
                     svc.owner = None;
                     svc.state = State::Stopped;
                     svc.reason = format!(
                         "migrated {name} from {nname} to {tname}, which has since been fenced"
                     );
+                    self.release(now, svc, src);
                 } else {
+                    // The source handed the guest over; the target must say
+                    // it runs before it is recorded as the owner.
+                    let op = self.new_op();
                     svc.owner = Some(tgt);
-                    svc.state = State::Started;
-                    svc.run_op = r.op;
-                    svc.restarts.clear();
-                    svc.reason = format!("migrated {name} from {nname} to {tname}: {cause}");
+                    svc.arrival = Some(src);
+                    svc.state = State::Starting;
+                    svc.op = Some(op);
+                    svc.plan.cause = cause;
+                    svc.reason = format!(
+                        "{nname} handed {name} over to {tname}; waiting for {tname} to report it running"
+                    );
+                    if tgt == self.local {
+                        self.actions.push_back(Action::ConfirmIncoming {
+                            service: name.clone(),
+                            op,
+                            kind: svc.spec.kind,
+                            resources: start_order(&svc.spec.resources),
+                        });
+                    }
                 }
                 self.event(now, Some(&name), svc.reason.clone());
+            }
+            (State::Starting, Outcome::IncomingRunning) => {
+                let src = svc.arrival.take();
+                svc.state = State::Started;
+                svc.run_op = r.op;
+                svc.op = None;
+                svc.restarts.clear();
+                let cause = if svc.plan.cause.is_empty() {
+                    "policy".to_string()
+                } else {
+                    svc.plan.cause.clone()
+                };
+                svc.plan = Plan::default();
+                let from = src.or(svc.last_owner);
+                svc.reason = match from {
+                    Some(f) => format!(
+                        "migrated {name} from {} to {nname}: {cause}",
+                        self.node_name(f)
+                    ),
+                    None => format!("migrated {name} to {nname}: {cause}"),
+                };
+                self.event(now, Some(&name), svc.reason.clone());
+                if let Some(f) = src {
+                    svc.last_owner = Some(f);
+                    self.release(now, svc, f);
+                }
+            }
+            (State::Starting, Outcome::IncomingFailed) => {
+                svc.avoid.insert(r.node, now);
+                svc.op = None;
+                svc.plan = Plan {
+                    cause: format!(
+                        "migration to {nname} failed after the switch-over at {}",
+                        fmt_instant(now)
+                    ),
+                    ..Plan::default()
+                };
+                let why = format!(
+                    "{nname} did not get {name} running after the switch-over; stopping it there, then starting it again"
+                );
+                // stop_on releases the source's handed-over copy as well.
+                self.stop_on(now, svc, why);
             }
             (State::Migrating, Outcome::MigrateFailed) => {
                 if let Some(t) = svc.target.take() {
@@ -1970,8 +2151,28 @@ impl Scheduler {
         self.st.next_op
     }
 
+    /// End a migration source's handed-over copy (its QEMU paused after
+    /// `completed`, its volume still primary): a FinishMigration there. A
+    /// source that is gone or waits for fencing holds nothing that runs.
+    fn release(&mut self, _now: Instant, svc: &mut Svc, src: NodeId) {
+        if !self.st.members.contains(&src) || self.st.fence_pending.contains(&src) {
+            return;
+        }
+        let op = self.new_op();
+        svc.release = Some((src, op));
+        if src == self.local {
+            self.actions.push_back(Action::FinishMigration {
+                service: svc.spec.name.clone(),
+                op,
+                kind: svc.spec.kind,
+                resources: stop_order(&svc.spec.resources),
+            });
+        }
+    }
+
     fn start_on(&mut self, now: Instant, svc: &mut Svc, node: NodeId) {
         let op = self.new_op();
+        svc.arrival = None;
         svc.state = State::Starting;
         svc.owner = Some(node);
         svc.target = None;
@@ -2031,6 +2232,9 @@ impl Scheduler {
 
     fn stop_on(&mut self, now: Instant, svc: &mut Svc, cause: String) {
         svc.deferred = None;
+        if let Some(src) = svc.arrival.take() {
+            self.release(now, svc, src);
+        }
         let Some(owner) = svc.owner else {
             svc.state = State::Stopped;
             return;
@@ -2408,13 +2612,19 @@ impl Scheduler {
 }
 
 fn view_of(s: &Svc) -> ServiceView {
+    // A target that has not yet confirmed the guest runs there is not its
+    // owner: the view keeps showing the migration from the source.
+    let (state, owner, migrating_to) = match s.arrival {
+        Some(src) if s.state == State::Starting => (State::Migrating, Some(src), s.owner),
+        _ => (s.state, s.owner, s.target),
+    };
     ServiceView {
         name: s.spec.name.clone(),
         kind: s.spec.kind,
-        state: s.state,
-        owner: s.owner,
+        state,
+        owner,
         last_owner: s.last_owner,
-        migrating_to: s.target,
+        migrating_to,
         restarts: u32::try_from(s.restarts.len()).unwrap_or(u32::MAX),
         frozen: s.frozen,
         reason: s.reason.clone(),

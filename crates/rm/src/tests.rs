@@ -152,6 +152,24 @@ impl H {
                     Outcome::MigrateFailed
                 },
             ),
+            Action::ConfirmIncoming { service, op, .. } => (
+                service,
+                *op,
+                if ok {
+                    Outcome::IncomingRunning
+                } else {
+                    Outcome::IncomingFailed
+                },
+            ),
+            Action::FinishMigration { service, op, .. } => (
+                service,
+                *op,
+                if ok {
+                    Outcome::StopOk
+                } else {
+                    Outcome::StopFailed
+                },
+            ),
             Action::StatusCheck { .. } => return,
         };
         self.feed(Input::Result(Report {
@@ -665,11 +683,33 @@ fn vm_relocate_and_failback_use_live_migration() {
     );
     assert_eq!(h.svc("guest").state, State::Migrating);
     h.report(acts[0].0, &acts[0].1, true);
+    // The source handed it over; the owner is still the source until the
+    // target reports the guest running there.
+    let v = h.svc("guest");
+    assert_eq!(
+        (v.state, v.owner, v.migrating_to),
+        (State::Migrating, Some(n(1)), Some(n(2))),
+        "{}",
+        v.reason
+    );
+    let acts = h.actions();
+    assert!(
+        matches!(&acts[..], [(t, Action::ConfirmIncoming { .. })] if *t == n(2)),
+        "{acts:?}"
+    );
+    h.report(acts[0].0, &acts[0].1, true);
     let v = h.svc("guest");
     assert_eq!(
         (v.state, v.owner, v.last_owner),
         (State::Started, Some(n(2)), Some(n(1)))
     );
+    // Only now does the source end its paused copy.
+    let acts = h.actions();
+    assert!(
+        matches!(&acts[..], [(s, Action::FinishMigration { .. })] if *s == n(1)),
+        "{acts:?}"
+    );
+    h.report(acts[0].0, &acts[0].1, true);
     assert!(h.actions().is_empty(), "no failback outside a transition");
     // Node 3 joins again: a transition, so the ordered domain fails back by migration.
     h.up(&[1, 2]);
@@ -679,6 +719,132 @@ fn vm_relocate_and_failback_use_live_migration() {
         matches!(&acts[..], [(s, Action::Migrate { to, .. })] if *s == n(2) && *to == n(1)),
         "{acts:?}"
     );
+}
+
+/// Relocate `guest` from n1 to n2 and answer the source's Migrate with
+/// success; returns the ConfirmIncoming the target was sent.
+fn handed_over(h: &mut H) -> Action {
+    h.req(Request::Migrate {
+        service: "guest".into(),
+        node: n(2),
+    })
+    .unwrap();
+    let acts = h.actions();
+    assert!(matches!(&acts[..], [(s, Action::Migrate { .. })] if *s == n(1)));
+    h.report(n(1), &acts[0].1, true);
+    let acts = h.actions();
+    match &acts[..] {
+        [(t, a @ Action::ConfirmIncoming { .. })] if *t == n(2) => a.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_target_that_does_not_confirm_is_stopped_and_the_guest_started_again() {
+    let mut s = vm();
+    s.domain = None;
+    let mut h = started_cluster(2, vec![s]);
+    let confirm = handed_over(&mut h);
+    h.report(n(2), &confirm, false);
+    let v = h.svc("guest");
+    assert_eq!(
+        (v.state, v.owner),
+        (State::Stopping, Some(n(2))),
+        "{}",
+        v.reason
+    );
+    let mut acts = h.actions();
+    acts.sort_by_key(|(n, _)| *n);
+    assert!(
+        matches!(&acts[..], [(s, Action::FinishMigration { .. }), (t, Action::StopService { .. })] if *s == n(1) && *t == n(2)),
+        "the source's paused copy is ended and the target's stopped: {acts:?}"
+    );
+    for (node, a) in &acts {
+        h.report(*node, a, true);
+    }
+    // Started again on the source (the target is avoided after its failure).
+    let acts = h.actions();
+    assert!(
+        matches!(&acts[..], [(s, Action::StartService { .. })] if *s == n(1)),
+        "{acts:?}"
+    );
+    h.report(n(1), &acts[0].1, true);
+    let v = h.svc("guest");
+    assert_eq!((v.state, v.owner), (State::Started, Some(n(1))));
+}
+
+#[test]
+fn a_target_lost_after_the_handover_is_fenced_before_the_guest_starts_again() {
+    let mut s = vm();
+    s.domain = None;
+    let mut h = started_cluster(2, vec![s]);
+    let _confirm = handed_over(&mut h);
+    h.up(&[1]);
+    let v = h.svc("guest");
+    assert_eq!(v.state, State::Recovering, "{}", v.reason);
+    let acts = h.actions();
+    assert!(
+        matches!(&acts[..], [(s, Action::FinishMigration { .. })] if *s == n(1)),
+        "only the source's paused copy is ended: {acts:?}"
+    );
+    h.report(n(1), &acts[0].1, true);
+    assert!(h.actions().is_empty(), "nothing starts before n2 is fenced");
+    h.fenced(2);
+    h.settle();
+    let v = h.svc("guest");
+    assert_eq!((v.state, v.owner), (State::Started, Some(n(1))));
+}
+
+#[test]
+fn a_source_lost_after_the_handover_leaves_the_guest_to_the_target() {
+    let mut s = vm();
+    s.domain = None;
+    let mut h = started_cluster(3, vec![s]);
+    let confirm = handed_over(&mut h);
+    h.up(&[2, 3]);
+    let v = h.svc("guest");
+    assert_eq!(v.state, State::Starting, "{}", v.reason);
+    assert!(h.actions().is_empty());
+    h.report(n(2), &confirm, true);
+    let v = h.svc("guest");
+    assert_eq!(
+        (v.state, v.owner),
+        (State::Started, Some(n(2))),
+        "{}",
+        v.reason
+    );
+    assert!(
+        h.actions().is_empty(),
+        "no FinishMigration to a lost source, and no wait for its fencing"
+    );
+}
+
+#[test]
+fn a_leaving_source_is_ready_only_after_its_paused_copy_is_ended() {
+    let mut s = vm();
+    s.domain = None;
+    let mut h = started_cluster(2, vec![s]);
+    h.feed(Input::Leave { node: n(1) }).unwrap();
+    let acts = h.actions();
+    assert!(
+        matches!(&acts[..], [(s, Action::Migrate { .. })] if *s == n(1)),
+        "{acts:?}"
+    );
+    h.report(n(1), &acts[0].1, true);
+    assert!(!h.s[0].ready_to_leave(n(1)), "handed over, not confirmed");
+    let acts = h.actions();
+    h.report(n(2), &acts[0].1, true);
+    assert!(
+        !h.s[0].ready_to_leave(n(1)),
+        "confirmed, paused copy not ended"
+    );
+    let acts = h.actions();
+    assert!(
+        matches!(&acts[..], [(s, Action::FinishMigration { .. })] if *s == n(1)),
+        "{acts:?}"
+    );
+    h.report(n(1), &acts[0].1, true);
+    assert!(h.s[0].ready_to_leave(n(1)));
 }
 
 #[test]

@@ -115,6 +115,9 @@ struct Sim {
     /// Incoming migration instances (QEMU `-incoming`): service -> target.
     /// A stop on the target kills it, and a migration completes only into it.
     incoming: BTreeMap<String, NodeId>,
+    /// The node stack runs one operation per service at a time, in the order
+    /// decided: (node, service) -> (incarnation, operations waiting).
+    queues: BTreeMap<(NodeId, String), (u32, std::collections::VecDeque<Action>)>,
     faults: bool,
     op_stopped: BTreeSet<String>,
     tick_at: Option<Instant>,
@@ -241,6 +244,7 @@ impl Sim {
             stream_t: Instant(0),
             procs: BTreeMap::new(),
             incoming: BTreeMap::new(),
+            queues: BTreeMap::new(),
             faults: true,
             op_stopped: BTreeSet::new(),
             tick_at: None,
@@ -264,7 +268,11 @@ impl Sim {
     }
 
     fn fail(&self, msg: String) -> R {
-        let tail = self.log[self.log.len().saturating_sub(60)..].join("\n");
+        let keep = std::env::var("RM_SIM_TAIL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60);
+        let tail = self.log[self.log.len().saturating_sub(keep)..].join("\n");
         Err(format!(
             "seed {} (K={}): {msg}\n--- last events ---\n{tail}",
             self.seed, self.k
@@ -762,8 +770,17 @@ impl Sim {
                         let snap = match &snap {
                             Some(s) => s.clone(),
                             None => {
-                                return self
-                                    .fail("a node joined with nobody to copy state from".into())
+                                // Every member left (cleanly, or lost): a
+                                // cold start from the configuration, as a
+                                // node daemon boots with nobody to copy from.
+                                self.note(format!("{id:?} cold-starts the resource manager"));
+                                // With startup fencing: a node still away
+                                // may run services from before.
+                                let mut cfg = config(self.k);
+                                cfg.startup_fencing = true;
+                                self.nodes.get_mut(id).expect("node").replica =
+                                    Some(Scheduler::new(*id, cfg).expect("valid config"));
+                                continue;
                             }
                         };
                         // Through JSON, as a real state transfer would go over the wire.
@@ -896,6 +913,23 @@ impl Sim {
     }
 
     fn execute(&mut self, node: NodeId, a: Action) -> R {
+        if !matches!(a, Action::StatusCheck { .. }) {
+            let inc = self.nodes[&node].inc;
+            let key = (node, a.service().to_string());
+            match self.queues.get_mut(&key) {
+                Some((i, q)) if *i == inc => {
+                    q.push_back(a);
+                    return Ok(());
+                }
+                _ => {
+                    self.queues.insert(key, (inc, Default::default()));
+                }
+            }
+        }
+        self.execute_now(node, a)
+    }
+
+    fn execute_now(&mut self, node: NodeId, a: Action) -> R {
         let sn = &self.nodes[&node];
         let inc = sn.inc;
         let quorate = sn.replica.as_ref().is_some_and(|r| r.quorate());
@@ -957,6 +991,17 @@ impl Sim {
                     },
                 );
             }
+            Action::ConfirmIncoming { .. } | Action::FinishMigration { .. } => {
+                let d = self.rng.range(5, 200);
+                self.at(
+                    d,
+                    Ev::OpDone {
+                        node,
+                        inc,
+                        action: a,
+                    },
+                );
+            }
             Action::StatusCheck { .. } => {
                 let d = self.rng.range(5, 50);
                 self.at(
@@ -973,6 +1018,55 @@ impl Sim {
     }
 
     fn op_done(&mut self, node: NodeId, inc: u32, a: Action) -> R {
+        let key = (node, a.service().to_string());
+        let serial = !matches!(a, Action::StatusCheck { .. });
+        self.op_done_inner(node, inc, a)?;
+        if serial {
+            loop {
+                let next = match self.queues.get_mut(&key) {
+                    Some((i, q)) if *i == inc => q.pop_front(),
+                    _ => return Ok(()),
+                };
+                let Some(a) = next.filter(|_| self.nodes[&node].inc == inc) else {
+                    self.queues.remove(&key);
+                    return Ok(());
+                };
+                let quorate = self.nodes[&node]
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.quorate());
+                let refused = match &a {
+                    Action::StartService { service, op, .. } => {
+                        Some((service.clone(), *op, Outcome::StartFailed))
+                    }
+                    Action::Migrate { service, op, .. } => {
+                        Some((service.clone(), *op, Outcome::MigrateFailed))
+                    }
+                    _ => None,
+                };
+                match refused {
+                    // As the node stack does: a queued start or migration that
+                    // reaches the front without quorum is reported failed.
+                    Some((service, op, outcome)) if !quorate => {
+                        self.publish(
+                            node,
+                            inc,
+                            Report {
+                                node,
+                                service,
+                                op,
+                                outcome,
+                            },
+                        );
+                    }
+                    _ => return self.execute_now(node, a),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn op_done_inner(&mut self, node: NodeId, inc: u32, a: Action) -> R {
         let sn = &self.nodes[&node];
         if sn.inc != inc || !matches!(sn.life, Life::Up | Life::Isolated) {
             return Ok(()); // crashed, paused or fenced meanwhile: the op never finishes
@@ -1043,6 +1137,47 @@ impl Sim {
                     },
                 )
             }
+            Action::ConfirmIncoming { service, op, .. } => {
+                // The guest arrived here with the source's MigrateOk; it may
+                // still fail to run (a broken target): then it stays here
+                // until the stop the scheduler sends.
+                let here = self
+                    .procs
+                    .get(service)
+                    .is_some_and(|m| m.contains_key(&node));
+                let ok = here && !self.rng.chance(0.1 * f);
+                (
+                    service.clone(),
+                    *op,
+                    if ok {
+                        Outcome::IncomingRunning
+                    } else {
+                        Outcome::IncomingFailed
+                    },
+                )
+            }
+            Action::FinishMigration { service, op, .. } => {
+                // The source's handed-over copy runs nothing.
+                if self
+                    .procs
+                    .get(service)
+                    .is_some_and(|m| m.contains_key(&node))
+                {
+                    return self.fail(format!(
+                        "FinishMigration of {service} on {node:?}, where it runs"
+                    ));
+                }
+                let failed = self.rng.chance(0.02 * f);
+                (
+                    service.clone(),
+                    *op,
+                    if failed {
+                        Outcome::StopFailed
+                    } else {
+                        Outcome::StopOk
+                    },
+                )
+            }
             Action::StatusCheck { service, op, .. } => {
                 let healthy = self
                     .procs
@@ -1056,12 +1191,23 @@ impl Sim {
                 (service.clone(), *op, Outcome::StatusFailed)
             }
         };
-        let report = Input::Result(Report {
+        self.publish(
             node,
-            service,
-            op,
-            outcome,
-        });
+            inc,
+            Report {
+                node,
+                service,
+                op,
+                outcome,
+            },
+        );
+        self.check_single()?;
+        Ok(())
+    }
+
+    /// Send an operation's report the way the node's totem would.
+    fn publish(&mut self, node: NodeId, inc: u32, report: Report) {
+        let report = Input::Result(report);
         let sn = self.nodes.get_mut(&node).expect("node");
         if sn.life == Life::Up {
             self.send(Group::Majority, Some((node, inc)), report);
@@ -1071,8 +1217,6 @@ impl Sim {
         } else {
             sn.held.push(report);
         }
-        self.check_single()?;
-        Ok(())
     }
 
     fn check_single(&self) -> R {

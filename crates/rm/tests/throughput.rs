@@ -107,6 +107,10 @@ fn replica_input_throughput() {
                     Action::StartService { service, op, .. } => (service, op, Outcome::StartOk),
                     Action::StopService { service, op, .. } => (service, op, Outcome::StopOk),
                     Action::Migrate { service, op, .. } => (service, op, Outcome::MigrateOk),
+                    Action::ConfirmIncoming { service, op, .. } => {
+                        (service, op, Outcome::IncomingRunning)
+                    }
+                    Action::FinishMigration { service, op, .. } => (service, op, Outcome::StopOk),
                     Action::StatusCheck { .. } => continue,
                 };
                 if members.contains(&me) {

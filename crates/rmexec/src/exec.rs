@@ -116,6 +116,10 @@ pub enum ExecResult {
     Migrated,
     /// The vm did not migrate (it still runs here).
     MigrateFailed,
+    /// A migration target: the guest runs here.
+    IncomingRunning,
+    /// A migration target: the guest did not get running here.
+    IncomingFailed,
 }
 
 impl ExecResult {
@@ -130,6 +134,8 @@ impl ExecResult {
             ExecResult::StatusFailed => Outcome::StatusFailed,
             ExecResult::Migrated => Outcome::MigrateOk,
             ExecResult::MigrateFailed => Outcome::MigrateFailed,
+            ExecResult::IncomingRunning => Outcome::IncomingRunning,
+            ExecResult::IncomingFailed => Outcome::IncomingFailed,
         })
     }
 
@@ -137,7 +143,11 @@ impl ExecResult {
     pub fn is_ok(self) -> bool {
         matches!(
             self,
-            ExecResult::Started | ExecResult::Stopped | ExecResult::StatusOk | ExecResult::Migrated
+            ExecResult::Started
+                | ExecResult::Stopped
+                | ExecResult::StatusOk
+                | ExecResult::Migrated
+                | ExecResult::IncomingRunning
         )
     }
 }
@@ -227,8 +237,24 @@ pub trait VmHandler: Send + Sync {
         name: &'a str,
         attrs: &'a BTreeMap<String, String>,
     ) -> VmFuture<'a, VmStatus>;
-    /// Move the running vm to node `to` (live or paused); `Ok` once it runs there.
+    /// Move the running vm to node `to` (live or paused); `Ok` once the
+    /// source has handed it over (the target then confirms).
     fn migrate<'a>(&'a self, name: &'a str, to: NodeId, mode: MigrateMode) -> VmFuture<'a, ()>;
+    /// On a migration's target after the hand-over: `Ok` once the guest runs
+    /// here (waiting a bounded time), the reason otherwise. By default one
+    /// [`status`](Self::status) call.
+    fn confirm_incoming<'a>(
+        &'a self,
+        name: &'a str,
+        attrs: &'a BTreeMap<String, String>,
+    ) -> VmFuture<'a, ()> {
+        Box::pin(async move {
+            match self.status(name, attrs).await? {
+                VmStatus::Running => Ok(()),
+                VmStatus::Stopped => Err(format!("{name} does not run here")),
+            }
+        })
+    }
 }
 
 /// Runs `replica` resources (a replicated volume, DRBD's role), implemented by the node daemon
@@ -338,12 +364,7 @@ impl Executor {
     pub async fn run(&self, action: &Action) -> ActionReport {
         let started = Instant::now();
         let service = action.service().to_string();
-        let op = match action {
-            Action::StartService { op, .. }
-            | Action::StopService { op, .. }
-            | Action::StatusCheck { op, .. }
-            | Action::Migrate { op, .. } => *op,
-        };
+        let op = action.op();
         let (result, steps) = match action {
             Action::StartService {
                 kind, resources, ..
@@ -366,6 +387,18 @@ impl Executor {
                     .await
             }
             Action::Migrate { to, mode, .. } => self.migrate(&service, *to, *mode).await,
+            Action::ConfirmIncoming {
+                kind, resources, ..
+            } => {
+                self.confirm_incoming(&vm_steps(&service, *kind, resources, false))
+                    .await
+            }
+            Action::FinishMigration {
+                kind, resources, ..
+            } => {
+                self.stop_all(&vm_steps(&service, *kind, resources, true))
+                    .await
+            }
         };
         let report = ActionReport {
             service,
@@ -423,6 +456,34 @@ impl Executor {
             }
         }
         (ExecResult::StatusOk, logs)
+    }
+
+    async fn confirm_incoming(&self, steps: &[ResourceStep]) -> (ExecResult, Vec<StepLog>) {
+        let mut logs = Vec::new();
+        for step in steps.iter().filter(|s| s.rtype == "vm") {
+            let started = Instant::now();
+            let error = match &self.vm {
+                None => Some(StepError::NoVmHandler(step.name.clone())),
+                Some(h) => h
+                    .confirm_incoming(&step.name, &step.attrs)
+                    .await
+                    .err()
+                    .map(|e| StepError::Failed(format!("{} after the migration: {e}", step.name))),
+            };
+            let failed = error.is_some();
+            logs.push(StepLog {
+                rtype: "vm".into(),
+                name: step.name.clone(),
+                op: Op::Status,
+                error,
+                commands: Vec::new(),
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            });
+            if failed {
+                return (ExecResult::IncomingFailed, logs);
+            }
+        }
+        (ExecResult::IncomingRunning, logs)
     }
 
     async fn migrate(

@@ -38,6 +38,8 @@ fn kinds(done: &[(Action, ActionReport)]) -> Vec<String> {
                 Action::StopService { .. } => "stop",
                 Action::StatusCheck { .. } => "status",
                 Action::Migrate { .. } => "migrate",
+                Action::ConfirmIncoming { .. } => "confirm",
+                Action::FinishMigration { .. } => "finish",
             };
             format!("{k}:{:?}", r.result)
         })

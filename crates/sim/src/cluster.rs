@@ -1105,6 +1105,13 @@ impl ClusterSim {
             rm::Action::Migrate { service, op, .. } => {
                 (service, op, Some(rm::Outcome::MigrateFailed))
             }
+            // Never issued: no migration succeeds in a cluster of plain services.
+            rm::Action::ConfirmIncoming { service, op, .. } => {
+                (service, op, Some(rm::Outcome::IncomingFailed))
+            }
+            rm::Action::FinishMigration { service, op, .. } => {
+                (service, op, Some(rm::Outcome::StopOk))
+            }
         };
         if !heard {
             self.log(format!(

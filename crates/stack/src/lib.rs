@@ -1250,12 +1250,7 @@ impl Stack {
 
     fn run_service_action(&mut self, action: rm::Action) {
         let service = action.service().to_string();
-        let op = match &action {
-            rm::Action::StartService { op, .. }
-            | rm::Action::StopService { op, .. }
-            | rm::Action::StatusCheck { op, .. }
-            | rm::Action::Migrate { op, .. } => *op,
-        };
+        let op = action.op();
         if matches!(action, rm::Action::StatusCheck { .. })
             && self.running_ops.contains_key(&service)
         {
@@ -1277,6 +1272,8 @@ impl Stack {
             rm::Action::StopService { .. } => "stopping",
             rm::Action::StatusCheck { .. } => "checking",
             rm::Action::Migrate { .. } => "migrating",
+            rm::Action::ConfirmIncoming { .. } => "confirming the arrival of",
+            rm::Action::FinishMigration { .. } => "ending the handed-over copy of",
         };
         if !matches!(action, rm::Action::StatusCheck { .. }) {
             self.note(format!("rm: {verb} {service} here (op {op})"));

@@ -189,7 +189,8 @@ impl VmManager {
     /// Start the guest, or adopt it when its QEMU already runs (never two
     /// QEMUs for one guest). A leftover dead, failed, shut-down or
     /// waiting-for-migration QEMU of this guest is ended first; a paused guest
-    /// is resumed. Refuses a QEMU that migrated away (`postmigrate`).
+    /// is resumed. A QEMU that migrated its guest away (`postmigrate`) is
+    /// ended, never resumed, and the guest boots afresh.
     pub async fn start(&self, attrs: &VmAttrs) -> Result<StartOutcome, VmError> {
         let def = self.guest_def(attrs)?;
         let h = self.handle(&def.name);
@@ -231,14 +232,11 @@ impl VmManager {
                     return Ok(outcome);
                 }
                 (GuestState::Migrating, Some("postmigrate")) => {
-                    slot.guest = Some(g);
-                    return Err(VmError::Invalid {
-                        guest: def.name.clone(),
-                        message: "its QEMU here migrated the guest to another node (run state \
-                                  postmigrate); refusing to resume a second copy: stop it here \
-                                  first if the other copy is really gone"
-                            .into(),
-                    });
+                    // It handed its guest to another node; its memory is
+                    // stale and is never resumed. The cluster starts a guest
+                    // only where no other copy runs, so boot afresh.
+                    tracing::warn!(guest = %def.name, pid = st.pid, "ending a QEMU that migrated its guest away (postmigrate) before a fresh start");
+                    g.quit().await;
                 }
                 (GuestState::Migrating, Some(rs)) if rs != "inmigrate" => {
                     slot.guest = Some(g);
@@ -510,7 +508,31 @@ impl VmManager {
         &self,
         attrs: &VmAttrs,
         target_ip: IpAddr,
+        progress: impl FnMut(&MigrationProgress),
+    ) -> Result<MigrationStats, VmError> {
+        self.migrate_out_inner(attrs, target_ip, progress, true)
+            .await
+    }
+
+    /// [`migrate_out`](Self::migrate_out), but the source QEMU stays, paused
+    /// in `postmigrate`, until [`stop`](Self::stop) ends it: the cluster ends
+    /// it only once the target has reported the guest running.
+    pub async fn migrate_out_and_hold(
+        &self,
+        attrs: &VmAttrs,
+        target_ip: IpAddr,
+        progress: impl FnMut(&MigrationProgress),
+    ) -> Result<MigrationStats, VmError> {
+        self.migrate_out_inner(attrs, target_ip, progress, false)
+            .await
+    }
+
+    async fn migrate_out_inner(
+        &self,
+        attrs: &VmAttrs,
+        target_ip: IpAddr,
         mut progress: impl FnMut(&MigrationProgress),
+        quit: bool,
     ) -> Result<MigrationStats, VmError> {
         let def = self.guest_def(attrs)?;
         let h = self.handle(&def.name);
@@ -567,9 +589,13 @@ impl VmManager {
                 Err(e) => return Err(e),
             }
         };
-        tracing::info!(guest = %def.name, %uri, tries, downtime_ms = stats.downtime_ms, "migrated out; quitting the source");
-        if let Some(g) = slot.guest.take() {
-            g.quit().await;
+        if quit {
+            tracing::info!(guest = %def.name, %uri, tries, downtime_ms = stats.downtime_ms, "migrated out; quitting the source");
+            if let Some(g) = slot.guest.take() {
+                g.quit().await;
+            }
+        } else {
+            tracing::info!(guest = %def.name, %uri, tries, downtime_ms = stats.downtime_ms, "migrated out; the source stays paused until the target reports running");
         }
         Ok(stats)
     }
@@ -594,6 +620,7 @@ mod tests {
         send(&m.watch(a));
         send(&m.prepare_incoming(a, ip));
         send(&m.migrate_out(a, ip, |_| {}));
+        send(&m.migrate_out_and_hold(a, ip, |_| {}));
     }
 
     #[test]

@@ -209,9 +209,11 @@ impl rmexec::VmHandler for Vms {
                 .get(&to)
                 .ok_or_else(|| format!("node {to} has no known address"))?;
             self.set_migration(name, Migration::Running { to, progress: None });
+            // The source stays paused (postmigrate) until the target has
+            // reported the guest running and the cluster sends FinishMigration.
             let r = self
                 .manager
-                .migrate_out(&attrs, ip, |p| {
+                .migrate_out_and_hold(&attrs, ip, |p| {
                     self.set_migration(
                         name,
                         Migration::Running {
@@ -248,16 +250,32 @@ impl rmexec::VmHandler for Vms {
                 vm = name,
                 downtime_ms = stats.downtime_ms,
                 total_ms = stats.total_time_ms,
-                "live migration completed"
+                "live migration completed; waiting for the target to report the guest running"
             );
-            // The source's guest has quit: close the dual-primary window.
-            if let Some(v) = self.volume(&attrs)? {
-                v.demote().await.map_err(|e| e.to_string())?;
-            }
+            // The dual-primary window closes when FinishMigration stops the
+            // paused copy here (which demotes its volume).
             Ok(())
         })
     }
+
+    fn confirm_incoming<'a>(
+        &'a self,
+        _name: &'a str,
+        attrs: &'a BTreeMap<String, String>,
+    ) -> rmexec::VmFuture<'a, ()> {
+        Box::pin(async move {
+            self.manager
+                .wait_running(attrs, CONFIRM_INCOMING_TIMEOUT)
+                .await
+                .map(|_| ())
+        })
+    }
 }
+
+/// How long a migration target may take, after the source handed the guest
+/// over, to report it running before the cluster gives up on it there (and
+/// stops it there, then starts it again per policy).
+const CONFIRM_INCOMING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Runs `replica` resources over the daemon's volumes (promote on start, demote on stop).
 struct ReplicaRes(daemon::replicas::Replicas);
