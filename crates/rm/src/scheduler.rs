@@ -1098,7 +1098,7 @@ impl Scheduler {
             } else if svc.occupies(n) {
                 svc.deferred = None;
                 if let Some(src) = svc.arrival.take() {
-                    self.release(now, &mut svc, src);
+                    self.release(&mut svc, src);
                 }
                 svc.fence_wait.insert(n);
                 svc.last_owner = Some(n);
@@ -1309,7 +1309,7 @@ impl Scheduler {
             };
             if svc.occupies(node) {
                 if let Some(src) = svc.arrival.take() {
-                    self.release(now, &mut svc, src);
+                    self.release(&mut svc, src);
                 }
                 svc.last_owner = Some(node);
                 svc.owner = None;
@@ -1673,14 +1673,14 @@ impl Scheduler {
                     svc.reason = format!(
                         "migrated {name} from {nname} to {tname}, which was lost meanwhile; waiting for it to be fenced"
                     );
-                    self.release(now, svc, src);
+                    self.release(svc, src);
                 } else if !self.st.members.contains(&tgt) {
                     svc.owner = None;
                     svc.state = State::Stopped;
                     svc.reason = format!(
                         "migrated {name} from {nname} to {tname}, which has since been fenced"
                     );
-                    self.release(now, svc, src);
+                    self.release(svc, src);
                 } else {
                     // The source handed the guest over; the target must say
                     // it runs before it is recorded as the owner.
@@ -1727,7 +1727,7 @@ impl Scheduler {
                 self.event(now, Some(&name), svc.reason.clone());
                 if let Some(f) = src {
                     svc.last_owner = Some(f);
-                    self.release(now, svc, f);
+                    self.release(svc, f);
                 }
             }
             (State::Starting, Outcome::IncomingFailed) => {
@@ -2154,7 +2154,7 @@ impl Scheduler {
     /// End a migration source's handed-over copy (its QEMU paused after
     /// `completed`, its volume still primary): a FinishMigration there. A
     /// source that is gone or waits for fencing holds nothing that runs.
-    fn release(&mut self, _now: Instant, svc: &mut Svc, src: NodeId) {
+    fn release(&mut self, svc: &mut Svc, src: NodeId) {
         if !self.st.members.contains(&src) || self.st.fence_pending.contains(&src) {
             return;
         }
@@ -2233,7 +2233,7 @@ impl Scheduler {
     fn stop_on(&mut self, now: Instant, svc: &mut Svc, cause: String) {
         svc.deferred = None;
         if let Some(src) = svc.arrival.take() {
-            self.release(now, svc, src);
+            self.release(svc, src);
         }
         let Some(owner) = svc.owner else {
             svc.state = State::Stopped;

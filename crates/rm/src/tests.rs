@@ -124,59 +124,20 @@ impl H {
     }
 
     fn report(&mut self, node: NodeId, a: &Action, ok: bool) {
-        let (service, op, outcome) = match a {
-            Action::StartService { service, op, .. } => (
-                service,
-                *op,
-                if ok {
-                    Outcome::StartOk
-                } else {
-                    Outcome::StartFailed
-                },
-            ),
-            Action::StopService { service, op, .. } => (
-                service,
-                *op,
-                if ok {
-                    Outcome::StopOk
-                } else {
-                    Outcome::StopFailed
-                },
-            ),
-            Action::Migrate { service, op, .. } => (
-                service,
-                *op,
-                if ok {
-                    Outcome::MigrateOk
-                } else {
-                    Outcome::MigrateFailed
-                },
-            ),
-            Action::ConfirmIncoming { service, op, .. } => (
-                service,
-                *op,
-                if ok {
-                    Outcome::IncomingRunning
-                } else {
-                    Outcome::IncomingFailed
-                },
-            ),
-            Action::FinishMigration { service, op, .. } => (
-                service,
-                *op,
-                if ok {
-                    Outcome::StopOk
-                } else {
-                    Outcome::StopFailed
-                },
-            ),
+        let (good, bad) = match a {
+            Action::StartService { .. } => (Outcome::StartOk, Outcome::StartFailed),
+            Action::StopService { .. } | Action::FinishMigration { .. } => {
+                (Outcome::StopOk, Outcome::StopFailed)
+            }
+            Action::Migrate { .. } => (Outcome::MigrateOk, Outcome::MigrateFailed),
+            Action::ConfirmIncoming { .. } => (Outcome::IncomingRunning, Outcome::IncomingFailed),
             Action::StatusCheck { .. } => return,
         };
         self.feed(Input::Result(Report {
             node,
-            service: service.clone(),
-            op,
-            outcome,
+            service: a.service().to_string(),
+            op: a.op(),
+            outcome: if ok { good } else { bad },
         }))
         .unwrap();
     }

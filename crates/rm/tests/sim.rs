@@ -1141,11 +1141,7 @@ impl Sim {
                 // The guest arrived here with the source's MigrateOk; it may
                 // still fail to run (a broken target): then it stays here
                 // until the stop the scheduler sends.
-                let here = self
-                    .procs
-                    .get(service)
-                    .is_some_and(|m| m.contains_key(&node));
-                let ok = here && !self.rng.chance(0.1 * f);
+                let ok = self.runs_on(service, node) && !self.rng.chance(0.1 * f);
                 (
                     service.clone(),
                     *op,
@@ -1158,11 +1154,7 @@ impl Sim {
             }
             Action::FinishMigration { service, op, .. } => {
                 // The source's handed-over copy runs nothing.
-                if self
-                    .procs
-                    .get(service)
-                    .is_some_and(|m| m.contains_key(&node))
-                {
+                if self.runs_on(service, node) {
                     return self.fail(format!(
                         "FinishMigration of {service} on {node:?}, where it runs"
                     ));
@@ -1217,6 +1209,13 @@ impl Sim {
         } else {
             sn.held.push(report);
         }
+    }
+
+    /// Whether `service` has a process (healthy or not) on `node`.
+    fn runs_on(&self, service: &str, node: NodeId) -> bool {
+        self.procs
+            .get(service)
+            .is_some_and(|m| m.contains_key(&node))
     }
 
     fn check_single(&self) -> R {
