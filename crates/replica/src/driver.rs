@@ -2,7 +2,6 @@
 //! to the peer and the clock; runs the sans-IO [`Replica`] engine. [`Volume`] is the handle the rest
 //! of the program uses; [`ReplicaBackend`] exports the volume through the NBD server.
 
-use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -79,28 +78,6 @@ pub enum VolumeEvent {
     Engine(Event),
     /// Run the fence-peer handler and answer with [`Volume::fence_result`].
     FencePeer,
-}
-
-enum Cmd {
-    Write(
-        u64,
-        Vec<u8>,
-        bool,
-        oneshot::Sender<Result<(), ReplicaError>>,
-    ),
-    Flush(oneshot::Sender<Result<(), ReplicaError>>),
-    Read(u64, u32, oneshot::Sender<Result<Vec<u8>, ReplicaError>>),
-    Promote(bool, oneshot::Sender<Result<(), ReplicaError>>),
-    Demote(oneshot::Sender<Result<(), ReplicaError>>),
-    Verify(oneshot::Sender<Result<(), ReplicaError>>),
-    Outdate(oneshot::Sender<Result<(), ReplicaError>>),
-    Status(oneshot::Sender<Status>),
-    Fence(FenceOutcome),
-    DiscardMyData,
-    Connect,
-    Disconnect,
-    Stop(oneshot::Sender<()>),
-    Submit(nbd::BlockOp, nbd::Done),
 }
 
 enum Waiter {
@@ -230,13 +207,161 @@ impl Stats {
 /// Handle to a running volume.
 #[derive(Clone)]
 pub struct Volume {
-    tx: mpsc::UnboundedSender<Cmd>,
+    shared: Arc<Shared>,
+    /// Dropped with the last handle: the volume task ends and the link closes.
+    _life: Arc<Life>,
     size: u64,
+}
+
+/// The engine and what it owns, shared by everything that feeds it. The NBD connection that
+/// submits a write, the blocking thread whose disk write finished and the reader that got a frame
+/// from the peer each run the engine themselves, under the lock, and carry out its actions at once
+/// (start a disk write, send to the peer, complete a request): a request never waits for another
+/// task to be scheduled, since every hop between tasks costs a thread wake-up on its path. The
+/// volume's own task ([`run`]) only keeps the engine's timers, accepts or dials the peer, and ends.
+struct Shared {
+    inner: std::sync::Mutex<Inner>,
+    /// Wakes the volume task when the engine's next deadline came earlier or it wants a link.
+    wake: tokio::sync::Notify,
     stats: Arc<Stats>,
+    rt: tokio::runtime::Handle,
+}
+
+struct Life(Arc<Shared>);
+
+impl Drop for Life {
+    fn drop(&mut self) {
+        let mut g = self.0.lock();
+        g.abandoned = true;
+        g.close_link();
+        drop(g);
+        self.0.wake.notify_one();
+    }
 }
 
 fn gone() -> ReplicaError {
     ReplicaError::Io
+}
+
+/// A finished request whose waiter is told after the lock is released.
+type Finished = Vec<(Waiter, Result<(), ReplicaError>)>;
+
+impl Waiter {
+    fn finish(self, result: Result<(), ReplicaError>) {
+        match self {
+            Waiter::Ask(s) => {
+                let _ = s.send(result);
+            }
+            Waiter::Nbd(done) => done(result.map(|_| Vec::new()).map_err(|e| nbd_errno(&e))),
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic under the lock leaves the engine as it was between two calls: keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the engine, carries out every action it queued, then tells the finished
+    /// requests' waiters (outside the lock) and wakes the volume task if its timer must move.
+    fn with<T>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Inner, base::Instant, &Arc<Shared>) -> T,
+    ) -> T {
+        let mut finished = Vec::new();
+        let (t, wake) = {
+            let mut g = self.lock();
+            let now = g.now();
+            let t = f(&mut g, now, self);
+            g.drain(self, &mut finished);
+            (t, g.task_must_look())
+        };
+        for (w, r) in finished {
+            w.finish(r);
+        }
+        if wake {
+            self.wake.notify_one();
+        }
+        t
+    }
+
+    /// Starts an application request (write or flush), or fails it if the volume has stopped.
+    /// `write` requests are timed for the request stage.
+    fn request(
+        self: &Arc<Self>,
+        w: Waiter,
+        write: bool,
+        start: impl FnOnce(&mut Replica, base::Instant, ReqId),
+    ) {
+        let refused = self.with(|g, now, _| {
+            if g.stopped || g.abandoned {
+                return Some(w);
+            }
+            let id = g.next_req;
+            g.next_req += 1;
+            g.waiting.insert(id, w);
+            if write {
+                g.req_started.insert(id, StdInstant::now());
+            }
+            start(&mut g.r, now, ReqId(id));
+            None
+        });
+        if let Some(w) = refused {
+            w.finish(Err(gone()));
+        }
+    }
+
+    /// Runs a blocking disk operation on the blocking pool and feeds its result to the engine.
+    fn disk_io(
+        self: &Arc<Self>,
+        io: u64,
+        op: impl FnOnce() -> Result<Vec<u8>, ()> + Send + 'static,
+    ) {
+        let sh = self.clone();
+        self.rt.spawn_blocking(move || {
+            let res = op();
+            sh.with(|g, now, _| g.r.handle_io_done(now, io, res));
+        });
+    }
+
+    fn read_disk(self: &Arc<Self>, offset: u64, len: u32) -> Result<Arc<File>, ReplicaError> {
+        let g = self.lock();
+        if g.stopped || g.abandoned {
+            return Err(gone());
+        }
+        g.r.check_read(offset, len as u64)?;
+        Ok(g.disk.clone())
+    }
+
+    fn submit(self: &Arc<Self>, op: nbd::BlockOp, done: nbd::Done) {
+        use nbd::OpKind;
+        match op.kind {
+            OpKind::Write { data } => {
+                let (offset, fua) = (op.offset, op.fua);
+                self.request(Waiter::Nbd(done), true, move |r, now, id| {
+                    r.handle_write(now, id, offset, data, fua)
+                });
+            }
+            OpKind::Flush => self.request(Waiter::Nbd(done), false, |r, now, id| {
+                r.handle_flush(now, id)
+            }),
+            OpKind::Read => match self.read_disk(op.offset, op.len) {
+                Err(e) => done(Err(nbd_errno(&e))),
+                Ok(disk) => {
+                    self.rt.spawn_blocking(move || {
+                        let mut v = vec![0u8; op.len as usize];
+                        let r = disk.read_exact_at(&mut v, op.offset);
+                        done(r.map(|_| v).map_err(|e| nbd::Errno::from_io(&e)));
+                    });
+                }
+            },
+            // Advisory: keeping the data is a correct trim and keeps both sides identical.
+            OpKind::Trim => done(Ok(Vec::new())),
+            // Handled by [`ReplicaBackend::submit`], which has a volume handle to write with.
+            OpKind::WriteZeroes { .. } => done(Err(nbd::Errno::Inval)),
+        }
+    }
 }
 
 impl Volume {
@@ -279,23 +404,25 @@ impl Volume {
             ));
         }
         let size = meta.size;
-        let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
-        let task = Task::new(
-            cfg,
-            meta,
-            Arc::new(disk),
-            events,
-            tx.downgrade(),
-            stats.clone(),
-        );
-        tokio::spawn(task.run(rx, listen));
-        Ok(Volume { tx, size, stats })
+        let inner = Inner::new(cfg, meta, Arc::new(disk), events);
+        let shared = Arc::new(Shared {
+            inner: std::sync::Mutex::new(inner),
+            wake: tokio::sync::Notify::new(),
+            stats,
+            rt: tokio::runtime::Handle::current(),
+        });
+        tokio::spawn(run(shared.clone(), listen));
+        Ok(Volume {
+            _life: Arc::new(Life(shared.clone())),
+            shared,
+            size,
+        })
     }
 
     /// Per-stage write timings of this node so far.
     pub fn write_stages(&self) -> WriteStages {
-        self.stats.snapshot()
+        self.shared.stats.snapshot()
     }
 
     /// Volume size in bytes.
@@ -303,77 +430,120 @@ impl Volume {
         self.size
     }
 
-    async fn ask<T>(&self, f: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Option<T> {
-        let (s, r) = oneshot::channel();
-        self.tx.send(f(s)).ok()?;
-        r.await.ok()
+    /// Runs `f` on the engine unless the volume has stopped.
+    fn call<T>(
+        &self,
+        f: impl FnOnce(&mut Inner, base::Instant) -> Result<T, ReplicaError>,
+    ) -> Result<T, ReplicaError> {
+        self.shared.with(|g, now, _| {
+            if g.stopped || g.abandoned {
+                return Err(gone());
+            }
+            f(g, now)
+        })
     }
 
     /// Application write (completes per the replication protocol).
     pub async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), ReplicaError> {
-        self.ask(|s| Cmd::Write(offset, data, fua, s))
-            .await
-            .unwrap_or(Err(gone()))
+        let (s, r) = oneshot::channel();
+        self.shared
+            .request(Waiter::Ask(s), true, move |e, now, id| {
+                e.handle_write(now, id, offset, data, fua)
+            });
+        r.await.unwrap_or(Err(gone()))
     }
     /// Application flush.
     pub async fn flush(&self) -> Result<(), ReplicaError> {
-        self.ask(Cmd::Flush).await.unwrap_or(Err(gone()))
+        let (s, r) = oneshot::channel();
+        self.shared
+            .request(Waiter::Ask(s), false, |e, now, id| e.handle_flush(now, id));
+        r.await.unwrap_or(Err(gone()))
     }
     /// Application read from the local disk.
     pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, ReplicaError> {
-        self.ask(|s| Cmd::Read(offset, len, s))
-            .await
-            .unwrap_or(Err(gone()))
+        let disk = self.shared.read_disk(offset, len)?;
+        tokio::task::spawn_blocking(move || {
+            let mut v = vec![0u8; len as usize];
+            disk.read_exact_at(&mut v, offset)
+                .map(|_| v)
+                .map_err(|_| ReplicaError::Io)
+        })
+        .await
+        .unwrap_or(Err(gone()))
     }
     /// Promote (`force` as in `drbdadm primary --force`).
     pub async fn promote(&self, force: bool) -> Result<(), ReplicaError> {
-        self.ask(|s| Cmd::Promote(force, s))
-            .await
-            .unwrap_or(Err(gone()))
+        self.call(|g, now| g.r.promote(now, force))
     }
     /// Demote.
     pub async fn demote(&self) -> Result<(), ReplicaError> {
-        self.ask(Cmd::Demote).await.unwrap_or(Err(gone()))
+        self.call(|g, now| g.r.demote(now))
     }
     /// Start an online verify.
     pub async fn verify(&self) -> Result<(), ReplicaError> {
-        self.ask(Cmd::Verify).await.unwrap_or(Err(gone()))
+        self.call(|g, now| g.r.start_verify(now))
     }
     /// Mark the local disk Outdated (what the peer's fence handler asks of a live secondary).
     pub async fn outdate(&self) -> Result<(), ReplicaError> {
-        self.ask(Cmd::Outdate).await.unwrap_or(Err(gone()))
+        self.call(|g, _| g.r.outdate())
     }
-    /// Status snapshot (`None` if the volume task ended).
+    /// Status snapshot (`None` if the volume has stopped).
     pub async fn status(&self) -> Option<Status> {
-        self.ask(Cmd::Status).await
+        self.call(|g, _| Ok(g.r.status())).ok()
     }
     /// Answer to [`VolumeEvent::FencePeer`].
     pub fn fence_result(&self, o: FenceOutcome) {
-        let _ = self.tx.send(Cmd::Fence(o));
+        let _ = self.call(|g, now| {
+            g.r.handle_fence_result(now, o);
+            Ok(())
+        });
     }
     /// Mark this node the split-brain victim for the next connection.
     pub fn discard_my_data(&self) {
-        let _ = self.tx.send(Cmd::DiscardMyData);
+        let _ = self.call(|g, _| {
+            g.r.discard_my_data();
+            Ok(())
+        });
     }
     /// Start connecting to the peer.
     pub fn connect(&self) {
-        let _ = self.tx.send(Cmd::Connect);
+        let _ = self.call(|g, _| {
+            g.r.connect();
+            Ok(())
+        });
     }
     /// Drop the peer link and stay StandAlone.
     pub fn disconnect(&self) {
-        let _ = self.tx.send(Cmd::Disconnect);
+        let _ = self.call(|g, now| {
+            g.r.disconnect(now);
+            Ok(())
+        });
     }
-    /// Stops the task after a clean detach (metadata marked clean; a secondary whose peer is
-    /// primary marks its disk Outdated first, as DRBD's `down` does).
+    /// Stops the volume after a clean detach (metadata marked clean; a secondary whose peer is
+    /// primary marks its disk Outdated first, as DRBD's `down` does). Requests still in flight
+    /// fail; later calls fail too.
     pub async fn stop(&self) {
-        let _ = self.ask(Cmd::Stop).await;
+        let _ = self.call(|g, _| {
+            // A secondary leaving a running primary behind is out of date from now on.
+            if g.r.role() == crate::msg::Role::Secondary
+                && g.r.status().peer_role == Some(crate::msg::Role::Primary)
+            {
+                let _ = g.r.outdate();
+            }
+            g.r.detach();
+            Ok(())
+        });
+        let waiting = {
+            let mut g = self.shared.lock();
+            g.stopped = true;
+            g.close_link();
+            std::mem::take(&mut g.waiting)
+        };
+        for (_, w) in waiting {
+            w.finish(Err(gone()));
+        }
+        self.shared.wake.notify_one();
     }
-}
-
-enum Net {
-    Up(u64, TcpStream),
-    Msg(u64, Msg),
-    Down(u64),
 }
 
 struct Link {
@@ -440,10 +610,10 @@ fn slices(queue: &std::collections::VecDeque<Bytes>) -> Vec<io::IoSlice<'_>> {
         .collect()
 }
 
-/// Writes the frames the volume task could not write at once (the socket was full): in vectored
-/// writes, a frame's header and payload and many acknowledgements in one system call, with no
-/// copy into a staging buffer. `queued` counts frames handed over and not yet written whole; the
-/// volume task writes directly only while it is zero, so the byte stream keeps its order.
+/// Writes the frames the engine's caller could not write at once (the socket was full): in
+/// vectored writes, a frame's header and payload and many acknowledgements in one system call,
+/// with no copy into a staging buffer. `queued` counts frames handed over and not yet written
+/// whole; callers write directly only while it is zero, so the byte stream keeps its order.
 async fn link_writer(
     wr: Arc<tokio::net::tcp::OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
@@ -472,48 +642,56 @@ async fn link_writer(
     }
 }
 
-/// Reads frames from the peer straight into one buffer and hands each on as a view of it: a
-/// replicated payload is never copied after the kernel put it there.
-async fn link_reader(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
-    id: u64,
-    tx: mpsc::UnboundedSender<Net>,
-) {
+/// Reads frames from the peer straight into one buffer and hands each to the engine as a view of
+/// it (a replicated payload is never copied after the kernel put it there); every frame that
+/// arrived in one read goes to the engine under one lock.
+async fn link_reader(mut rd: tokio::net::tcp::OwnedReadHalf, id: u64, sh: Arc<Shared>) {
     let mut buf = BytesMut::with_capacity(1 << 20);
+    let mut msgs = Vec::new();
     loop {
-        let want = match Msg::frame_len(&buf) {
-            Ok(Some(total)) => {
-                let frame = buf.split_to(total).freeze();
-                match Msg::decode_frame(&frame) {
-                    Ok(m) => {
-                        if tx.send(Net::Msg(id, m)).is_err() {
-                            return;
+        let mut broken = false;
+        let want = loop {
+            match Msg::frame_len(&buf) {
+                Ok(Some(total)) => {
+                    let frame = buf.split_to(total).freeze();
+                    match Msg::decode_frame(&frame) {
+                        Ok(m) => msgs.push(m),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "bad replication frame: dropping link");
+                            broken = true;
+                            break 0;
                         }
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "bad replication frame: dropping link");
-                        let _ = tx.send(Net::Down(id));
-                        return;
                     }
                 }
-            }
-            Ok(None) if buf.len() >= FRAME_HEADER => {
-                // The header says how big the frame is: room for all of it at once.
-                let len = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
-                FRAME_HEADER + len - buf.len()
-            }
-            Ok(None) => FRAME_HEADER,
-            Err(e) => {
-                tracing::warn!(error = %e, "bad replication frame: dropping link");
-                let _ = tx.send(Net::Down(id));
-                return;
+                Ok(None) if buf.len() >= FRAME_HEADER => {
+                    // The header says how big the frame is: room for all of it at once.
+                    let len = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
+                    break FRAME_HEADER + len - buf.len();
+                }
+                Ok(None) => break FRAME_HEADER,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad replication frame: dropping link");
+                    broken = true;
+                    break 0;
+                }
             }
         };
+        if !msgs.is_empty() {
+            let batch = std::mem::take(&mut msgs);
+            sh.with(|g, now, _| {
+                for m in batch {
+                    g.on_msg(now, id, m);
+                }
+            });
+        }
+        if broken {
+            sh.with(|g, now, _| g.link_down(now, id));
+            return;
+        }
         buf.reserve(want.max(64 * 1024));
         match rd.read_buf(&mut buf).await {
             Ok(0) | Err(_) => {
-                let _ = tx.send(Net::Down(id));
+                sh.with(|g, now, _| g.link_down(now, id));
                 return;
             }
             Ok(_) => {}
@@ -521,50 +699,58 @@ async fn link_reader(
     }
 }
 
-struct Task {
+struct Inner {
     cfg: VolumeConfig,
     r: Replica,
     disk: Arc<File>,
     events: mpsc::UnboundedSender<VolumeEvent>,
     start: std::time::Instant,
     next_req: u64,
-    waiting: BTreeMap<u64, Waiter>,
+    waiting: HashMap<u64, Waiter>,
     link: Option<Link>,
     next_link: u64,
-    self_tx: mpsc::WeakUnboundedSender<Cmd>,
-    stats: Arc<Stats>,
     /// Start times of application requests (by request id) and replicated writes (by sequence).
     req_started: HashMap<u64, StdInstant>,
     data_sent: HashMap<u64, StdInstant>,
     /// Frames to the peer gathered while draining the engine's actions.
     out: std::collections::VecDeque<Bytes>,
+    /// Send times of replicated writes the peer acknowledged, for the peer-ack stage.
+    ack_times: Vec<StdInstant>,
+    /// What the volume task last saw: its timer and whether it looks for a link.
+    told_deadline: Option<base::Instant>,
+    told_want_link: bool,
+    /// [`Volume::stop`] ran: requests fail, the task ends.
+    stopped: bool,
+    /// Every handle is gone: the task ends.
+    abandoned: bool,
 }
 
-impl Task {
+impl Inner {
     fn new(
         cfg: VolumeConfig,
         meta: Metadata,
         disk: Arc<File>,
         events: mpsc::UnboundedSender<VolumeEvent>,
-        self_tx: mpsc::WeakUnboundedSender<Cmd>,
-        stats: Arc<Stats>,
     ) -> Self {
         let r = Replica::new(cfg.replica.clone(), meta, base::Instant(0), cfg.seed);
-        Task {
+        Inner {
             cfg,
             r,
             disk,
             events,
             start: std::time::Instant::now(),
             next_req: 1,
-            waiting: BTreeMap::new(),
+            waiting: HashMap::new(),
             link: None,
             next_link: 1,
-            self_tx,
-            stats,
             req_started: HashMap::new(),
             data_sent: HashMap::new(),
             out: std::collections::VecDeque::new(),
+            ack_times: Vec::new(),
+            told_deadline: None,
+            told_want_link: false,
+            stopped: false,
+            abandoned: false,
         }
     }
 
@@ -572,231 +758,71 @@ impl Task {
         base::Instant(self.start.elapsed().as_nanos() as u64)
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, listen: TcpListener) {
-        let (net_tx, mut net_rx) = mpsc::unbounded_channel::<Net>();
-        let (io_tx, mut io_rx) = mpsc::unbounded_channel::<(u64, Result<Vec<u8>, ()>)>();
-        let active = self.cfg.replica.node_id < self.cfg.peer_node_id;
-        let mut retry = tokio::time::interval(std::time::Duration::from_millis(500));
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            self.drain(&io_tx, &net_tx);
-            let deadline = self.r.poll_deadline().map(|d| {
-                tokio::time::Instant::from_std(self.start + std::time::Duration::from_nanos(d.0))
-            });
-            let want_link =
-                self.link.is_none() && self.r.conn() == crate::engine::ConnState::WfConnection;
-            tokio::select! {
-                c = rx.recv() => match c {
-                    None => return,
-                    Some(Cmd::Stop(done)) => {
-                        // A secondary leaving a running primary behind is out of date from now on.
-                        if self.r.role() == crate::msg::Role::Secondary
-                            && self.r.status().peer_role == Some(crate::msg::Role::Primary)
-                        {
-                            let _ = self.r.outdate();
-                        }
-                        self.r.detach();
-                        self.drain(&io_tx, &net_tx);
-                        if let Some(l) = self.link.take() { l.reader.abort(); }
-                        let _ = done.send(());
-                        return;
-                    }
-                    Some(c) => self.command(c, &io_tx),
-                },
-                Some(n) = net_rx.recv() => self.net(n, &net_tx),
-                Some((io, res)) = io_rx.recv() => {
-                    let now = self.now();
-                    self.r.handle_io_done(now, io, res);
-                }
-                a = listen.accept(), if !active => {
-                    if let Ok((s, _)) = a {
-                        if want_link { let id = self.next_link; self.next_link += 1; let _ = net_tx.send(Net::Up(id, s)); }
-                    }
-                }
-                _ = retry.tick(), if active && want_link => {
-                    let peer = self.cfg.peer;
-                    let tx = net_tx.clone();
-                    let id = self.next_link;
-                    self.next_link += 1;
-                    tokio::spawn(async move {
-                        if let Ok(Ok(s)) = tokio::time::timeout(std::time::Duration::from_millis(400), TcpStream::connect(peer)).await {
-                            let _ = tx.send(Net::Up(id, s));
-                        }
-                    });
-                }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                    let now = self.now();
-                    self.r.handle_timeout(now);
-                }
-            }
-        }
+    fn want_link(&self) -> bool {
+        !self.stopped
+            && !self.abandoned
+            && self.link.is_none()
+            && self.r.conn() == crate::engine::ConnState::WfConnection
     }
 
-    fn command(&mut self, c: Cmd, io_tx: &mpsc::UnboundedSender<(u64, Result<Vec<u8>, ()>)>) {
-        let now = self.now();
-        match c {
-            Cmd::Write(offset, data, fua, reply) => {
-                let id = self.next_req;
-                self.next_req += 1;
-                self.waiting.insert(id, Waiter::Ask(reply));
-                self.req_started.insert(id, StdInstant::now());
-                self.r.handle_write(now, ReqId(id), offset, data, fua);
-            }
-            Cmd::Flush(reply) => {
-                let id = self.next_req;
-                self.next_req += 1;
-                self.waiting.insert(id, Waiter::Ask(reply));
-                self.r.handle_flush(now, ReqId(id));
-            }
-            Cmd::Submit(op, done) => self.submit(now, op, done),
-            Cmd::Read(offset, len, reply) => {
-                if let Err(e) = self.r.check_read(offset, len as u64) {
-                    let _ = reply.send(Err(e));
-                    return;
-                }
-                let disk = self.disk.clone();
-                let _ = io_tx;
-                tokio::task::spawn_blocking(move || {
-                    let mut v = vec![0u8; len as usize];
-                    let r = disk
-                        .read_exact_at(&mut v, offset)
-                        .map(|_| v)
-                        .map_err(|_| ReplicaError::Io);
-                    let _ = reply.send(r);
-                });
-            }
-            Cmd::Promote(force, reply) => {
-                let _ = reply.send(self.r.promote(now, force));
-            }
-            Cmd::Demote(reply) => {
-                let _ = reply.send(self.r.demote(now));
-            }
-            Cmd::Verify(reply) => {
-                let _ = reply.send(self.r.start_verify(now));
-            }
-            Cmd::Outdate(reply) => {
-                let _ = reply.send(self.r.outdate());
-            }
-            Cmd::Status(reply) => {
-                let _ = reply.send(self.r.status());
-            }
-            Cmd::Fence(o) => self.r.handle_fence_result(now, o),
-            Cmd::DiscardMyData => self.r.discard_my_data(),
-            Cmd::Connect => self.r.connect(),
-            Cmd::Disconnect => self.r.disconnect(now),
-            Cmd::Stop(_) => {}
-        }
+    /// Whether the volume task must look again: the engine's deadline came earlier than the one
+    /// it sleeps on (a later one just costs it a harmless early timeout call), or the link wish
+    /// changed, or the volume ends.
+    fn task_must_look(&self) -> bool {
+        let d = self.r.poll_deadline();
+        let earlier = match (d, self.told_deadline) {
+            (Some(d), Some(t)) => d < t,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        earlier || self.want_link() != self.told_want_link || self.stopped || self.abandoned
     }
 
-    fn submit(&mut self, now: base::Instant, op: nbd::BlockOp, done: nbd::Done) {
-        use nbd::OpKind;
-        match op.kind {
-            OpKind::Write { data } => {
-                let id = self.next_req;
-                self.next_req += 1;
-                self.waiting.insert(id, Waiter::Nbd(done));
-                self.req_started.insert(id, StdInstant::now());
-                self.r.handle_write(now, ReqId(id), op.offset, data, op.fua);
-            }
-            OpKind::Flush => {
-                let id = self.next_req;
-                self.next_req += 1;
-                self.waiting.insert(id, Waiter::Nbd(done));
-                self.r.handle_flush(now, ReqId(id));
-            }
-            OpKind::Read => {
-                if let Err(e) = self.r.check_read(op.offset, op.len as u64) {
-                    done(Err(nbd_errno(&e)));
-                    return;
-                }
-                let disk = self.disk.clone();
-                tokio::task::spawn_blocking(move || {
-                    let mut v = vec![0u8; op.len as usize];
-                    let r = disk.read_exact_at(&mut v, op.offset);
-                    done(r.map(|_| v).map_err(|e| nbd::Errno::from_io(&e)));
-                });
-            }
-            // Advisory: keeping the data is a correct trim and keeps both sides identical.
-            OpKind::Trim => done(Ok(Vec::new())),
-            OpKind::WriteZeroes { .. } => self.zeroes(op.offset, op.len, op.fua, done),
+    fn close_link(&mut self) {
+        if let Some(l) = self.link.take() {
+            l.reader.abort();
         }
+        self.data_sent.clear();
+        self.out.clear();
     }
 
-    /// Zeroes are replicated as data, one piece at a time (bounded memory).
-    fn zeroes(&self, offset: u64, len: u32, fua: bool, done: nbd::Done) {
-        {
-            let Some(tx) = self.self_tx.upgrade() else {
-                done(Err(nbd::Errno::Shutdown));
-                return;
-            };
-            let vol = Volume {
-                tx,
-                size: self.r.metadata().size,
-                stats: self.stats.clone(),
-            };
-            tokio::spawn(async move {
-                let mut done_bytes = 0u64;
-                while done_bytes < len as u64 {
-                    let n = (len as u64 - done_bytes).min(1 << 20);
-                    let last = done_bytes + n == len as u64;
-                    if let Err(e) = vol
-                        .write(offset + done_bytes, vec![0u8; n as usize], fua && last)
-                        .await
-                    {
-                        done(Err(nbd_errno(&e)));
-                        return;
-                    }
-                    done_bytes += n;
-                }
-                done(Ok(Vec::new()));
-            });
+    fn link_up(&mut self, now: base::Instant, id: u64, s: TcpStream, sh: &Arc<Shared>) {
+        if !self.want_link() {
+            return;
         }
+        let _ = s.set_nodelay(true);
+        let (rd, wr) = s.into_split();
+        let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
+        let wr = Arc::new(wr);
+        let queued = Arc::new(AtomicUsize::new(0));
+        sh.rt.spawn(link_writer(wr.clone(), wrx, queued.clone()));
+        let reader = sh.rt.spawn(link_reader(rd, id, sh.clone()));
+        self.link = Some(Link {
+            id,
+            tx: wtx,
+            wr,
+            queued,
+            reader,
+        });
+        self.r.handle_connected(now);
     }
 
-    fn net(&mut self, n: Net, net_tx: &mpsc::UnboundedSender<Net>) {
-        let now = self.now();
-        match n {
-            Net::Up(id, s) => {
-                if self.link.is_some() || self.r.conn() != crate::engine::ConnState::WfConnection {
-                    return;
-                }
-                let _ = s.set_nodelay(true);
-                let (rd, wr) = s.into_split();
-                let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
-                let wr = Arc::new(wr);
-                let queued = Arc::new(AtomicUsize::new(0));
-                tokio::spawn(link_writer(wr.clone(), wrx, queued.clone()));
-                let tx = net_tx.clone();
-                let reader = tokio::spawn(link_reader(rd, id, tx));
-                self.link = Some(Link {
-                    id,
-                    tx: wtx,
-                    wr,
-                    queued,
-                    reader,
-                });
-                self.r.handle_connected(now);
+    fn on_msg(&mut self, now: base::Instant, id: u64, m: Msg) {
+        if !self.link.as_ref().is_some_and(|l| l.id == id) {
+            return;
+        }
+        if let Msg::WriteAck { seq } | Msg::NegAck { seq } = &m {
+            if let Some(t) = self.data_sent.remove(seq) {
+                self.ack_times.push(t);
             }
-            Net::Msg(id, m) => {
-                if self.link.as_ref().is_some_and(|l| l.id == id) {
-                    if let Msg::WriteAck { seq } | Msg::NegAck { seq } = &m {
-                        if let Some(t) = self.data_sent.remove(seq) {
-                            self.stats.peer_ack.add(t);
-                        }
-                    }
-                    self.r.handle_msg(now, m);
-                }
-            }
-            Net::Down(id) => {
-                if self.link.as_ref().is_some_and(|l| l.id == id) {
-                    if let Some(l) = self.link.take() {
-                        l.reader.abort();
-                    }
-                    self.data_sent.clear();
-                    self.out.clear();
-                    self.r.handle_disconnected(now);
-                }
-            }
+        }
+        self.r.handle_msg(now, m);
+    }
+
+    fn link_down(&mut self, now: base::Instant, id: u64) {
+        if self.link.as_ref().is_some_and(|l| l.id == id) {
+            self.close_link();
+            self.r.handle_disconnected(now);
         }
     }
 
@@ -808,21 +834,10 @@ impl Task {
         }
     }
 
-    fn complete(&mut self, req: ReqId, result: Result<(), ReplicaError>) {
-        match self.waiting.remove(&req.0) {
-            Some(Waiter::Ask(s)) => {
-                let _ = s.send(result);
-            }
-            Some(Waiter::Nbd(done)) => done(result.map(|_| Vec::new()).map_err(|e| nbd_errno(&e))),
-            None => {}
+    fn drain(&mut self, sh: &Arc<Shared>, finished: &mut Finished) {
+        for t in self.ack_times.drain(..) {
+            sh.stats.peer_ack.add(t);
         }
-    }
-
-    fn drain(
-        &mut self,
-        io_tx: &mpsc::UnboundedSender<(u64, Result<Vec<u8>, ()>)>,
-        _net_tx: &mpsc::UnboundedSender<Net>,
-    ) {
         while let Some(a) = self.r.poll_action() {
             match a {
                 Action::Send(m) => {
@@ -843,36 +858,32 @@ impl Task {
                     data,
                     fua,
                 } => {
+                    // What the engine sent before this write goes out first.
+                    self.send_out();
                     let disk = self.disk.clone();
-                    let tx = io_tx.clone();
-                    let (stats, t) = (self.stats.clone(), StdInstant::now());
-                    tokio::task::spawn_blocking(move || {
+                    let (stats, t) = (sh.stats.clone(), StdInstant::now());
+                    sh.disk_io(io, move || {
                         let mut r = disk.write_all_at(&data, offset);
                         if fua && r.is_ok() {
                             r = disk.sync_data();
                         }
                         stats.disk_write.add(t);
-                        let _ = tx.send((io, r.map(|_| Vec::new()).map_err(|_| ())));
+                        r.map(|_| Vec::new()).map_err(|_| ())
                     });
                 }
                 Action::DiskRead { io, offset, len } => {
                     let disk = self.disk.clone();
-                    let tx = io_tx.clone();
-                    tokio::task::spawn_blocking(move || {
+                    sh.disk_io(io, move || {
                         let mut v = vec![0u8; len as usize];
-                        let r = disk
-                            .read_exact_at(&mut v, offset)
+                        disk.read_exact_at(&mut v, offset)
                             .map(|_| v)
-                            .map_err(|_| ());
-                        let _ = tx.send((io, r));
+                            .map_err(|_| ())
                     });
                 }
                 Action::DiskFlush { io } => {
                     let disk = self.disk.clone();
-                    let tx = io_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let r = disk.sync_data().map(|_| Vec::new()).map_err(|_| ());
-                        let _ = tx.send((io, r));
+                    sh.disk_io(io, move || {
+                        disk.sync_data().map(|_| Vec::new()).map_err(|_| ())
                     });
                 }
                 Action::PersistMeta => {
@@ -882,13 +893,15 @@ impl Task {
                     if let Err(e) = write_meta(&self.cfg.meta, self.r.metadata()) {
                         tracing::error!(error = %e, "cannot persist replica metadata");
                     }
-                    self.stats.meta.add(t);
+                    sh.stats.meta.add(t);
                 }
                 Action::Complete { req, result } => {
                     if let Some(t) = self.req_started.remove(&req.0) {
-                        self.stats.request.add(t);
+                        sh.stats.request.add(t);
                     }
-                    self.complete(req, result)
+                    if let Some(w) = self.waiting.remove(&req.0) {
+                        finished.push((w, result));
+                    }
                 }
                 Action::FencePeer => {
                     let _ = self.events.send(VolumeEvent::FencePeer);
@@ -896,11 +909,7 @@ impl Task {
                 Action::Disconnect => {
                     // What was sent before the disconnect still goes out, as it did in order.
                     self.send_out();
-                    if let Some(l) = self.link.take() {
-                        l.reader.abort();
-                    }
-                    self.data_sent.clear();
-                    self.out.clear();
+                    self.close_link();
                     let now = self.now();
                     self.r.handle_disconnected(now);
                 }
@@ -910,6 +919,60 @@ impl Task {
         while let Some(e) = self.r.poll_event() {
             tracing::info!(event = ?e, "replica");
             let _ = self.events.send(VolumeEvent::Engine(e));
+        }
+    }
+}
+
+/// The volume's own task: the engine's timers, accepting (the node with the higher id) or dialling
+/// (the lower) the peer, and the end of the volume.
+async fn run(sh: Arc<Shared>, listen: TcpListener) {
+    let active = {
+        let g = sh.lock();
+        g.cfg.replica.node_id < g.cfg.peer_node_id
+    };
+    let mut retry = tokio::time::interval(std::time::Duration::from_millis(500));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let (deadline, want_link, peer, start) = {
+            let mut g = sh.lock();
+            if g.stopped || g.abandoned {
+                g.close_link();
+                return;
+            }
+            g.told_deadline = g.r.poll_deadline();
+            g.told_want_link = g.want_link();
+            (g.told_deadline, g.told_want_link, g.cfg.peer, g.start)
+        };
+        let deadline = deadline
+            .map(|d| tokio::time::Instant::from_std(start + std::time::Duration::from_nanos(d.0)));
+        tokio::select! {
+            _ = sh.wake.notified() => {}
+            a = listen.accept(), if !active => {
+                if let Ok((s, _)) = a {
+                    if want_link {
+                        sh.with(|g, now, sh| {
+                            let id = g.next_link;
+                            g.next_link += 1;
+                            g.link_up(now, id, s, sh);
+                        });
+                    }
+                }
+            }
+            _ = retry.tick(), if active && want_link => {
+                let sh = sh.clone();
+                tokio::spawn(async move {
+                    if let Ok(Ok(s)) = tokio::time::timeout(std::time::Duration::from_millis(400), TcpStream::connect(peer)).await {
+                        sh.with(|g, now, sh| {
+                            let id = g.next_link;
+                            g.next_link += 1;
+                            g.link_up(now, id, s, sh);
+                        });
+                    }
+                });
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                sh.with(|g, now, _| g.r.handle_timeout(now));
+            }
         }
     }
 }
@@ -986,10 +1049,28 @@ impl nbd::Backend for ReplicaBackend {
         false
     }
     fn submit(self: Arc<Self>, op: nbd::BlockOp, done: nbd::Done) {
-        if let Err(mpsc::error::SendError(Cmd::Submit(_, done))) =
-            self.vol.tx.send(Cmd::Submit(op, done))
-        {
-            done(Err(nbd::Errno::Io));
-        }
+        let nbd::OpKind::WriteZeroes { .. } = op.kind else {
+            self.vol.shared.submit(op, done);
+            return;
+        };
+        // Zeroes are replicated as data, one piece at a time (bounded memory).
+        let vol = self.vol.clone();
+        let (offset, len, fua) = (op.offset, op.len as u64, op.fua);
+        self.rt.spawn(async move {
+            let mut done_bytes = 0u64;
+            while done_bytes < len {
+                let n = (len - done_bytes).min(1 << 20);
+                let last = done_bytes + n == len;
+                if let Err(e) = vol
+                    .write(offset + done_bytes, vec![0u8; n as usize], fua && last)
+                    .await
+                {
+                    done(Err(nbd_errno(&e)));
+                    return;
+                }
+                done_bytes += n;
+            }
+            done(Ok(Vec::new()));
+        });
     }
 }
