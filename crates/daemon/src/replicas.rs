@@ -388,6 +388,16 @@ impl Local {
         r
     }
 
+    /// Whether the dual-primary window is open. Once this side is primary and the peer is no
+    /// longer (the source's guest quit and it demoted, or the link is gone), the window has
+    /// closed: forgotten here, so that only a new migration opens it again.
+    fn window_open(&self, st: &Status) -> bool {
+        if st.role == Role::Primary && st.peer_role != Some(Role::Primary) {
+            self.window.store(false, Ordering::Relaxed);
+        }
+        self.window.load(Ordering::Relaxed)
+    }
+
     /// Stops the NBD export and becomes secondary (waits for requests in flight).
     pub async fn demote(&self) -> Result<(), Refused> {
         self.window.store(false, Ordering::Relaxed);
@@ -508,7 +518,7 @@ impl Local {
             .unwrap_or(false)
             .then(|| format!("nbd://{}/{}", self.spec.nbd, self.spec.name)));
         v["created_this_start"] = json!(self.created);
-        v["migration_window"] = json!(self.window.load(Ordering::Relaxed));
+        v["migration_window"] = json!(self.window_open(&st));
         v["why"] = json!(why(&st, &self.spec.peer_name, self.peer_member()));
         v
     }

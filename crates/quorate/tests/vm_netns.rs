@@ -6,9 +6,10 @@
 //! to `STATE/vm/guest1.serial`: a test reads there whether the guest kept
 //! running through a migration and where it resumed after a restart.
 //!
-//! The guest's disk is a plain file on this host that both namespaces see:
-//! the stand-in for shared storage until the replicated volumes of issue 7
-//! are integrated into the daemon.
+//! In the first two tests the guest's disk is a plain file on this host that
+//! both namespaces see (shared storage). In the third it is a replicated
+//! volume (`<replica>`, protocol C) that each node exports over NBD on its own
+//! loopback while it is primary: the seed's layout, a guest on DRBD.
 //!
 //! Needs root, iproute2, nftables, qemu-system-x86 and the tiny guest's
 //! packages (linux-image-cloud-amd64, busybox-static; scripts/install-deps.sh).
@@ -46,8 +47,17 @@ fn xml_attr(v: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// The replicated volume's NBD port (each node serves it on its loopback while primary).
+const NBD_PORT: u16 = 10809;
+
 impl Lab {
     fn start(dir: &Path) -> Lab {
+        Self::start_with(dir, false)
+    }
+
+    /// `on_replica`: the guest's disk is the replicated volume r0 (both sides primary only
+    /// while a live migration is in flight), not a shared file.
+    fn start_with(dir: &Path, on_replica: bool) -> Lab {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest");
         let tiny = vm::TinyGuest::build(&repo.join("scripts/guest/build-tiny-guest.sh"), &out)
@@ -57,6 +67,11 @@ impl Lab {
         let mut attrs = tiny.vm_attrs(VM, &disk, 49152);
         attrs.insert("bandwidth".into(), "32M".into());
         attrs.insert("migration_timeout".into(), "60".into());
+        if on_replica {
+            attrs.insert("disk".into(), format!("nbd://127.0.0.1:{NBD_PORT}/r0"));
+            attrs.insert("disk_cache".into(), "writeback".into());
+            attrs.insert("replica".into(), "r0".into());
+        }
         let vm_xml: String = attrs
             .iter()
             .filter(|(k, _)| *k != "name")
@@ -64,6 +79,15 @@ impl Lab {
             .collect();
         let mut conf = Conf::new(2);
         conf.cman = r#"<cman expected_votes="1" two_node="1"/>"#.into();
+        if on_replica {
+            conf.extra = format!(
+                r#"<replicas><replica name="r0" size="32M" nbd_port="{NBD_PORT}" allow-two-primaries="1">
+      <node name="n1" disk="{}"/><node name="n2" disk="{}"/>
+    </replica></replicas>"#,
+                dir.join("n1-r0.img").display(),
+                dir.join("n2-r0.img").display()
+            );
+        }
         conf.rm = format!(
             r#"<failoverdomains><failoverdomain name="dom" ordered="1" nofailback="0"><failoverdomainnode name="n1" priority="1"/><failoverdomainnode name="n2" priority="2"/></failoverdomain></failoverdomains>
     <vm name="{VM}" domain="dom" recovery="restart"{vm_xml}/>"#
@@ -501,5 +525,148 @@ fn a_guest_live_migrates_on_clean_leave_and_failback_and_restarts_on_the_survivo
         (s["state"].as_str(), s["owner_name"].as_str()),
         (Some("Started"), Some("n2")),
         "{s}"
+    );
+}
+
+/// Node `i`'s view of the replicated volume r0.
+fn replica(c: &LabCluster, i: usize) -> Value {
+    c.ask(i, "replica.status")
+        .and_then(|v| v["replicas"].get(0).cloned())
+        .unwrap_or_default()
+}
+
+fn sha256(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(o.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_guest_on_a_replicated_volume_live_migrates_with_two_primaries_then_restarts_on_the_survivor_from_its_replica(
+) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Lab::start_with(dir.path(), true);
+    let c = &lab.c;
+    boot_guest(&lab);
+    // The service's start promoted r0 on n1, which serves the guest's disk; n2 is a secondary
+    // kept in sync by protocol C.
+    ok(
+        c.wait("n1 primary, n2 in sync", Duration::from_secs(60), |c| {
+            let (r1, r2) = (replica(c, 0), replica(c, 1));
+            r1["role"] == "Primary"
+                && r1["peer_disk"] == "UpToDate"
+                && r2["role"] == "Secondary"
+                && r2["disk"] == "UpToDate"
+        }),
+    );
+    lab.counting_above(0, lab.last(0) + 3, Duration::from_secs(30));
+
+    // (a) Live migration: the target opens the dual-primary window (it must serve the disk to
+    // its incoming QEMU while the source's still runs), and the window closes when the source's
+    // paused copy has ended. Seen from n2 while the migration runs: both primary.
+    let child = lab.migrate_cli(0, "n2");
+    let mut both_primary = false;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(90) && !both_primary {
+        let (r1, r2) = (replica(c, 0), replica(c, 1));
+        both_primary =
+            r1["role"] == "Primary" && r2["role"] == "Primary" && r2["migration_window"] == true;
+        if lab.svc(1)["owner_name"] == "n2" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok_, said) = finish(child);
+    assert!(ok_, "migrate failed: {said}\n{}", c.post_mortem());
+    assert!(
+        both_primary,
+        "n2 never primary beside n1 during the migration"
+    );
+    lab.started_on(1, Duration::from_secs(30));
+    ok(c.wait(
+        "n2 primary, n1 secondary, window closed",
+        Duration::from_secs(30),
+        |c| {
+            let (r1, r2) = (replica(c, 0), replica(c, 1));
+            r2["role"] == "Primary"
+                && r2["migration_window"] == false
+                && r1["role"] == "Secondary"
+                && r1["disk"] == "UpToDate"
+        },
+    ));
+    let src_last = lab.last(0);
+    lab.counting_above(1, src_last + 3, Duration::from_secs(30));
+    assert!(
+        lab.resumed(1).is_empty(),
+        "the guest rebooted on n2 instead of migrating"
+    );
+    let on_target = lab.counters(1);
+    assert!(
+        on_target[0] + 1 >= src_last && on_target[0] <= src_last + 2,
+        "n2's first counter {} does not continue n1's last {src_last}",
+        on_target[0]
+    );
+    // Outside the window, n1 is refused as a second primary.
+    let e = c
+        .ask_with(0, "replica.primary", serde_json::json!({"name": "r0"}))
+        .unwrap_err();
+    assert!(e.contains("n2 is primary"), "{e}");
+
+    // (b) n2's node process is SIGKILLed: its NBD export goes with it, so the guest's QEMU there
+    // (alive until the fencing) fails its writes from then on. n1 fences n2, is promoted (only
+    // after the fencing) and restarts the guest from its own copy of the disk: the guest resumes
+    // from at least the last counter it had fsynced on n2 before the crash (protocol C: every
+    // one of them was on n1's disk too when the guest's flush returned).
+    let before = lab.last(1);
+    ok(c.crash(1));
+    ok(
+        c.wait("the guest restarted on n1", Duration::from_secs(90), |_| {
+            lab.pid(0).is_some() && lab.resumed(0).len() == 2
+        }),
+    );
+    assert!(c.is_off(1), "recovered without fencing n2");
+    let resumed = lab.resumed(0)[1];
+    assert!(
+        resumed >= before,
+        "resumed from {resumed}, but the guest on n2 had fsynced {before}"
+    );
+    lab.counting_above(0, resumed + 2, Duration::from_secs(30));
+    assert_eq!(replica(c, 0)["role"], "Primary");
+    // In n1's log after the crash: n2 fenced, then the guest's start (which promotes r0).
+    let log = log_text(c, 0);
+    let after = &log[log.find("membership: ring").unwrap_or(0)..];
+    let after = &after[after.find("lost n2").expect("n1 saw n2 lost")..];
+    let fenced = after.find("n2 fenced by n1").expect("n2 fenced");
+    let promoted = after.find("replica r0: role Primary").expect("r0 promoted");
+    let started = after.find("rm: starting guest1 here").expect("started");
+    assert!(
+        fenced < started && fenced < promoted,
+        "started or promoted before n2 was fenced:\n{log}"
+    );
+
+    // (c) n2 comes back: it resyncs from n1 and, with the guest stopped, both copies are equal.
+    ok(c.power_on(1));
+    ok(c.wait("n2 back in sync", Duration::from_secs(90), |c| {
+        let r2 = replica(c, 1);
+        r2["role"] == "Secondary"
+            && r2["disk"] == "UpToDate"
+            && replica(c, 0)["peer_disk"] == "UpToDate"
+    }));
+    let out = cli(c, 0, &["svc", "disable", VM]);
+    assert!(out.status.success(), "{out:?}");
+    ok(
+        c.wait("no QEMU left, r0 demoted", Duration::from_secs(30), |c| {
+            lab.pid(0).is_none() && lab.pid(1).is_none() && replica(c, 0)["role"] == "Secondary"
+        }),
+    );
+    assert_eq!(
+        sha256(&dir.path().join("n1-r0.img")),
+        sha256(&dir.path().join("n2-r0.img")),
+        "the two copies differ after the resync"
     );
 }

@@ -808,7 +808,7 @@ impl Inner {
     }
 
     fn on_msg(&mut self, now: base::Instant, id: u64, m: Msg) {
-        if !self.link.as_ref().is_some_and(|l| l.id == id) {
+        if self.link.as_ref().is_none_or(|l| l.id != id) {
             return;
         }
         if let Msg::WriteAck { seq } | Msg::NegAck { seq } = &m {

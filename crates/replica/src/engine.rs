@@ -731,8 +731,23 @@ impl Replica {
             self.actions.push_back(Action::FencePeer);
             return Err(ReplicaError::NeedFencing);
         }
+        // Beside a primary peer (a live migration's window) only two identical copies qualify:
+        // linked with no resync running and both UpToDate. Nothing is synced either way then: the
+        // peer is serving its data.
+        let peer_primary = connected && self.peer.as_ref().is_some_and(|p| p.role == Role::Primary);
+        if peer_primary
+            && (self.conn != ConnState::Connected
+                || self
+                    .peer
+                    .as_ref()
+                    .is_some_and(|p| p.disk != DiskState::UpToDate)
+                || disk != DiskState::UpToDate)
+        {
+            return Err(ReplicaError::NotConnected);
+        }
         // A forced primary whose data is new to the peer (either side fresh) overwrites the peer.
         let sync_peer = connected
+            && !peer_primary
             && (self.meta.gen.is_fresh() || self.peer.as_ref().is_some_and(|p| p.gen.is_fresh()));
         if !connected || self.meta.gen.is_fresh() {
             let v = self.fresh_uuid();
@@ -1317,6 +1332,11 @@ impl Replica {
                 if self.conn == ConnState::SyncTarget {
                     self.meta.gen = gen;
                     self.meta.gen.current &= !1;
+                    // The source's identifiers are known again (its handshake's are stale now).
+                    if let Some(p) = &mut self.peer {
+                        p.gen = gen;
+                        p.disk = DiskState::UpToDate;
+                    }
                     self.meta.bitmap.clear_all();
                     self.sync = None;
                     self.crashed_primary = false;
@@ -1663,6 +1683,9 @@ impl Replica {
         self.meta.gen.finish_resync_source();
         if let Some(p) = &mut self.peer {
             p.disk = DiskState::UpToDate;
+            // The target adopts these identifiers on ResyncDone.
+            p.gen = self.meta.gen;
+            p.gen.current &= !1;
         }
         self.actions.push_back(Action::PersistMeta);
         let gen = self.meta.gen;

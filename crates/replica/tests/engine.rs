@@ -239,6 +239,66 @@ fn two_primaries_only_when_allowed() {
     assert!(w.disks_equal());
 }
 
+/// The target of a live migration becomes primary beside the source without any resync: the
+/// source's copy (which its running guest writes) is never overwritten, whatever the target's
+/// handshake said about the source's identifiers back when the volume was new.
+#[test]
+fn a_second_primary_for_a_migration_syncs_nothing_and_the_source_stays_up_to_date() {
+    let (mut a, mut b) = (cfg(1), cfg(2));
+    a.allow_two_primaries = true;
+    b.allow_two_primaries = true;
+    let mut w = World::synced_pair(a, b);
+    w.write(0, 1, 0, 0x42, 4096, false);
+    w.settle();
+    let sent = (w.n[0].resync_bytes_sent, w.n[1].resync_bytes_sent);
+    w.n[1].r.promote(w.now, false).unwrap();
+    w.advance(Duration::from_millis(100));
+    assert_eq!(
+        (w.n[0].resync_bytes_sent, w.n[1].resync_bytes_sent),
+        sent,
+        "a resync ran"
+    );
+    for n in &w.n {
+        assert_eq!(n.r.role(), Role::Primary);
+        assert_eq!(n.r.disk(), DiskState::UpToDate);
+        assert_eq!(n.r.conn(), ConnState::Connected);
+    }
+    assert_eq!(
+        w.n[0].r.metadata().gen.current & !1,
+        w.n[1].r.metadata().gen.current & !1
+    );
+    // The source's guest still writes (its last writes before the switch), the target sees them.
+    w.write(0, 2, 8192, 0x43, 4096, true);
+    assert_eq!(w.n[0].result(2), Some(&Ok(())));
+    assert!(w.disks_equal());
+    // The source quits and demotes; the target goes on alone as the primary.
+    w.n[0].r.demote(w.now).unwrap();
+    w.settle();
+    w.write(1, 3, 0, 0x44, 4096, true);
+    assert_eq!(w.n[1].result(3), Some(&Ok(())));
+    assert!(w.disks_equal());
+}
+
+/// A second primary is refused while the copies may differ (a resync is running).
+#[test]
+fn a_second_primary_is_refused_while_a_resync_runs() {
+    let (mut a, mut b) = (cfg(1), cfg(2));
+    a.allow_two_primaries = true;
+    b.allow_two_primaries = true;
+    a.resync_max_rate = 4 << 20;
+    a.resync_min_rate = 1 << 20;
+    a.resync_chunk = 64 << 10;
+    a.resync_in_flight = 2;
+    let mut w = World::new(a, b);
+    w.connect();
+    w.n[0].r.promote(w.now, true).unwrap();
+    // The initial full sync has started but not finished (4 MiB/s).
+    w.settle();
+    assert_eq!(w.n[1].r.conn(), ConnState::SyncTarget);
+    assert!(w.n[1].r.promote(w.now, false).is_err());
+    assert_eq!(w.n[0].r.role(), Role::Primary);
+}
+
 fn split(w: &mut World, a_writes: bool, b_writes: bool) {
     let now = w.now;
     w.unlink();

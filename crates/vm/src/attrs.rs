@@ -27,6 +27,8 @@ const RM_ATTRS: &[&str] = &[
     "priority",
     "recovery",
     "ref",
+    // The node daemon promotes and demotes the guest's replicated volume around it.
+    "replica",
     "restart_expire_time",
     "snapshot",
     "status_program",
