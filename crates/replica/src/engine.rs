@@ -1602,6 +1602,16 @@ impl Replica {
         let g = self.meta.bitmap.granularity() as u64;
         let size = self.meta.size;
         let chunk_bits = (self.cfg.resync_chunk as u64 / g).max(1);
+        // A block whose application write has not reached the local disk yet is not read for
+        // the resync now: the read would send the older data, and once the peer acknowledged it
+        // the bit is clear while the newer data never reaches the peer. It is read once the
+        // write is on disk (handle_io_done pumps again).
+        let writes = &self.writes;
+        let unwritten = |o: u64, l: u64| {
+            writes
+                .values()
+                .any(|w| w.local_done.is_none() && w.offset < o + l && o < w.offset + w.len)
+        };
         if let Some(s) = &mut self.sync {
             if s.source {
                 let mut wrapped = false;
@@ -1622,10 +1632,15 @@ impl Replica {
                             continue;
                         }
                     }
+                    if unwritten(offset, g) {
+                        s.cursor = first + 1;
+                        continue;
+                    }
                     let mut last = first;
                     while last + 1 - first < chunk_bits
                         && self.meta.bitmap.test(last + 1)
                         && !s.in_flight.contains_key(&((last + 1) * g))
+                        && !unwritten((last + 1) * g, g)
                     {
                         last += 1;
                     }
@@ -1746,6 +1761,10 @@ impl Replica {
                     self.set_disk(DiskState::Failed);
                 }
                 self.try_complete_write(seq);
+                // A resync may have passed over this block while it was unwritten.
+                if self.sync.as_ref().is_some_and(|s| s.source) {
+                    self.pump(now);
+                }
             }
             Io::AppFlush(id) => {
                 if let Some(f) = self.flushes.get_mut(&id) {

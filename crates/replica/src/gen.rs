@@ -56,11 +56,15 @@ impl Gen {
     /// Starts a new generation (promotion while disconnected, or a primary losing its peer):
     /// the old current becomes the bitmap generation (if none is tracked yet) with bit 0 = `was_primary`,
     /// and `fresh_value` (with bit 0 = `primary_now`) becomes current.
+    ///
+    /// While a bitmap generation is tracked already (the peer has not caught up since), the old
+    /// current is dropped, not pushed into the history: no peer can hold it (a peer adopts a
+    /// current only when its resync finishes, which ends the tracking), and the bitmap still
+    /// covers every change since the tracked generation. Pushing it would let a peer that keeps
+    /// losing the link mid-resync fall off the two-deep history and look unrelated.
     pub fn new_current(&mut self, fresh_value: u64, was_primary: bool, primary_now: bool) {
         if self.bitmap == 0 {
             self.bitmap = (self.current & !1) | was_primary as u64;
-        } else {
-            self.push_history(self.current);
         }
         let mut v = fresh_value & !1;
         if v == 0 || v == JUST_CREATED {

@@ -65,13 +65,41 @@ fn new_current_and_resync_rotation() {
     a.new_current(0x2222, true, true);
     assert_eq!(a.bitmap, 0x1001);
     assert_eq!(a.current, 0x2223);
-    // A second new generation keeps the bitmap (still tracking against the peer's data).
+    // A second new generation keeps the bitmap (still tracking against the peer's data) and
+    // leaves the history alone: nobody can hold the dropped 0x2223.
     a.new_current(0x4444, true, true);
     assert_eq!(a.bitmap, 0x1001);
-    assert_eq!(a.history[0], 0x2223);
+    assert_eq!(a.current, 0x4445);
+    assert_eq!(a.history, [0, 0]);
     a.finish_resync_source();
     assert_eq!(a.bitmap, 0);
-    assert_eq!(a.history, [0x1001, 0x2223]);
+    assert_eq!(a.history, [0x1001, 0]);
+}
+
+/// A peer that keeps losing the link while it is being resynced stays recognisable however often
+/// the primary starts a new generation meanwhile (it fell off the history before).
+#[test]
+fn a_stale_peer_stays_related_through_repeated_new_generations() {
+    let mut p = g(0x1000, 0, 0, 0);
+    p.new_current(0x2000, true, true);
+    p.finish_resync_source();
+    // The peer never saw the end of that resync: it still holds 0x1000, now in p's history.
+    let stale = g(0x1000, 0, 0, 0);
+    for k in 0..10u64 {
+        p.new_current(0x3000 + 0x100 * k, true, true);
+        let d = uuid_compare(
+            &p,
+            CrashFlags::default(),
+            &stale,
+            CrashFlags::default(),
+            true,
+        );
+        assert!(
+            matches!(d, SyncDecision::FullSource | SyncDecision::BitmapSource),
+            "after {} new generations: {d:?} ({p:?})",
+            k + 1
+        );
+    }
 }
 
 fn side(primary: bool, changes: u64, older: bool, victim: bool) -> SbSide {
