@@ -12,3 +12,6 @@ cargo test -p sim --release --test totem_sim -- --ignored two_thousand_seeds
 # against simulated power and processes): all its tests, in release (a debug
 # build is about 100 times slower), with 500 seeds of 2 to 5 nodes.
 SIM_SEEDS=500 cargo test -p sim --release --test cluster_sim -- --include-ignored
+# The replication engine's simulator: 5,000 seeds of crashes, partitions,
+# reordered disks and messages and live-migration windows (release: seconds).
+SIM_SEEDS=5000 cargo test -p replica --release --test sim

@@ -6,7 +6,9 @@
 //! live-migrated to the service's node, that node is SIGKILLed, the survivor
 //! fences it and recovers both (the guest resuming its counter from disk),
 //! the node is powered back on and rejoins without taking them back
-//! (nofailback).
+//! (nofailback). The guest's disk is the replicated volume r0: the survivor's
+//! copy is promoted after the fencing, and the returning node resyncs only
+//! what changed.
 
 #[test]
 fn demo_runs_the_seed_cluster_through_a_migration_a_crash_fencing_and_recovery() {
@@ -46,6 +48,15 @@ fn demo_runs_the_seed_cluster_through_a_migration_a_crash_fencing_and_recovery()
     );
     assert!(
         stdout.contains("web and vm01 stay on an-node02 (nofailback)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .contains("was on an-node02's copy too (protocol C), promoted only after the fencing"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("r0: an-node01's copy is UpToDate again after a resync of"),
         "{stdout}"
     );
 }

@@ -773,6 +773,14 @@ fn run_rounds(
         }
         let mut unused_phases = phases;
         for t in order {
+            // QUORATE_BENCH_ONLY=N runs target N alone (0 local .. 4 nbdkit), for profiling.
+            if std::env::var("QUORATE_BENCH_ONLY")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .is_some_and(|only| only != t)
+            {
+                continue;
+            }
             let ph = if round == 0 {
                 &mut unused_phases
             } else {

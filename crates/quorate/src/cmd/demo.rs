@@ -13,8 +13,13 @@
 //! recovery of both with timings (the guest's counter continuing from its
 //! disk), powers the node back on, and removes everything it made.
 //!
-//! The guest's disk is a file on this host that both namespaces see: the
-//! stand-in for shared storage until the replicated volumes are integrated.
+//! The guest's disk is the replicated volume r0 (`<replicas>`, protocol C,
+//! DRBD's role in the seed): each node keeps its own copy in its own file,
+//! mirrored over the storage network, and the guest's QEMU opens it over NBD
+//! on its own node's loopback, where only the primary serves it. The live
+//! migration opens the dual-primary window for its hand-over; the failover
+//! promotes an-node02's copy only after an-node01 is fenced; the powered-on
+//! an-node01 resyncs only what changed while it was off.
 //!
 //! Every step checks what really happened (where the address is configured,
 //! which outlet is off, which node's QEMU prints the counter) and the demo
@@ -34,6 +39,10 @@ pub(crate) const FLOATING_IP: &str = "192.168.3.100";
 
 /// The demo's guest.
 pub(crate) const VM: &str = "vm01";
+
+/// The guest's replicated volume and the port its NBD export listens on.
+const VOLUME: &str = "r0";
+const NBD_PORT: u16 = 10809;
 
 /// A lab cluster with the demo's service, and how to narrate it.
 pub(crate) struct Demo {
@@ -127,8 +136,8 @@ impl Demo {
             let t = Instant::now();
             let tiny =
                 vm::TinyGuest::build_embedded(&dir.join("guest")).map_err(|e| e.to_string())?;
+            // The path only names the attribute's default; the disk is the replica's NBD export.
             let disk = dir.join(format!("{VM}.img"));
-            vm::blank_disk(&disk).map_err(|e| format!("{}: {e}", disk.display()))?;
             say(
                 quiet,
                 &format!(
@@ -137,12 +146,19 @@ impl Demo {
                     tiny.kernel.display()
                 ),
             );
-            Some(tiny.vm_attrs(VM, &disk, 49152))
+            let mut attrs = tiny.vm_attrs(VM, &disk, 49152);
+            attrs.insert(
+                "disk".into(),
+                format!("nbd://127.0.0.1:{NBD_PORT}/{VOLUME}"),
+            );
+            attrs.insert("disk_cache".into(), "writeback".into());
+            attrs.insert("replica".into(), VOLUME.into());
+            Some(attrs)
         } else {
             None
         };
         let c = LabCluster::new(&exe, dir, names, 2, |f| {
-            cluster_conf(f, names, token_ms, &script, guest.as_ref())
+            cluster_conf(f, names, token_ms, &script, guest.as_ref(), dir)
         })?;
         Ok(Demo {
             c,
@@ -174,6 +190,37 @@ impl Demo {
     /// The pid of node `i`'s live QEMU of the guest.
     fn qemu(&self, i: usize) -> Option<i32> {
         vm::Guest::running_pid(&self.guest_def(i)?)
+    }
+
+    /// The guest's replicated volume as node `i` reports it.
+    fn volume(&self, i: usize) -> serde_json::Value {
+        self.c
+            .ask(i, "replica.status")
+            .and_then(|v| v["replicas"].get(0).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until `f` holds for the volume's two views (node 0, node 1).
+    fn volume_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&serde_json::Value, &serde_json::Value) -> bool,
+    ) -> Result<(), String> {
+        let t = Instant::now();
+        loop {
+            let (a, b) = (self.volume(0), self.volume(1));
+            if f(&a, &b) {
+                return Ok(());
+            }
+            if t.elapsed() > timeout {
+                return Err(format!(
+                    "{VOLUME}: {what} did not happen within {timeout:?} (an-node01: {}; an-node02: {})",
+                    a["why"], b["why"]
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The guest as node `from` reports it.
@@ -310,6 +357,7 @@ fn cluster_conf(
     token_ms: u32,
     script: &Path,
     guest: Option<&BTreeMap<String, String>>,
+    dir: &Path,
 ) -> String {
     let mut nodes = String::new();
     for (i, n) in names.iter().enumerate() {
@@ -329,8 +377,8 @@ fn cluster_conf(
     let domain = domain_members(names.iter());
     // The guest prefers the other node (the seed's an2_primary), so each
     // node runs something.
-    let (guest_domain, guest_vm) = match guest {
-        None => (String::new(), String::new()),
+    let (guest_domain, guest_vm, replicas) = match guest {
+        None => (String::new(), String::new(), String::new()),
         Some(attrs) => {
             let members = domain_members(names.iter().rev());
             let a: String = attrs
@@ -345,9 +393,22 @@ fn cluster_conf(
                     )
                 })
                 .collect();
+            // Each node's copy of the guest's disk, mirrored over the storage
+            // network (the nodes' .sn altnames); two primaries only for a live
+            // migration's hand-over.
+            let copies: String = names
+                .iter()
+                .map(|n| {
+                    format!(
+                        "\t\t\t<node name=\"{n}\" disk=\"{}\"/>\n",
+                        dir.join(format!("{n}-{VOLUME}.img")).display()
+                    )
+                })
+                .collect();
             (
                 format!("\t\t\t<failoverdomain name=\"an2_primary\" ordered=\"1\" nofailback=\"1\">\n{members}\t\t\t</failoverdomain>\n"),
                 format!("\t\t<vm name=\"{VM}\" domain=\"an2_primary\" recovery=\"restart\" migrate=\"live\"{a}/>\n"),
+                format!("\t<replicas>\n\t\t<replica name=\"{VOLUME}\" size=\"32M\" protocol=\"C\" nbd_port=\"{NBD_PORT}\" allow-two-primaries=\"1\">\n{copies}\t\t</replica>\n\t</replicas>\n"),
             )
         }
     };
@@ -367,7 +428,7 @@ fn cluster_conf(
 	<fencedevices>
 		<fencedevice name="pdu" agent="{agent}" socket="{socket}"/>
 	</fencedevices>
-	<rm>
+{replicas}	<rm>
 		<failoverdomains>
 			<failoverdomain name="an1_primary" ordered="1" nofailback="1">
 {domain}			</failoverdomain>
@@ -455,6 +516,13 @@ fn scenario(d: &Demo) -> Result<(), String> {
         t,
         &format!("{VM} runs on an-node02 (QEMU pid {}, {accel}); its serial console says \"counter {c}\"", d.qemu(1).unwrap_or(0)),
     );
+    d.volume_until("the initial sync", Duration::from_secs(60), |a, b| {
+        b["role"] == "Primary" && b["peer_disk"] == "UpToDate" && a["disk"] == "UpToDate"
+    })?;
+    d.at(
+        t,
+        &format!("{VOLUME} (protocol C): an-node02 is primary and serves {VM}'s disk over NBD on its loopback; an-node01 keeps an UpToDate mirror over the storage network (initial sync done)"),
+    );
     d.clustat(1);
 
     d.step(&format!(
@@ -466,7 +534,11 @@ fn scenario(d: &Demo) -> Result<(), String> {
         "svc.migrate",
         serde_json::json!({"service": VM, "node": "an-node01"}),
     )?;
+    let both = std::cell::Cell::new(false);
     let moved = d.narrate_until(1, t, Duration::from_secs(60), |d| {
+        if !both.get() && d.volume(0)["role"] == "Primary" && d.volume(1)["role"] == "Primary" {
+            both.set(true);
+        }
         let v = d.vm(1);
         v["state"] == "Started" && v["owner_name"] == "an-node01"
     });
@@ -486,6 +558,22 @@ fn scenario(d: &Demo) -> Result<(), String> {
         &format!(
             "{VM} runs on an-node01 without a reboot: an-node02 stopped at counter {before}, an-node01 goes on ({after}); QEMU: downtime {} ms, total {} ms",
             m["downtime_ms"], m["total_time_ms"]
+        ),
+    );
+    d.volume_until(
+        "the end of the dual-primary window",
+        Duration::from_secs(30),
+        |a, b| a["role"] == "Primary" && b["role"] == "Secondary" && b["disk"] == "UpToDate",
+    )?;
+    d.at(
+        t,
+        &format!(
+            "{VOLUME}: {}an-node02 demoted once its paused copy of {VM} quit; an-node01 is the primary now",
+            if both.get() {
+                "both nodes were primary for the hand-over (an-node01's incoming QEMU opened its disk before an-node02's stopped); "
+            } else {
+                ""
+            }
         ),
     );
 
@@ -512,17 +600,21 @@ fn scenario(d: &Demo) -> Result<(), String> {
         return Err(format!("{VM}'s QEMU on an-node01 survived the fencing"));
     }
     d.at(t, &format!("web and {VM} run on an-node02; an-node01's outlet is OFF (fenced), its QEMU gone. Failover took {:.2} s at token 1000 ms", took.as_secs_f64()));
-    let last_on_1 = d.counters(0).0.last().copied().unwrap_or(0);
-    d.counting_above(1, last_on_1, Duration::from_secs(60))?;
+    d.counting_above(1, written, Duration::from_secs(60))?;
     let resumed = d.counters(1).1.last().copied().unwrap_or(0);
-    if resumed < last_on_1 {
+    if resumed < written {
         return Err(format!(
-            "{VM} resumed from {resumed} on an-node02, but an-node01 had written {last_on_1}"
+            "{VM} resumed from {resumed} on an-node02, but an-node01 had fsynced {written} before the crash"
+        ));
+    }
+    if d.volume(1)["role"] != "Primary" {
+        return Err(format!(
+            "{VOLUME} is not primary on an-node02 after the failover"
         ));
     }
     d.at(
         t,
-        &format!("{VM} booted on an-node02 and resumed from {resumed}, the last counter it had fsynced (its copy on an-node01 had counted on to {last_on_1} until the fencing): the counter continues from its disk"),
+        &format!("{VM} booted on an-node02 and resumed from {resumed}: every counter it had fsynced on an-node01 before the crash (up to {written}) was on an-node02's copy too (protocol C), promoted only after the fencing; the counter continues from its disk"),
     );
     d.clustat(1);
 
@@ -552,6 +644,20 @@ fn scenario(d: &Demo) -> Result<(), String> {
     d.at(
         t,
         &format!("an-node01 is back; web and {VM} stay on an-node02 (nofailback)"),
+    );
+    d.volume_until("an-node01's resync", Duration::from_secs(60), |a, b| {
+        a["disk"] == "UpToDate" && b["peer_disk"] == "UpToDate"
+    })?;
+    let resynced = d.c.log(1).into_iter().rev().find_map(|(_, l)| {
+        l.strip_prefix(&format!("replica {VOLUME}: resync started as source: "))
+            .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+    });
+    d.at(
+        t,
+        &match resynced {
+            Some(b) => format!("{VOLUME}: an-node01's copy is UpToDate again after a resync of {} KiB (what changed while it was off, of 32 MiB)", b / 1024),
+            None => format!("{VOLUME}: an-node01's copy is UpToDate again"),
+        },
     );
     d.clustat(0);
     say(
