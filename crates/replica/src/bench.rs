@@ -902,6 +902,7 @@ impl Replicated {
             let meta = dir.join(format!("{tag}{id}.md"));
             scratch.0.push(meta.clone());
             scratch.0.push(dir.join(format!("{tag}{id}.md.tmp")));
+            scratch.0.push(dir.join(format!("{tag}{id}.md.al")));
             create_metadata(&meta, cfg.size, 4096)?;
             let mut rc = ReplicaConfig::new(id);
             rc.resync_max_rate = 4 << 30;

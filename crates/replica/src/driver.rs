@@ -41,8 +41,13 @@ pub struct VolumeConfig {
 }
 
 /// Writes fresh metadata for a backing file of `size` bytes (`quorate replica create-md`).
+/// An activity-log journal left from earlier metadata is removed (it belongs to that metadata).
 pub fn create_metadata(path: &std::path::Path, size: u64, granularity: u32) -> io::Result<()> {
     let m = Metadata::fresh(size, granularity, 1237);
+    match std::fs::remove_file(AlJournal::path(path)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     write_meta(path, &m)
 }
 
@@ -69,6 +74,73 @@ fn write_meta(path: &std::path::Path, m: &Metadata) -> io::Result<()> {
         File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// The activity log's in-place journal beside the metadata (`META.al`): two fixed slots written
+/// alternately, each one whole log with a sequence number and a checksum, so that touching a
+/// cold extent costs one small write and one fdatasync instead of rewriting the metadata (whose
+/// bitmap grows with the volume). The newest valid slot wins on attach; a torn write leaves the
+/// other. The full metadata write puts the same log here first, so the journal is never older.
+struct AlJournal {
+    file: File,
+    slot: usize,
+    seq: u64,
+}
+
+impl AlJournal {
+    fn path(meta: &std::path::Path) -> PathBuf {
+        let mut p = meta.as_os_str().to_owned();
+        p.push(".al");
+        PathBuf::from(p)
+    }
+
+    /// Opens (creating it if missing) the journal of `meta`, and returns the newest log it holds
+    /// for a log of `capacity` extents.
+    fn open(
+        meta: &std::path::Path,
+        capacity: usize,
+    ) -> io::Result<(AlJournal, Option<crate::meta::ActivityLog>)> {
+        let slot = crate::meta::ActivityLog::record_len(capacity).next_multiple_of(4096);
+        let path = Self::path(meta);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot open the activity log {}: {e}", path.display()),
+                )
+            })?;
+        if file.metadata()?.len() < 2 * slot as u64 {
+            file.set_len(2 * slot as u64)?;
+        }
+        let mut best: Option<(u64, crate::meta::ActivityLog)> = None;
+        for k in 0..2 {
+            let mut b = vec![0u8; slot];
+            if file.read_exact_at(&mut b, (k * slot) as u64).is_err() {
+                continue;
+            }
+            if let Ok((seq, al)) = crate::meta::ActivityLog::decode_record(&b) {
+                if al.capacity() == capacity && best.as_ref().is_none_or(|(s, _)| seq > *s) {
+                    best = Some((seq, al));
+                }
+            }
+        }
+        let seq = best.as_ref().map_or(0, |(s, _)| *s);
+        Ok((AlJournal { file, slot, seq }, best.map(|(_, al)| al)))
+    }
+
+    /// Writes `al` durably into the older slot.
+    fn write(&mut self, al: &crate::meta::ActivityLog) -> io::Result<()> {
+        self.seq += 1;
+        let rec = al.encode_record(self.seq);
+        let at = (self.seq % 2) * self.slot as u64;
+        self.file.write_all_at(&rec, at)?;
+        self.file.sync_data()
+    }
 }
 
 /// What the volume tells its owner.
@@ -389,8 +461,13 @@ impl Volume {
                 ),
             )
         })?;
-        let meta = Metadata::decode(&meta_bytes)
+        let mut meta = Metadata::decode(&meta_bytes)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let (journal, logged) = AlJournal::open(&cfg.meta, meta.al.capacity())?;
+        if let Some(al) = logged {
+            // Never older than the metadata's copy (written first on every full write).
+            meta.al = al;
+        }
         let disk = OpenOptions::new().read(true).write(true).open(&cfg.disk)?;
         let disk_size = disk.metadata()?.len();
         if disk_size < meta.size {
@@ -405,7 +482,7 @@ impl Volume {
         }
         let size = meta.size;
         let stats = Arc::new(Stats::default());
-        let inner = Inner::new(cfg, meta, Arc::new(disk), events);
+        let inner = Inner::new(cfg, meta, Arc::new(disk), events, journal);
         let shared = Arc::new(Shared {
             inner: std::sync::Mutex::new(inner),
             wake: tokio::sync::Notify::new(),
@@ -719,6 +796,8 @@ struct Inner {
     /// What the volume task last saw: its timer and whether it looks for a link.
     told_deadline: Option<base::Instant>,
     told_want_link: bool,
+    /// The activity log's journal.
+    journal: AlJournal,
     /// [`Volume::stop`] ran: requests fail, the task ends.
     stopped: bool,
     /// Every handle is gone: the task ends.
@@ -731,9 +810,11 @@ impl Inner {
         meta: Metadata,
         disk: Arc<File>,
         events: mpsc::UnboundedSender<VolumeEvent>,
+        journal: AlJournal,
     ) -> Self {
         let r = Replica::new(cfg.replica.clone(), meta, base::Instant(0), cfg.seed);
         Inner {
+            journal,
             cfg,
             r,
             disk,
@@ -888,10 +969,22 @@ impl Inner {
                 }
                 Action::PersistMeta => {
                     self.send_out();
-                    // Must be durable before later disk writes start: done inline.
+                    // Must be durable before later disk writes start: done inline. The journal
+                    // first, so that it is never older than the metadata's log.
                     let t = StdInstant::now();
+                    if let Err(e) = self.journal.write(&self.r.metadata().al) {
+                        tracing::error!(error = %e, "cannot write the replica activity log");
+                    }
                     if let Err(e) = write_meta(&self.cfg.meta, self.r.metadata()) {
                         tracing::error!(error = %e, "cannot persist replica metadata");
+                    }
+                    sh.stats.meta.add(t);
+                }
+                Action::PersistActivityLog => {
+                    self.send_out();
+                    let t = StdInstant::now();
+                    if let Err(e) = self.journal.write(&self.r.metadata().al) {
+                        tracing::error!(error = %e, "cannot write the replica activity log");
                     }
                     sh.stats.meta.add(t);
                 }

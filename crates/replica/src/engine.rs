@@ -189,6 +189,9 @@ pub enum Action {
     },
     /// Write [`Replica::metadata`] durably before starting any later disk write.
     PersistMeta,
+    /// Only the activity log changed (a write touched a cold extent): write it durably before
+    /// starting any later disk write; the rest of the metadata need not be rewritten.
+    PersistActivityLog,
     /// An application request finished.
     Complete {
         /// The request.
@@ -874,7 +877,7 @@ impl Replica {
             return;
         }
         if self.meta.al.touch(offset, len) {
-            self.actions.push_back(Action::PersistMeta);
+            self.actions.push_back(Action::PersistActivityLog);
         }
         self.account_app(now, len);
         let seq = self.next_seq;

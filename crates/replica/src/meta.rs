@@ -145,6 +145,76 @@ impl ActivityLog {
     }
 }
 
+/// Activity-log record magic ("QRAL").
+pub const AL_MAGIC: u32 = 0x5152_414c;
+
+impl ActivityLog {
+    /// Bytes of an encoded record of a log of `capacity` extents.
+    pub fn record_len(capacity: usize) -> usize {
+        4 + 8 + 4 + 4 + 8 * capacity.max(1) + 4
+    }
+
+    /// One activity-log transaction as written in place (the driver keeps two slots and writes
+    /// them alternately, so a torn write leaves the other intact): magic, sequence number,
+    /// capacity, extents (oldest first), CRC32. Big-endian; always [`record_len`] bytes, zero
+    /// padded.
+    ///
+    /// [`record_len`]: ActivityLog::record_len
+    pub fn encode_record(&self, seq: u64) -> Vec<u8> {
+        let len = Self::record_len(self.capacity);
+        let mut b = Vec::with_capacity(len);
+        b.extend_from_slice(&AL_MAGIC.to_be_bytes());
+        b.extend_from_slice(&seq.to_be_bytes());
+        b.extend_from_slice(&(self.capacity as u32).to_be_bytes());
+        b.extend_from_slice(&(self.extents.len() as u32).to_be_bytes());
+        for e in &self.extents {
+            b.extend_from_slice(&e.to_be_bytes());
+        }
+        b.resize(len - 4, 0);
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    /// Decodes a record: its sequence number and log. Never panics on arbitrary input.
+    pub fn decode_record(b: &[u8]) -> Result<(u64, ActivityLog), MetaError> {
+        let head = 4 + 8 + 4 + 4;
+        if b.len() < head + 4 {
+            return Err(MetaError::Truncated {
+                need: head + 4,
+                have: b.len(),
+            });
+        }
+        let mut r = Reader(b, 0);
+        let magic = r.u32();
+        if magic != AL_MAGIC {
+            return Err(MetaError::BadMagic(magic));
+        }
+        let seq = r.u64();
+        let cap = r.u32() as usize;
+        let n = r.u32() as usize;
+        if cap == 0 || n > cap || cap > 1 << 24 {
+            return Err(MetaError::Invalid("activity log size"));
+        }
+        let len = Self::record_len(cap);
+        if b.len() < len {
+            return Err(MetaError::Truncated {
+                need: len,
+                have: b.len(),
+            });
+        }
+        let crc = u32::from_be_bytes([b[len - 4], b[len - 3], b[len - 2], b[len - 1]]);
+        if crc32fast::hash(&b[..len - 4]) != crc {
+            return Err(MetaError::BadChecksum);
+        }
+        let mut al = ActivityLog::new(cap);
+        for _ in 0..n {
+            al.extents.push_back(r.u64());
+        }
+        Ok((seq, al))
+    }
+}
+
 /// Everything a node persists about its copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Metadata {

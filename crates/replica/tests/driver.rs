@@ -223,3 +223,66 @@ fn nbd_over_replica_failover_and_resync() {
     n2.rt.block_on(n2.vol.stop());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Touching a cold extent writes the activity log's in-place journal, not the whole metadata;
+/// after a crash of the primary, the journal's extents are what is marked out of sync.
+#[test]
+fn a_crashed_primary_finds_its_hot_extents_in_the_activity_log_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 96u64 << 20;
+    let disk = dir.path().join("d.img");
+    std::fs::File::create(&disk).unwrap().set_len(size).unwrap();
+    let meta = dir.path().join("d.md");
+    create_metadata(&meta, size, 4096).unwrap();
+    // Nobody listens at the peer's address: the volume stays StandAlone.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = VolumeConfig {
+        replica: ReplicaConfig::new(1),
+        disk: disk.clone(),
+        meta: meta.clone(),
+        peer,
+        peer_node_id: 2,
+        seed: 5,
+    };
+    let open = |rt: &tokio::runtime::Runtime| {
+        let (etx, erx) = mpsc::unbounded_channel();
+        std::mem::forget(erx);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::from_std(l).unwrap();
+            Volume::start(cfg.clone(), l, etx).await.unwrap()
+        })
+    };
+    let r1 = rt();
+    let v = open(&r1);
+    r1.block_on(v.promote(true)).unwrap();
+    let extents = [0u64, 10, 20];
+    for e in extents {
+        r1.block_on(v.write(e * (4 << 20) + 8192, vec![0xab; 4096], false))
+            .unwrap();
+    }
+    // The metadata file was not rewritten for the new extents; the journal has them.
+    let m = Metadata::decode(&std::fs::read(&meta).unwrap()).unwrap();
+    assert!(
+        m.al.extents().all(|e| !extents[1..].contains(&e)),
+        "the metadata was rewritten for an activity-log change: {:?}",
+        m.al.extents().collect::<Vec<_>>()
+    );
+    assert!(m.flags.primary);
+    // The primary crashes: no stop, no clean detach.
+    drop(v);
+    r1.shutdown_timeout(Duration::from_millis(100));
+    let r2 = rt();
+    let v = open(&r2);
+    let st = r2.block_on(v.status()).unwrap();
+    assert_eq!(
+        st.out_of_sync_bytes,
+        extents.len() as u64 * (4 << 20),
+        "after the crash exactly the journal's hot extents are out of sync: {st:?}"
+    );
+    r2.block_on(v.stop());
+}

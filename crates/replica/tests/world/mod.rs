@@ -123,6 +123,14 @@ impl World {
                     }
                 }
                 Action::PersistMeta => self.n[i].stored_meta = self.n[i].r.metadata().encode(),
+                // Only the log reaches the disk (the driver's in-place journal); the rest of
+                // the stored metadata stays as it was.
+                Action::PersistActivityLog => {
+                    let mut m = Metadata::decode(&self.n[i].stored_meta)
+                        .unwrap_or_else(|_| self.n[i].r.metadata().clone());
+                    m.al = self.n[i].r.metadata().al.clone();
+                    self.n[i].stored_meta = m.encode();
+                }
                 Action::Complete { req, result } => self.n[i].done.push((req, result)),
                 Action::FencePeer => self.n[i].fences += 1,
                 Action::Disconnect => self.unlink(),
