@@ -128,6 +128,27 @@ pub struct ModeReport {
     pub stages: Vec<(String, WriteStages, WriteStages)>,
     /// Median round trip of a 16-byte TCP ping over loopback between the two nodes' cores, µs.
     pub rtt_us: f64,
+    /// CPU time of the sending thread per MiB of a plain loopback TCP send (1 MiB writes) from
+    /// the primary's cores to the secondary's, µs: what replication must pay on the primary.
+    pub send_us_per_mib: f64,
+    /// The cores the client, the unreplicated servers and the primary ran on.
+    pub near: Vec<usize>,
+    /// MiB written by the sequential test.
+    pub seq_mib: u64,
+}
+
+impl ModeReport {
+    /// CPU time per MiB the `near` cores spent in the sequential test of `row` (busy share
+    /// times the test's duration), µs.
+    pub fn near_us_per_mib(&self, row: &BenchRow) -> f64 {
+        let busy: f64 = self
+            .near
+            .iter()
+            .filter_map(|c| row.seq_core_busy_pct.get(*c))
+            .sum::<f64>()
+            / 100.0;
+        busy * (row.seq_ms.0 + row.seq_ms.1) * 1e3 / self.seq_mib.max(1) as f64
+    }
 }
 
 impl ModeReport {
@@ -266,6 +287,20 @@ impl fmt::Display for ModeReport {
         for (phase, p, s) in &self.stages {
             stage_line(f, &format!("{phase} primary"), p)?;
             stage_line(f, &format!("{phase} secondary"), s)?;
+        }
+        let solo = self.rows.iter().find(|r| r.name == SOLO);
+        let repl = self.rows.iter().find(|r| r.name == REPLICATED);
+        if let (Placement::Split, Some(solo), Some(repl)) = (self.placement, solo, repl) {
+            let (s, r, t) = (
+                self.near_us_per_mib(solo),
+                self.near_us_per_mib(repl),
+                self.send_us_per_mib,
+            );
+            writeln!(
+                f,
+                "ceiling on these cores: the primary's cores spend {s:.0} us per MiB without a peer and {r:.0} with protocol C; a loopback TCP send alone costs {t:.0} us of CPU per MiB on the sending core, so protocol C cannot exceed {s:.0}/({s:.0}+{t:.0}) = {:.0}% of the peerless MB/s here",
+                100.0 * s / (s + t).max(1e-9)
+            )?;
         }
         writeln!(
             f,
@@ -500,6 +535,43 @@ fn runtime(name: &str, cpus: &Cpus) -> io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// CPU time of this thread per MiB sent over loopback TCP in 1 MiB writes to a reader on `far`
+/// (the kernel's whole send path: copy, segmentation, loopback delivery), µs.
+fn loopback_send_cost(far: &Cpus) -> io::Result<f64> {
+    use std::io::{Read, Write};
+    fn thread_cpu() -> Duration {
+        // SAFETY: clock_gettime only writes the struct it is given.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    let far = far.clone();
+    let rx = std::thread::spawn(move || -> io::Result<()> {
+        pin(&far);
+        let (mut s, _) = l.accept()?;
+        let mut b = vec![0u8; 1 << 20];
+        while s.read(&mut b)? > 0 {}
+        Ok(())
+    });
+    let mut c = std::net::TcpStream::connect(addr)?;
+    c.set_nodelay(true)?;
+    let block = vec![0x5au8; 1 << 20];
+    for _ in 0..16 {
+        c.write_all(&block)?;
+    }
+    let n = 256u32;
+    let t = thread_cpu();
+    for _ in 0..n {
+        c.write_all(&block)?;
+    }
+    let spent = thread_cpu().saturating_sub(t);
+    drop(c);
+    let _ = rx.join();
+    Ok(spent.as_secs_f64() * 1e6 / n as f64)
+}
+
 /// Median round trip of a 16-byte TCP ping over loopback, the echo on `far`, the caller's thread
 /// on whatever it is pinned to.
 fn loopback_rtt(far: &Cpus) -> io::Result<f64> {
@@ -731,6 +803,7 @@ fn run_rounds(
 ) -> io::Result<ModeReport> {
     let mut scratch = Scratch(Vec::new());
     let rtt_us = loopback_rtt(far)?;
+    let send_us_per_mib = loopback_send_cost(far)?;
 
     // Every target is set up first and stays up, so that the rounds can interleave them.
     let local = scratch.sparse(cfg.dir.join("local.img"), cfg.size)?;
@@ -862,6 +935,9 @@ fn run_rounds(
         resync_mb_s,
         stages,
         rtt_us,
+        send_us_per_mib,
+        near: near.clone().unwrap_or_else(|| (0..online_cpus()).collect()),
+        seq_mib: (cfg.seq_bytes >> 20).max(1),
     })
 }
 

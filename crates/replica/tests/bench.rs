@@ -17,7 +17,10 @@ fn bench_runs_and_prints_the_summary_line() {
         for row in &m.rows {
             assert!(row.seq_mb_s > 0.0 && row.fua_p50_us > 0.0, "{text}");
         }
-        assert!(m.resync_mb_s > 0.0 && m.rtt_us > 0.0, "{text}");
+        assert!(
+            m.resync_mb_s > 0.0 && m.rtt_us > 0.0 && m.send_us_per_mib > 0.0,
+            "{text}"
+        );
         // Every round compared protocol C with the unreplicated export, and the stages saw the
         // writes on both nodes.
         assert_eq!(m.rounds.len(), cfg.rounds, "{text}");
