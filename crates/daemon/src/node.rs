@@ -575,6 +575,7 @@ impl Node {
     }
 
     /// An event of a replicated volume: the fence-peer request, or an engine event for the log.
+    /// (The handshake's decision is worded by [`decision_text`].)
     fn on_replica_event(&mut self, name: String, ev: replica::VolumeEvent) {
         use replica::Event;
         match ev {
@@ -597,7 +598,14 @@ impl Node {
                     Event::Frozen => "I/O FROZEN: peer lost, waiting for it to be fenced".into(),
                     Event::Resumed => "I/O resumed".into(),
                     Event::PeerLost => "peer lost".into(),
-                    other => format!("{other:?}"),
+                    Event::Decision(d) => decision_text(d).into(),
+                    Event::Refused(why) => format!("connection refused: {why}"),
+                    Event::VerifyMismatch { offset, len } => format!(
+                        "verify: {len} bytes at offset {offset} differ from the peer (marked out of sync)"
+                    ),
+                    Event::VerifyFinished { out_of_sync } => {
+                        format!("verify finished: {out_of_sync} bytes out of sync")
+                    }
                 };
                 self.note(format!("replica {name}: {text}"));
             }
@@ -1247,6 +1255,22 @@ pub async fn run_with_replicas(
             }
             return Ok(());
         }
+    }
+}
+
+/// What a replication handshake decided, in words for the event log.
+fn decision_text(d: replica::SyncDecision) -> &'static str {
+    use replica::SyncDecision::*;
+    match d {
+        NoSync => "handshake: both copies are the same generation; nothing to sync",
+        BothFresh => "handshake: both copies are new; the first primary sends the initial sync",
+        BitmapSource => "handshake: the peer missed changes made here; sending the changed blocks",
+        BitmapTarget => "handshake: this copy missed changes made on the peer; receiving the changed blocks",
+        FullSource => "handshake: the peer's copy is older than its changes can tell; sending everything",
+        FullTarget => "handshake: this copy is older than its changes can tell; receiving everything",
+        SplitBrain => "handshake: SPLIT BRAIN: both copies changed on their own; the after-split-brain policies decide",
+        SplitBrainUnresolvable => "handshake: SPLIT BRAIN that no policy can resolve: choose the victim (`quorate replica discard-my-data`)",
+        UnrelatedData => "handshake: the copies share no history: refusing to connect",
     }
 }
 

@@ -632,6 +632,15 @@ fn split_brain_is_detected_and_the_operator_chooses_the_victim() {
     let o = cli(&c, 1, &["replica", "status", "r0"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("split brain with n1"), "{text}");
+    // Both event logs say it in words.
+    for i in 0..2 {
+        let events = log_text(&c, i);
+        assert!(
+            events.contains("replica r0: handshake: SPLIT BRAIN"),
+            "n{}: {events}",
+            i + 1
+        );
+    }
     assert!(text.contains("discard-my-data"), "{text}");
     // The victim must be secondary; then its changes are overwritten by n1's.
     let o = cli(&c, 1, &["replica", "discard-my-data", "r0"]);
