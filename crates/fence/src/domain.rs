@@ -338,6 +338,9 @@ pub struct FenceDomain {
     /// Members that announced a clean leave (fence_tool leave): when they
     /// drop out of the membership they are not victims.
     leaving: BTreeSet<NodeId>,
+    /// Nodes seen leaving cleanly and not seen since: a claim from another
+    /// member that one must be fenced (it missed the leave) is not taken up.
+    left_cleanly: BTreeSet<NodeId>,
     unfence: BTreeMap<NodeId, UnfenceJob>,
     /// The one agent slot: (kind, node) using it.
     slot: Option<(JobKind, NodeId)>,
@@ -364,6 +367,7 @@ impl FenceDomain {
             fenced: BTreeMap::new(),
             fenced_while_member: BTreeSet::new(),
             leaving: BTreeSet::new(),
+            left_cleanly: BTreeSet::new(),
             unfence: BTreeMap::new(),
             slot: None,
             next_run_id: 1,
@@ -422,6 +426,7 @@ impl FenceDomain {
         let joined: Vec<NodeId> = self.members.difference(&old).copied().collect();
         let had_joins = joined.iter().any(|j| *j != self.me) && !old.is_empty();
         for j in joined {
+            self.left_cleanly.remove(&j);
             if self.fenced.remove(&j).is_some() {
                 info!(node = %j, "fenced node rejoined");
             }
@@ -455,6 +460,7 @@ impl FenceDomain {
             let clean = self.leaving.remove(&l);
             if clean && !self.victims.contains_key(&l) {
                 info!(node = %l, "left the fence domain cleanly: not a victim");
+                self.left_cleanly.insert(l);
                 continue;
             }
             if let Some(v) = self.victims.get_mut(&l) {
@@ -463,6 +469,7 @@ impl FenceDomain {
                     // left cleanly, before the Rejoined outcome was ordered.
                     info!(node = %l, "rejoined, then left cleanly: not fencing it");
                     self.victims.remove(&l);
+                    self.left_cleanly.insert(l);
                     continue;
                 }
                 if v.phase == Phase::Cancelling {
@@ -538,9 +545,14 @@ impl FenceDomain {
         let victim = outcome.victim;
         match outcome.kind {
             OutcomeKind::Pending => {
+                // A claim from a member that missed what happened here: the node was fenced
+                // (and has not rejoined since; a claim composed at the last join can be ordered
+                // after the fencing's outcome), or it left cleanly. Neither needs fencing.
                 if self.members.contains(&victim)
                     || self.victims.contains_key(&victim)
                     || victim == self.me
+                    || self.fenced.contains_key(&victim)
+                    || self.left_cleanly.contains(&victim)
                 {
                     self.ignored_outcomes += 1;
                 } else {
@@ -561,7 +573,11 @@ impl FenceDomain {
                 }
             }
             OutcomeKind::StartupAbsent => {
-                let known = self.members.contains(&victim) || self.victims.contains_key(&victim);
+                // A member that formed the domain afresh never saw this node; a node seen
+                // leaving cleanly here (and not seen since) needs no startup fencing.
+                let known = self.members.contains(&victim)
+                    || self.victims.contains_key(&victim)
+                    || self.left_cleanly.contains(&victim);
                 if known || !self.cfg.nodes.contains_key(&victim) {
                     self.ignored_outcomes += 1;
                 } else {

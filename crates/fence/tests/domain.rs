@@ -800,3 +800,49 @@ fn a_victim_that_rejoined_then_left_cleanly_is_not_fenced() {
     d.handle_membership(t(4000), memb(&[1, 2], true));
     assert_eq!(d.blocked(), vec![n(3)]);
 }
+
+/// Seeds 1005 and 1016 of the cluster simulator: a member that missed a clean leave (it was
+/// elsewhere, or started afresh) claims the node must be fenced, as a Pending victim at a join
+/// or as StartupAbsent. A member that saw the clean leave does not take the claim up; nor does
+/// one that saw the node fenced since (a claim composed at the join can be ordered after the
+/// fencing's outcome).
+#[test]
+fn claims_for_a_node_that_left_cleanly_or_was_fenced_are_not_taken_up() {
+    let claim = |kind: OutcomeKind| FenceOutcome {
+        victim: n(3),
+        by: n(2),
+        kind,
+    };
+    for kind in [OutcomeKind::Pending, OutcomeKind::StartupAbsent] {
+        // Left cleanly here.
+        let mut d = FenceDomain::new(n(1), cfg3());
+        d.handle_membership(t(0), memb(&[1, 2, 3], true));
+        d.handle_clean_leave(n(3));
+        d.handle_membership(t(1000), memb(&[1, 2], true));
+        d.handle_fence_outcome(t(2000), claim(kind.clone()));
+        d.handle_timeout(t(100_000));
+        assert!(runs(&actions(&mut d)).is_empty(), "{kind:?}");
+        assert!(d.blocked().is_empty(), "{kind:?}: {:?}", d.status());
+        // Without the clean leave the same claim makes a victim.
+        let mut d = FenceDomain::new(n(1), cfg3());
+        d.handle_membership(t(0), memb(&[1, 2], true));
+        d.handle_fence_outcome(t(2000), claim(kind.clone()));
+        assert_eq!(d.blocked(), vec![n(3)], "{kind:?}");
+    }
+    // Fenced since: a Pending claim that arrives after the fencing's outcome is stale.
+    let mut d = lost3(1);
+    d.handle_fence_outcome(
+        t(2000),
+        FenceOutcome {
+            victim: n(3),
+            by: n(1),
+            kind: OutcomeKind::ManualAck,
+        },
+    );
+    assert!(d.blocked().is_empty());
+    actions(&mut d);
+    d.handle_fence_outcome(t(3000), claim(OutcomeKind::Pending));
+    d.handle_timeout(t(100_000));
+    assert!(runs(&actions(&mut d)).is_empty());
+    assert!(d.blocked().is_empty(), "{:?}", d.status());
+}
