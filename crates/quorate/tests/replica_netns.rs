@@ -167,22 +167,6 @@ esac
     path
 }
 
-fn replica(c: &labcluster::LabCluster, i: usize) -> serde_json::Value {
-    c.ask(i, "replica.status")
-        .and_then(|v| v["replicas"].get(0).cloned())
-        .unwrap_or_default()
-}
-
-fn sha256(path: &Path) -> String {
-    let o = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(o.status.success(), "sha256sum {}", path.display());
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn block_id(file: &Path, block: u64) -> u64 {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(file).unwrap();

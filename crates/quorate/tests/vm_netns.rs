@@ -528,23 +528,6 @@ fn a_guest_live_migrates_on_clean_leave_and_failback_and_restarts_on_the_survivo
     );
 }
 
-/// Node `i`'s view of the replicated volume r0.
-fn replica(c: &LabCluster, i: usize) -> Value {
-    c.ask(i, "replica.status")
-        .and_then(|v| v["replicas"].get(0).cloned())
-        .unwrap_or_default()
-}
-
-fn sha256(path: &Path) -> String {
-    let o = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(o.status.success(), "sha256sum {}", path.display());
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[test]
 fn a_guest_on_a_replicated_volume_live_migrates_with_two_primaries_then_restarts_on_the_survivor_from_its_replica(
 ) {

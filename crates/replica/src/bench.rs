@@ -736,14 +736,14 @@ pub fn run(cfg: &BenchConfig) -> io::Result<BenchReport> {
     if only.as_deref() != Some("split") {
         modes.push(run_mode(cfg, Placement::Shared, &mut notes)?);
     }
-    let shm = std::path::Path::new("/dev/shm");
-    if only.as_deref() == Some("shared") {
-    } else if online_cpus() < 2 {
-        notes.push("one core only: the split placement was not run".into());
-    } else if !shm.is_dir() {
-        notes.push("no /dev/shm: the split placement was not run".into());
-    } else {
-        modes.push(run_mode(cfg, Placement::Split, &mut notes)?);
+    if only.as_deref() != Some("shared") {
+        if online_cpus() < 2 {
+            notes.push("one core only: the split placement was not run".into());
+        } else if !std::path::Path::new("/dev/shm").is_dir() {
+            notes.push("no /dev/shm: the split placement was not run".into());
+        } else {
+            modes.push(run_mode(cfg, Placement::Split, &mut notes)?);
+        }
     }
     notes.dedup();
     Ok(BenchReport {
@@ -834,9 +834,14 @@ fn run_rounds(
     ];
     let mut per: Vec<Vec<BenchRow>> = vec![Vec::new(); names.len()];
     let mut phases = [(WriteStages::default(), WriteStages::default()); 3];
+    // Where the stages of runs that are not counted go (other targets, the warm-up).
     let mut unused = phases;
     let probe = || repl.stages();
     let rounds = cfg.rounds.max(1);
+    // QUORATE_BENCH_ONLY=N runs target N alone (0 local .. 4 nbdkit), for profiling.
+    let only = std::env::var("QUORATE_BENCH_ONLY")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
     // Round 0 warms up: every file gets its blocks allocated and cached once, as the replicated
     // volume's secondary already had from the initial sync; it is not counted.
     for round in 0..=rounds {
@@ -844,26 +849,18 @@ fn run_rounds(
         if round % 2 == 0 {
             order.reverse();
         }
-        let mut unused_phases = phases;
         for t in order {
-            // QUORATE_BENCH_ONLY=N runs target N alone (0 local .. 4 nbdkit), for profiling.
-            if std::env::var("QUORATE_BENCH_ONLY")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .is_some_and(|only| only != t)
-            {
+            if only.is_some_and(|only| only != t) {
                 continue;
             }
-            let ph = if round == 0 {
-                &mut unused_phases
-            } else {
-                &mut phases
-            };
             let row = match t {
                 0 => local_workload(&local, cfg)?,
                 1 => nbd_workload(names[t], plain_addr, "plain", cfg, None, &mut unused, true)?,
                 2 => nbd_workload(names[t], solo.addr, "r0", cfg, None, &mut unused, true)?,
-                3 => nbd_workload(names[t], repl.addr, "r0", cfg, Some(&probe), ph, true)?,
+                3 => {
+                    let ph = if round == 0 { &mut unused } else { &mut phases };
+                    nbd_workload(names[t], repl.addr, "r0", cfg, Some(&probe), ph, true)?
+                }
                 _ => match &kit {
                     Some((_, addr)) => {
                         nbd_workload(names[t], *addr, "", cfg, None, &mut unused, false)?

@@ -143,6 +143,12 @@ impl AlJournal {
     }
 }
 
+/// Reads `len` bytes at `offset` (blocking).
+fn read_block(disk: &File, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+    let mut v = vec![0u8; len as usize];
+    disk.read_exact_at(&mut v, offset).map(|_| v)
+}
+
 /// What the volume tells its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VolumeEvent {
@@ -422,9 +428,8 @@ impl Shared {
                 Err(e) => done(Err(nbd_errno(&e))),
                 Ok(disk) => {
                     self.rt.spawn_blocking(move || {
-                        let mut v = vec![0u8; op.len as usize];
-                        let r = disk.read_exact_at(&mut v, op.offset);
-                        done(r.map(|_| v).map_err(|e| nbd::Errno::from_io(&e)));
+                        let r = read_block(&disk, op.offset, op.len);
+                        done(r.map_err(|e| nbd::Errno::from_io(&e)));
                     });
                 }
             },
@@ -540,10 +545,7 @@ impl Volume {
     pub async fn read(&self, offset: u64, len: u32) -> Result<Vec<u8>, ReplicaError> {
         let disk = self.shared.read_disk(offset, len)?;
         tokio::task::spawn_blocking(move || {
-            let mut v = vec![0u8; len as usize];
-            disk.read_exact_at(&mut v, offset)
-                .map(|_| v)
-                .map_err(|_| ReplicaError::Io)
+            read_block(&disk, offset, len).map_err(|_| ReplicaError::Io)
         })
         .await
         .unwrap_or(Err(gone()))
@@ -954,12 +956,7 @@ impl Inner {
                 }
                 Action::DiskRead { io, offset, len } => {
                     let disk = self.disk.clone();
-                    sh.disk_io(io, move || {
-                        let mut v = vec![0u8; len as usize];
-                        disk.read_exact_at(&mut v, offset)
-                            .map(|_| v)
-                            .map_err(|_| ())
-                    });
+                    sh.disk_io(io, move || read_block(&disk, offset, len).map_err(|_| ()));
                 }
                 Action::DiskFlush { io } => {
                     let disk = self.disk.clone();

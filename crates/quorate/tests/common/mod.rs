@@ -188,6 +188,24 @@ pub fn index_of(c: &LabCluster, name: &str) -> Option<usize> {
 }
 
 /// Run the quorate CLI against node `i`'s admin socket.
+/// Node `i`'s view of its first replicated volume (`replica.status`), or null.
+pub fn replica(c: &LabCluster, i: usize) -> serde_json::Value {
+    c.ask(i, "replica.status")
+        .and_then(|v| v["replicas"].get(0).cloned())
+        .unwrap_or_default()
+}
+
+/// The sha256 of a file, by sha256sum.
+pub fn sha256(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(o.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 pub fn cli(c: &LabCluster, i: usize, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_quorate"))
         .arg("--state-dir")
